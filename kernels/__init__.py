@@ -1,0 +1,1 @@
+"""Compiled attention kernels registered as torch custom ops."""

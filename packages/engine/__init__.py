@@ -1,0 +1,1 @@
+"""The shared training engine: recipes, loop, checkpoints, logging, distributed, CLI."""

@@ -1,0 +1,1 @@
+"""Time series: classification (and, later, forecasting) on the shared attention core."""
