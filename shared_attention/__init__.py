@@ -1,1 +1,74 @@
-"""The shared attention core."""
+"""The shared attention core: one API for masks, score mods, positions, variants and backends.
+
+from shared_attention import Attention, attention, masks, score_mods, positions
+"""
+
+from shared_attention import dispatch, masks, positions, score_mods
+from shared_attention.api import Attention
+from shared_attention.dispatch import explain as explain_case
+from shared_attention.functional import attention, explain
+from shared_attention.masks import (
+    Causal,
+    Chunked,
+    Dense,
+    Document,
+    EdgeIndex,
+    ForeignKey,
+    KeyPadding,
+    Mask,
+    Neighborhood,
+    SameColumn,
+    SameRow,
+    SameValue,
+    SlidingWindow,
+)
+from shared_attention.positions import ALiBi, CoPE, LearnedAbsolute, NoPosition, RoPE, Sinusoidal
+from shared_attention.score_mods import (
+    Bias,
+    Compose,
+    ForgetGate,
+    RelativeBias,
+    ScoreMod,
+    SoftCap,
+    Temperature,
+)
+from shared_attention.variants.base import Variant, VariantModule
+
+__all__ = [
+    "ALiBi",
+    "Attention",
+    "Bias",
+    "Causal",
+    "Chunked",
+    "CoPE",
+    "Compose",
+    "Dense",
+    "Document",
+    "EdgeIndex",
+    "ForeignKey",
+    "ForgetGate",
+    "KeyPadding",
+    "LearnedAbsolute",
+    "Mask",
+    "Neighborhood",
+    "NoPosition",
+    "RelativeBias",
+    "RoPE",
+    "SameColumn",
+    "SameRow",
+    "SameValue",
+    "ScoreMod",
+    "Sinusoidal",
+    "SlidingWindow",
+    "SoftCap",
+    "Temperature",
+    "Variant",
+    "VariantModule",
+    "attention",
+    "dispatch",
+    "explain",
+    "explain_case",
+    "masks",
+    "positions",
+    "score_mods",
+]

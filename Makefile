@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both create .venv when it is missing
+# or out of date (the stamp is keyed on pyproject.toml and constraints.txt) and reuse it otherwise.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+
+.PHONY: demo test lint lock venv
+
+venv: $(STAMP)
+
+$(STAMP):
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/panformer demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Re-resolve the exact versions from pyproject's ranges in a scratch venv and freeze them.
+lock:
+	rm -rf /tmp/panformer-lock && $(PYTHON) -m venv /tmp/panformer-lock
+	/tmp/panformer-lock/bin/pip install -q -e '.[all,dev]'
+	{ head -2 constraints.txt; /tmp/panformer-lock/bin/pip freeze | grep -v -iE '^(-e|panformer)'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt

@@ -1,0 +1,205 @@
+"""The CLI contract every domain follows: train, predict, evaluate, recipes, info (and demo).
+
+`build_cli(domain)` returns a Typer app; a domain adds its own verbs to it. Exit codes: 0 success,
+2 bad input or usage (one line on stderr naming the file or option and the fix), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+
+from panformer.engine import checkpoint as ckpt
+from panformer.engine.config import Recipe, list_recipes, load_recipe, recipe_path, validate_recipe
+from panformer.engine.domain import DemoResult, Domain
+from panformer.engine.errors import UserError
+from panformer.engine.trainer import Trainer, evaluate_model, select_device
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors_exit_2(fn: F) -> F:
+    """Turn `UserError` into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def default_run_dir(domain: str, recipe_name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / domain / f"{recipe_name}-{stamp}"
+
+
+def load_model(domain: Domain, checkpoint: Path, device: Any) -> tuple[Any, Recipe, dict[str, Any]]:
+    """Rebuild a trained model from a checkpoint folder (weights through safetensors, never pickle)."""
+    saved = ckpt.load_checkpoint(checkpoint, domain=domain.name)
+    recipe = validate_recipe(domain.recipe_type, saved.config["recipe"], source=str(saved.path))
+    info = saved.config["info"]
+    model = domain.build_model(recipe, info)
+    model.load_state_dict(saved.weights)
+    return model.to(device).eval(), recipe, info
+
+
+def train_run(
+    domain: Domain,
+    *,
+    recipe: str | None,
+    data: str | None,
+    out: Path | None,
+    overrides: list[str],
+    resume: Path | None,
+    device: str | None,
+) -> Any:
+    if resume is not None:
+        if not (resume / "recipe.yaml").is_file():
+            raise UserError(f"--resume {resume}: not a run folder (no recipe.yaml); give the folder `train` wrote")
+        loaded = load_recipe(domain.recipe_type, domain.name, str(resume / "recipe.yaml"), overrides=overrides)
+        run_dir = resume
+    else:
+        if recipe is None:
+            raise UserError("train needs --recipe NAME|PATH (see the `recipes` command) or --resume DIR")
+        loaded = load_recipe(domain.recipe_type, domain.name, recipe, overrides=overrides)
+        run_dir = out or default_run_dir(domain.name, recipe_path(domain.name, recipe).stem)
+        if (run_dir / "checkpoints").exists():
+            raise UserError(f"--out {run_dir} already holds a run; pick another folder or use --resume {run_dir}")
+    if device is not None:
+        loaded.train.device = device
+    return Trainer(domain, loaded, run_dir=run_dir).fit(source=data, resume=resume is not None)
+
+
+def build_cli(domain: Domain) -> typer.Typer:
+    app = typer.Typer(
+        name=f"panformer-{domain.name}",
+        help=f"Panformer {domain.name}: train, predict, evaluate.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+
+    @app.command()
+    @user_errors_exit_2
+    def train(
+        recipe: Annotated[str | None, typer.Option(help="recipe name (see `recipes`) or a .yaml path")] = None,
+        data: Annotated[str | None, typer.Option(help="data source; defaults to the recipe's")] = None,
+        out: Annotated[Path | None, typer.Option(help="run folder (default runs/<domain>/<recipe>-<time>)")] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.lr=3e-4")] = None,
+        resume: Annotated[Path | None, typer.Option(help="continue an interrupted run folder")] = None,
+        device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = None,
+    ) -> None:
+        """Train a model from a recipe and write a run folder (checkpoints, log, metrics)."""
+        train_run(domain, recipe=recipe, data=data, out=out, overrides=set_ or [], resume=resume, device=device)
+
+    @app.command()
+    @user_errors_exit_2
+    def evaluate(
+        checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
+        data: Annotated[str | None, typer.Option(help="data source; defaults to the one trained on")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON line last")] = False,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "auto",
+    ) -> None:
+        """Score a checkpoint on the test split."""
+        dev = select_device(device)
+        model, recipe, info = load_model(domain, checkpoint, dev)
+        splits = domain.load_splits(recipe, source=data)
+        metrics = evaluate_model(
+            domain, model, splits.test, info, batch_size=recipe.train.batch_size, device=dev,
+            precision=recipe.train.precision,
+        )
+        if json_:
+            typer.echo(json.dumps(metrics))
+        else:
+            for key, value in metrics.items():
+                typer.echo(f"{key:>16}  {value:.4f}")
+
+    @app.command()
+    @user_errors_exit_2
+    def predict(
+        checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
+        input: Annotated[Path, typer.Option("--input", help="file to predict on")],
+        output: Annotated[Path, typer.Option(help="where to write predictions")],
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "auto",
+    ) -> None:
+        """Predict on new data and write the results."""
+        if not input.exists():
+            raise UserError(f"--input {input} does not exist")
+        dev = select_device(device)
+        model, recipe, info = load_model(domain, checkpoint, dev)
+        written = domain.predict(model, recipe=recipe, info=info, input_path=input, output_path=output, device=dev)
+        for path in written:
+            typer.echo(str(path))
+
+    @app.command()
+    @user_errors_exit_2
+    def recipes() -> None:
+        """List this domain's recipes, one line each."""
+        for name, path in list_recipes(domain.name).items():
+            try:
+                description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+            except yaml.YAMLError:
+                description = "(not valid YAML)"
+            typer.echo(f"{name:<20} {description}")
+
+    @app.command()
+    @user_errors_exit_2
+    def info(checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")]) -> None:
+        """Describe a checkpoint: domain, recipe, data, metrics, parameters."""
+        saved = ckpt.load_checkpoint(checkpoint, domain=domain.name)
+        n_params = sum(t.numel() for t in saved.weights.values())
+        cfg = saved.config
+        typer.echo(f"checkpoint   {saved.path}")
+        typer.echo(f"domain       {cfg['domain']}   panformer {cfg['panformer_version']}   torch {cfg['torch_version']}")
+        typer.echo(f"created      {cfg['created']}   epoch {cfg.get('epoch')}   step {cfg.get('step')}")
+        typer.echo(f"data         {cfg['data_fingerprint']}")
+        typer.echo(f"tensors      {len(saved.weights)} ({n_params:,} values)")
+        for key, value in (cfg.get("val_metrics") or {}).items():
+            typer.echo(f"val {key:<8} {value:.4f}")
+        typer.echo("recipe:")
+        typer.echo(yaml.safe_dump(cfg["recipe"], sort_keys=False).rstrip())
+
+    @app.command()
+    @user_errors_exit_2
+    def demo(out: Annotated[Path, typer.Option(help="folder for the demo run")] = Path("runs/demo")) -> None:
+        """Train the `demo` recipe on embedded data, then evaluate and predict."""
+        result, seconds = run_demo(domain, out / domain.name)
+        typer.echo(f"{domain.name}: {result.metric} {result.value:.4f} in {seconds:.0f}s")
+
+    return app
+
+
+def run_demo(domain: Domain, folder: Path) -> tuple[DemoResult, float]:
+    """The `demo` recipe end to end: train, evaluate on test, predict on a demo input."""
+    started = time.perf_counter()
+    run_dir = folder / "run"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    recipe = load_recipe(domain.recipe_type, domain.name, "demo")
+    result = Trainer(domain, recipe, run_dir=run_dir).fit()
+    device = select_device(recipe.train.device)
+    model, recipe, info = load_model(domain, run_dir, device)
+    input_path = domain.demo_input(recipe, info, folder)
+    written = domain.predict(
+        model, recipe=recipe, info=info, input_path=input_path, output_path=folder / domain.demo_output_name,
+        device=device,
+    )
+    seconds = time.perf_counter() - started
+    metric = domain.monitor
+    return DemoResult(metric=f"test {metric}", value=result.test_metrics[metric],
+                      outputs=[run_dir / "metrics.json", *written]), seconds
+

@@ -1,0 +1,152 @@
+"""Recipes: YAML files validated by pydantic, with `--set a.b=c` overrides from the command line.
+
+A recipe has four sections: `domain`, `data` and `model` (typed by the domain) and `train` (the engine's,
+below). Unknown keys are errors, so a typo in a recipe or an override never passes silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from panformer.engine.errors import UserError
+
+RECIPES_ENV = "PANFORMER_RECIPES"
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TrainConfig(StrictModel):
+    """Everything the engine's training loop needs, the same for every domain."""
+
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class Recipe(StrictModel):
+    """A whole run's configuration. Domains subclass it to type `data` and `model`."""
+
+    domain: str
+    description: str = ""
+    data: StrictModel
+    model: StrictModel
+    train: TrainConfig = TrainConfig()
+
+
+def repo_recipes_dir() -> Path:
+    """`apps/recipes` of the checkout this package runs from (or `$PANFORMER_RECIPES`)."""
+    if env := os.environ.get(RECIPES_ENV):
+        return Path(env)
+    import panformer
+
+    return Path(panformer.__file__).resolve().parent.parent / "apps" / "recipes"
+
+
+def list_recipes(domain: str) -> dict[str, Path]:
+    folder = repo_recipes_dir() / domain
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def recipe_path(domain: str, name_or_path: str) -> Path:
+    """Resolve a recipe name (`basicmotions`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise UserError(f"recipe file {path} does not exist; give an existing .yaml path or a recipe name")
+        return path
+    known = list_recipes(domain)
+    if name_or_path not in known:
+        names = ", ".join(known) or "none"
+        raise UserError(
+            f"unknown recipe '{name_or_path}' for {domain}; known recipes: {names} "
+            f"(or give a path to a .yaml file)"
+        )
+    return known[name_or_path]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-4` -> (["train", "lr"], 0.0003). Values are read as YAML scalars."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, str):  # YAML 1.1 reads `3e-4` as a string
+        with contextlib.suppress(ValueError):
+            parsed = float(parsed)
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: '{k}' is not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    hint = "remove it or check the spelling" if first["type"] == "extra_forbidden" else "fix its value"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"recipe {source}: {where}: {first['msg']}; {hint}{more}"
+
+
+def validate_recipe(recipe_type: type[Recipe], raw: dict[str, Any], *, source: str) -> Recipe:
+    try:
+        return recipe_type.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None
+
+
+def load_recipe(
+    recipe_type: type[Recipe], domain: str, name_or_path: str, *, overrides: list[str] = ()
+) -> Recipe:
+    path = recipe_path(domain, name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        at = f" line {line + 1}" if line is not None else ""
+        raise UserError(f"recipe {path}{at}: not valid YAML; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {path}: expected a mapping with domain/data/model/train sections")
+    raw.setdefault("domain", domain)
+    if raw["domain"] != domain:
+        raise UserError(f"recipe {path} is for the '{raw['domain']}' domain, not '{domain}'")
+    raw = apply_overrides(raw, list(overrides))
+    return validate_recipe(recipe_type, raw, source=str(path))
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,132 @@
+"""The small interface a domain implements to plug into the engine, and the registry that finds domains.
+
+A domain says how to load its data splits, build its model, compute its loss and metrics, and how
+`predict` reads inputs and writes outputs. The engine owns everything else: the loop, checkpoints,
+logging, distributed training and the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from panformer.engine.config import Recipe
+from panformer.engine.errors import UserError
+
+ENTRY_POINT_GROUP = "panformer.domains"
+
+
+@dataclass
+class Splits:
+    """Train/validation/test datasets plus the facts a model and `predict` need later.
+
+    `info` must be JSON-serialisable (class names, channel counts, ...): it is saved in every checkpoint.
+    Fitted statistics that are tensors (e.g. normalisation) belong in the model as buffers instead.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    info: dict[str, Any]
+    fingerprint: str
+
+
+class Metrics(ABC):
+    """Accumulates a metric over batches. The engine averages the loss itself."""
+
+    @abstractmethod
+    def update(self, batch: Any, outputs: Any) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]: ...
+
+
+@dataclass
+class DemoResult:
+    """What `make demo` reports for one domain."""
+
+    metric: str
+    value: float
+    outputs: list[Path] = field(default_factory=list)
+
+
+class Domain(ABC):
+    """One domain package (time series, speech, ...), as the engine sees it."""
+
+    name: ClassVar[str]
+    recipe_type: ClassVar[type[Recipe]]
+    # The validation metric that selects the best checkpoint (ties broken by lower loss).
+    monitor: ClassVar[str]
+    monitor_mode: ClassVar[Literal["max", "min"]] = "max"
+    # "module:attribute" of the domain's Typer app (resolved lazily to avoid import cycles).
+    cli_app: ClassVar[str]
+    # File or folder name `make demo` gives to `predict`'s output.
+    demo_output_name: ClassVar[str] = "predictions.csv"
+
+    @abstractmethod
+    def load_splits(self, recipe: Recipe, *, source: str | None = None) -> Splits:
+        """Load the data named by `source` (or the recipe's default) and split it."""
+
+    @abstractmethod
+    def build_model(self, recipe: Recipe, info: dict[str, Any]) -> nn.Module: ...
+
+    def collate(self, items: list[Any]) -> Any:
+        return torch.utils.data.default_collate(items)
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        """Return the mean loss of the batch and whatever `Metrics.update` needs."""
+
+    @abstractmethod
+    def metrics(self, info: dict[str, Any]) -> Metrics: ...
+
+    def batch_size_of(self, batch: Any) -> int:
+        first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()))
+        return int(first.shape[0])
+
+    @abstractmethod
+    def predict(
+        self,
+        model: nn.Module,
+        *,
+        recipe: Recipe,
+        info: dict[str, Any],
+        input_path: Path,
+        output_path: Path,
+        device: torch.device,
+    ) -> list[Path]:
+        """Read `input_path`, write predictions to `output_path` atomically, return the files written."""
+
+    @abstractmethod
+    def demo_input(self, recipe: Recipe, info: dict[str, Any], workdir: Path) -> Path:
+        """A file `predict` can read, for the demo (written into `workdir` or found in a package)."""
+
+    def app(self) -> Any:
+        module, _, attr = self.cli_app.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@cache
+def registered_domains() -> dict[str, type[Domain]]:
+    """Domains installed through the `panformer.domains` entry point group."""
+    found: dict[str, type[Domain]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.load()
+    return dict(sorted(found.items()))
+
+
+def get_domain(name: str) -> Domain:
+    domains = registered_domains()
+    if name not in domains:
+        known = ", ".join(domains) or "none"
+        raise UserError(f"unknown domain '{name}'; installed domains: {known}")
+    return domains[name]()

@@ -1,0 +1,9 @@
+"""The one exception type that means "the user gave us something wrong"."""
+
+
+class UserError(Exception):
+    """Bad input or usage.
+
+    The CLI prints the message as one line (no traceback) and exits with code 2. The message names the
+    file or option at fault and says how to fix it.
+    """

@@ -1,0 +1,372 @@
+"""The one training loop every domain uses.
+
+Selection happens on the validation split only; the test split is evaluated once, at the end, with the
+selected weights. The loop is deterministic for a fixed seed, and `resume` continues from the last
+complete epoch so that an interrupted run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+)
+
+from panformer.engine import checkpoint as ckpt
+from panformer.engine.config import Recipe, TrainConfig, recipe_to_yaml
+from panformer.engine.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+    shutdown,
+)
+from panformer.engine.domain import Domain, Splits
+from panformer.engine.errors import UserError
+from panformer.engine.files import write_text_atomic
+from panformer.engine.runlog import RunLog, console, progress_bar
+
+SINGLE_PROCESS = DistInfo()
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_loader(
+    domain: Domain,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    dist_info: DistInfo = SINGLE_PROCESS,
+    num_workers: int = 0,
+) -> DataLoader:
+    """The data order depends only on (seed, epoch), never on global RNG state: resume-safe."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if shuffle and dist_info.enabled:
+        sampler = DistributedSampler(
+            dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=seed
+        )
+        sampler.set_epoch(epoch)
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=domain.collate,
+        num_workers=num_workers,
+        generator=generator,
+    )
+
+
+def warmup_cosine(total_steps: int, *, warmup_ratio: float, min_lr_ratio: float) -> Callable[[int], float]:
+    warmup = int(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on biases, norms and embeddings' scalars (parameters of rank < 2).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+@torch.no_grad()
+def evaluate_model(
+    domain: Domain,
+    model: nn.Module,
+    dataset: Dataset,
+    info: dict[str, Any],
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "auto",
+) -> dict[str, float]:
+    """Mean loss plus the domain's metrics over a whole dataset."""
+    model.eval()
+    metrics = domain.metrics(info)
+    total_loss, count = 0.0, 0
+    for batch in make_loader(domain, dataset, batch_size=batch_size, shuffle=False):
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            loss, outputs = domain.loss(model, batch)
+        n = domain.batch_size_of(batch)
+        total_loss += float(loss) * n
+        count += n
+        metrics.update(batch, outputs)
+    if count == 0:
+        raise UserError("the evaluation split is empty; give more data or a smaller validation fraction")
+    return {"loss": total_loss / count, **metrics.compute()}
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_checkpoint: Path
+    best_epoch: int
+    val_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    seconds: float
+
+
+class Trainer:
+    """Trains one recipe of one domain into a run directory."""
+
+    def __init__(
+        self,
+        domain: Domain,
+        recipe: Recipe,
+        *,
+        run_dir: Path,
+        callbacks: Sequence[EpochCallback] = (),
+    ) -> None:
+        self.domain = domain
+        self.recipe = recipe
+        self.cfg = recipe.train
+        self.run_dir = Path(run_dir)
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.callbacks = list(callbacks)
+
+    def _is_better(self, metrics: dict[str, float], best: dict[str, float] | None) -> bool:
+        if best is None:
+            return True
+        key, sign = self.domain.monitor, (1 if self.domain.monitor_mode == "max" else -1)
+        new, old = sign * metrics[key], sign * best[key]
+        return new > old or (new == old and metrics["loss"] < best["loss"])
+
+    def fit(self, *, source: str | None = None, resume: bool = False) -> FitResult:
+        started = time.perf_counter()
+        cfg = self.cfg
+        device = select_device(cfg.device)
+        dist_info = init_distributed(device)
+        if dist_info.enabled and device.type == "cuda":
+            device = torch.device("cuda", dist_info.local_rank)
+            torch.cuda.set_device(device)
+        try:
+            return self._fit(source=source, resume=resume, device=device, dist_info=dist_info, started=started)
+        finally:
+            shutdown(dist_info)
+
+    def _fit(
+        self, *, source: str | None, resume: bool, device: torch.device, dist_info: DistInfo, started: float
+    ) -> FitResult:
+        cfg, domain, main = self.cfg, self.domain, dist_info.is_main
+        seed_everything(cfg.seed)
+        splits: Splits = domain.load_splits(self.recipe, source=source)
+        if len(splits.train) == 0:
+            raise UserError("the training split is empty; check --data")
+        model = domain.build_model(self.recipe, splits.info).to(device)
+        optimizer = build_optimizer(model, cfg)
+        steps_per_epoch = math.ceil(
+            len(make_loader(domain, splits.train, batch_size=cfg.batch_size, shuffle=True, dist_info=dist_info))
+            / cfg.grad_accum
+        )
+        schedule = warmup_cosine(
+            cfg.epochs * steps_per_epoch, warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        config = ckpt.checkpoint_config(
+            domain=domain.name,
+            recipe=self.recipe.model_dump(mode="json"),
+            info=splits.info,
+            fingerprint=splits.fingerprint,
+        )
+
+        start_epoch, step, best, best_epoch, bad_epochs = 0, 0, None, -1, 0
+        if resume:
+            latest = ckpt.read_pointer(self.checkpoints, "LATEST")
+            if latest is None:
+                raise UserError(f"--resume {self.run_dir}: no complete checkpoint to resume from")
+            saved = ckpt.load_checkpoint(latest, domain=domain.name)
+            if saved.config["data_fingerprint"] != splits.fingerprint:
+                raise UserError(f"--resume {self.run_dir}: the data differ from the run's (fingerprint mismatch)")
+            model.load_state_dict(saved.weights)
+            tensors, state = ckpt.load_training_state(latest)
+            ckpt.restore_optimizer(optimizer, tensors, state)
+            scheduler.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(tensors, state["rng"])
+            progress = state["progress"]
+            start_epoch, step = progress["epoch"] + 1, progress["step"]
+            best, best_epoch, bad_epochs = progress["best"], progress["best_epoch"], progress["bad_epochs"]
+        elif main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / "recipe.yaml", recipe_to_yaml(self.recipe))
+        barrier(dist_info)
+
+        train_model: nn.Module = model
+        if dist_info.enabled:
+            train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+
+        log = RunLog(self.run_dir, enabled=main)
+        stopped_early = False
+        with progress_bar(enabled=main) as bar:
+            task = bar.add_task(f"{domain.name} train", total=cfg.epochs, completed=start_epoch, status="")
+            for epoch in range(start_epoch, cfg.epochs):
+                train_loss, step = self._train_epoch(
+                    train_model, optimizer, scheduler, splits, epoch, step, device, dist_info
+                )
+                val = evaluate_model(
+                    domain, model, splits.val, splits.info,
+                    batch_size=cfg.batch_size, device=device, precision=cfg.precision,
+                )
+                improved = self._is_better(val, best)
+                if improved:
+                    best, best_epoch, bad_epochs = val, epoch, 0
+                else:
+                    bad_epochs += 1
+                if main:
+                    if improved:
+                        folder = ckpt.save_checkpoint(
+                            self.checkpoints / f"best-{epoch:04d}", model=model,
+                            config={**config, "epoch": epoch, "step": step, "val_metrics": val},
+                        )
+                        ckpt.set_pointer(self.checkpoints, "BEST", folder.name)
+                    folder = ckpt.save_checkpoint(
+                        self.checkpoints / f"epoch-{epoch:04d}", model=model,
+                        config={**config, "epoch": epoch, "step": step, "val_metrics": val},
+                        optimizer=optimizer, scheduler=scheduler,
+                        progress={"epoch": epoch, "step": step, "best": best,
+                                  "best_epoch": best_epoch, "bad_epochs": bad_epochs},
+                    )
+                    ckpt.set_pointer(self.checkpoints, "LATEST", folder.name)
+                    ckpt.prune(self.checkpoints, keep_last=cfg.keep_checkpoints)
+                record = {"epoch": epoch, "step": step, "train_loss": train_loss,
+                          "lr": scheduler.get_last_lr()[0], **{f"val_{k}": v for k, v in val.items()}}
+                log.write(record, step=step)
+                status = f"loss {train_loss:.4f}  val {domain.monitor} {val[domain.monitor]:.4f}"
+                bar.update(task, advance=1, status=status)
+                barrier(dist_info)
+                for callback in self.callbacks:
+                    callback(epoch, val)
+                if cfg.patience is not None and bad_epochs >= cfg.patience:
+                    stopped_early = True
+                    break
+        log.close()
+
+        best_folder = ckpt.read_pointer(self.checkpoints, "BEST")
+        assert best_folder is not None
+        model.load_state_dict(ckpt.load_checkpoint(best_folder).weights)
+        test = evaluate_model(
+            domain, model, splits.test, splits.info,
+            batch_size=cfg.batch_size, device=device, precision=cfg.precision,
+        )
+        seconds = time.perf_counter() - started
+        if main:
+            summary = {"best_epoch": best_epoch, "stopped_early": stopped_early, "seconds": seconds,
+                       "val": best, "test": test, "device": str(device), "world_size": dist_info.world_size}
+            write_text_atomic(self.run_dir / "metrics.json", json.dumps(summary, indent=2, default=float))
+            console.print(f"[green]done[/] {self.run_dir}  best epoch {best_epoch}  "
+                          f"val {domain.monitor} {best[domain.monitor]:.4f}  test {domain.monitor} "
+                          f"{test[domain.monitor]:.4f}  ({seconds:.1f}s)")
+        return FitResult(self.run_dir, best_folder, best_epoch, best, test, seconds)
+
+    def _train_epoch(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        splits: Splits,
+        epoch: int,
+        step: int,
+        device: torch.device,
+        dist_info: DistInfo,
+    ) -> tuple[float, int]:
+        cfg = self.cfg
+        model.train()
+        loader = make_loader(
+            self.domain, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+            epoch=epoch, dist_info=dist_info, num_workers=cfg.num_workers,
+        )
+        total, count = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(loader):
+            batch = to_device(batch, device)
+            last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
+            # Skip DDP's gradient all-reduce on micro-batches that do not step.
+            sync = contextlib.nullcontext() if last_micro or not dist_info.enabled else model.no_sync()
+            with sync:
+                with autocast(device, cfg.precision):
+                    loss, _ = self.domain.loss(model, batch)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"non-finite loss at epoch {epoch}, step {step}; lower train.lr")
+                (loss / cfg.grad_accum).backward()
+            n = self.domain.batch_size_of(batch)
+            total += float(loss.detach()) * n
+            count += n
+            if last_micro:
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+        return all_reduce_mean(total / max(count, 1), dist_info), step

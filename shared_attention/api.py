@@ -1,0 +1,141 @@
+"""The ``Attention`` module: projections, positions, masks, score mods, variant and KV cache.
+
+Legend: B batch, L query length, Lk key length, H query heads, Hkv key/value heads, D head dim.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from shared_attention.functional import attention
+from shared_attention.masks import KeyPadding, Mask
+from shared_attention.positions import NoPosition, Position
+from shared_attention.score_mods import Compose, ScoreMod
+from shared_attention.variants.base import Variant
+
+
+def _compose(*mods: ScoreMod | None) -> ScoreMod | None:
+    mods = tuple(m for m in mods if m is not None)
+    if not mods:
+        return None
+    return mods[0] if len(mods) == 1 else Compose(mods)
+
+
+class Attention(nn.Module):
+    """Multi-head attention, self or cross, with grouped-query heads.
+
+    Args:
+        dim: width of the input x (B, L, dim) and of the output.
+        num_heads: query heads H.
+        num_kv_heads: key/value heads Hkv (H % Hkv == 0); default H. 1 is multi-query attention.
+        head_dim: D; default dim // num_heads.
+        kv_dim: width of ``context`` in cross attention; default dim.
+        position: a position encoding value (RoPE(), ALiBi(), Sinusoidal(), ...); default none.
+        variant: an attention variant value (see shared_attention.variants); default softmax.
+        score_mod: a learned or fixed score mod built into the layer (RelativeBias(), ForgetGate(),
+            SoftCap(50.0), ...); composed with the per-call ``score_mod``.
+        qkv_bias: bias in the q/k/v projections.
+        dropout: dropout on the attention output (before the output projection), in training.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        kv_dim: int | None = None,
+        position: Position | None = None,
+        variant: Variant | None = None,
+        score_mod: ScoreMod | None = None,
+        qkv_bias: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        num_kv_heads = num_kv_heads or num_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}"
+            )
+        if head_dim is None and dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
+        head_dim = head_dim or dim // num_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim**-0.5
+
+        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=qkv_bias)
+        self.kv_proj = nn.Linear(kv_dim or dim, 2 * num_kv_heads * head_dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(num_heads * head_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+        self.position = (position or NoPosition()).build(
+            dim=dim, num_heads=num_heads, head_dim=head_dim
+        )
+        self.variant = (
+            variant.build(num_heads=num_heads, head_dim=head_dim) if variant is not None else None
+        )
+        # A learned score mod gets its module; a fixed one is used as given.
+        self.score_mod_module = (
+            score_mod.build(dim=dim, num_heads=num_heads) if score_mod is not None else None
+        )
+        self.fixed_score_mod = score_mod if self.score_mod_module is None else None
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        context: Tensor | None = None,
+        mask: Mask | None = None,
+        score_mod: ScoreMod | None = None,
+        key_padding_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache=None,
+        backend: str = "auto",
+    ) -> Tensor:
+        """x (B, L, dim) -> (B, L, dim).
+
+        context: (B, Lk, kv_dim) for cross attention (keys/values from it; RoPE and absolute
+            encodings then apply to the queries' side only, which has no shared frame: RoPE is skipped).
+        mask: a Mask over (L, Lk); key_padding_mask: bool (B, Lk), True = real token (combined
+            with ``mask``). With a cache, Lk counts every cached key.
+        positions: token positions (B, L) / (L,) (coordinates (..., L, N) for axial RoPE);
+            default 0..L-1, shifted by the cache's length when decoding.
+        cache: a KVCache; new keys/values are appended and attention runs over all of them.
+        backend: "auto" or a backend name, passed to the softmax attention.
+        """
+        batch, length, _ = x.shape
+        offset = cache.offset if cache is not None else 0
+        if positions is None:
+            positions = self.position.default_positions(length, offset=offset, device=x.device)
+
+        x = self.position.encode_input(x, positions)
+        source = x if context is None else context
+        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.kv_proj(source).view(batch, source.shape[1], 2, self.num_kv_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, Hkv, Lk, D)
+        if context is None:
+            q, k = self.position.encode_qk(q, k, positions, positions)
+        if cache is not None:
+            k, v = cache.update(k, v)
+
+        if key_padding_mask is not None:
+            padding = KeyPadding(valid=key_padding_mask)
+            mask = padding if mask is None else mask & padding
+        learned = self.score_mod_module(x) if self.score_mod_module is not None else None
+        position_mod = self.position.score_mod(q, k, mask=mask, scale=self.scale)
+        score_mod = _compose(position_mod, self.fixed_score_mod, learned, score_mod)
+
+        if self.variant is None:
+            out = attention(
+                q, k, v, mask=mask, score_mod=score_mod, scale=self.scale, backend=backend
+            )
+        else:
+            out = self.variant(
+                q, k, v, mask=mask, score_mod=score_mod, scale=self.scale, backend=backend
+            )
+        out = out.transpose(1, 2).reshape(batch, length, -1)
+        return self.out_proj(self.dropout(out))
+
+
+__all__ = ["Attention"]
