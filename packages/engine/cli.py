@@ -10,16 +10,19 @@ import functools
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import torch
 import typer
 import yaml
+from torch import nn
 
 from panformer.engine import checkpoint as ckpt
 from panformer.engine.config import Recipe, list_recipes, load_recipe, recipe_path, validate_recipe
-from panformer.engine.domain import DemoResult, Domain
+from panformer.engine.domain import DemoResult, Domain, Task
 from panformer.engine.errors import UserError
 from panformer.engine.trainer import Trainer, evaluate_model, select_device
 
@@ -45,14 +48,23 @@ def default_run_dir(domain: str, recipe_name: str) -> Path:
     return Path("runs") / domain / f"{recipe_name}-{stamp}"
 
 
-def load_model(domain: Domain, checkpoint: Path, device: Any) -> tuple[Any, Recipe, dict[str, Any]]:
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    recipe: Recipe
+    info: dict[str, Any]
+    task: Task
+
+
+def load_model(domain: Domain, checkpoint: Path, device: torch.device) -> LoadedModel:
     """Rebuild a trained model from a checkpoint folder (weights through safetensors, never pickle)."""
     saved = ckpt.load_checkpoint(checkpoint, domain=domain.name)
-    recipe = validate_recipe(domain.recipe_type, saved.config["recipe"], source=str(saved.path))
+    recipe = validate_recipe(domain.recipe_type_for, saved.config["recipe"], source=str(saved.path))
     info = saved.config["info"]
-    model = domain.build_model(recipe, info)
+    task = domain.task(recipe)
+    model = task.build_model(recipe, info)
     model.load_state_dict(saved.weights)
-    return model.to(device).eval(), recipe, info
+    return LoadedModel(model.to(device).eval(), recipe, info, task)
 
 
 def train_run(
@@ -68,12 +80,12 @@ def train_run(
     if resume is not None:
         if not (resume / "recipe.yaml").is_file():
             raise UserError(f"--resume {resume}: not a run folder (no recipe.yaml); give the folder `train` wrote")
-        loaded = load_recipe(domain.recipe_type, domain.name, str(resume / "recipe.yaml"), overrides=overrides)
+        loaded = load_recipe(domain.recipe_type_for, domain.name, str(resume / "recipe.yaml"), overrides=overrides)
         run_dir = resume
     else:
         if recipe is None:
             raise UserError("train needs --recipe NAME|PATH (see the `recipes` command) or --resume DIR")
-        loaded = load_recipe(domain.recipe_type, domain.name, recipe, overrides=overrides)
+        loaded = load_recipe(domain.recipe_type_for, domain.name, recipe, overrides=overrides)
         run_dir = out or default_run_dir(domain.name, recipe_path(domain.name, recipe).stem)
         if (run_dir / "checkpoints").exists():
             raise UserError(f"--out {run_dir} already holds a run; pick another folder or use --resume {run_dir}")
@@ -114,11 +126,11 @@ def build_cli(domain: Domain) -> typer.Typer:
     ) -> None:
         """Score a checkpoint on the test split."""
         dev = select_device(device)
-        model, recipe, info = load_model(domain, checkpoint, dev)
-        splits = domain.load_splits(recipe, source=data)
+        loaded = load_model(domain, checkpoint, dev)
+        splits = loaded.task.load_splits(loaded.recipe, source=data)
         metrics = evaluate_model(
-            domain, model, splits.test, info, batch_size=recipe.train.batch_size, device=dev,
-            precision=recipe.train.precision,
+            loaded.task, loaded.model, splits.test, loaded.info, batch_size=loaded.recipe.train.batch_size,
+            device=dev, precision=loaded.recipe.train.precision,
         )
         if json_:
             typer.echo(json.dumps(metrics))
@@ -132,14 +144,18 @@ def build_cli(domain: Domain) -> typer.Typer:
         checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
         input: Annotated[Path, typer.Option("--input", help="file to predict on")],
         output: Annotated[Path, typer.Option(help="where to write predictions")],
+        plot: Annotated[bool, typer.Option("--plot", help="also write PNG plots beside the output")] = False,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "auto",
     ) -> None:
         """Predict on new data and write the results."""
         if not input.exists():
             raise UserError(f"--input {input} does not exist")
         dev = select_device(device)
-        model, recipe, info = load_model(domain, checkpoint, dev)
-        written = domain.predict(model, recipe=recipe, info=info, input_path=input, output_path=output, device=dev)
+        loaded = load_model(domain, checkpoint, dev)
+        written = loaded.task.predict(
+            loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=input, output_path=output,
+            device=dev, plot=plot,
+        )
         for path in written:
             typer.echo(str(path))
 
@@ -189,17 +205,18 @@ def run_demo(domain: Domain, folder: Path) -> tuple[DemoResult, float]:
         import shutil
 
         shutil.rmtree(run_dir)
-    recipe = load_recipe(domain.recipe_type, domain.name, "demo")
+    recipe = load_recipe(domain.recipe_type_for, domain.name, "demo")
     result = Trainer(domain, recipe, run_dir=run_dir).fit()
     device = select_device(recipe.train.device)
-    model, recipe, info = load_model(domain, run_dir, device)
-    input_path = domain.demo_input(recipe, info, folder)
-    written = domain.predict(
-        model, recipe=recipe, info=info, input_path=input_path, output_path=folder / domain.demo_output_name,
-        device=device,
+    loaded = load_model(domain, run_dir, device)
+    task = loaded.task
+    input_path = task.demo_input(loaded.recipe, loaded.info, folder)
+    written = task.predict(
+        loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=input_path,
+        output_path=folder / task.demo_output_name, device=device, plot=True,
     )
     seconds = time.perf_counter() - started
-    metric = domain.monitor
+    metric = task.monitor
     return DemoResult(metric=f"test {metric}", value=result.test_metrics[metric],
                       outputs=[run_dir / "metrics.json", *written]), seconds
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,7 +123,12 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"recipe {source}: {where}: {first['msg']}; {hint}{more}"
 
 
-def validate_recipe(recipe_type: type[Recipe], raw: dict[str, Any], *, source: str) -> Recipe:
+RecipeChooser = Callable[[dict[str, Any]], type[Recipe]]
+
+
+def validate_recipe(choose: type[Recipe] | RecipeChooser, raw: dict[str, Any], *, source: str) -> Recipe:
+    """Validate `raw` as a recipe; `choose` is the recipe class or picks one from the raw dict."""
+    recipe_type = choose if isinstance(choose, type) else choose(raw)
     try:
         return recipe_type.model_validate(raw)
     except ValidationError as err:
@@ -130,7 +136,7 @@ def validate_recipe(recipe_type: type[Recipe], raw: dict[str, Any], *, source: s
 
 
 def load_recipe(
-    recipe_type: type[Recipe], domain: str, name_or_path: str, *, overrides: list[str] = ()
+    choose: type[Recipe] | RecipeChooser, domain: str, name_or_path: str, *, overrides: Sequence[str] = ()
 ) -> Recipe:
     path = recipe_path(domain, name_or_path)
     try:
@@ -145,7 +151,7 @@ def load_recipe(
     if raw["domain"] != domain:
         raise UserError(f"recipe {path} is for the '{raw['domain']}' domain, not '{domain}'")
     raw = apply_overrides(raw, list(overrides))
-    return validate_recipe(recipe_type, raw, source=str(path))
+    return validate_recipe(choose, raw, source=str(path))
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -59,16 +59,16 @@ class DemoResult:
     outputs: list[Path] = field(default_factory=list)
 
 
-class Domain(ABC):
-    """One domain package (time series, speech, ...), as the engine sees it."""
+class Task(ABC):
+    """How one kind of recipe is trained: data splits, model, loss, metrics and predict.
 
-    name: ClassVar[str]
-    recipe_type: ClassVar[type[Recipe]]
+    A domain with one task (speech separation) has one Task; a domain with several (time-series
+    classification and forecasting) picks one per recipe.
+    """
+
     # The validation metric that selects the best checkpoint (ties broken by lower loss).
     monitor: ClassVar[str]
     monitor_mode: ClassVar[Literal["max", "min"]] = "max"
-    # "module:attribute" of the domain's Typer app (resolved lazily to avoid import cycles).
-    cli_app: ClassVar[str]
     # File or folder name `make demo` gives to `predict`'s output.
     demo_output_name: ClassVar[str] = "predictions.csv"
 
@@ -103,12 +103,31 @@ class Domain(ABC):
         input_path: Path,
         output_path: Path,
         device: torch.device,
+        plot: bool = False,
     ) -> list[Path]:
-        """Read `input_path`, write predictions to `output_path` atomically, return the files written."""
+        """Read `input_path`, write predictions to `output_path` atomically (and PNG plots with `plot`);
+        return the files written."""
 
     @abstractmethod
     def demo_input(self, recipe: Recipe, info: dict[str, Any], workdir: Path) -> Path:
         """A file `predict` can read, for the demo (written into `workdir` or found in a package)."""
+
+
+class Domain(ABC):
+    """One domain package (time series, speech, ...), as the engine and the CLI see it."""
+
+    name: ClassVar[str]
+    recipe_type: ClassVar[type[Recipe]]
+    # "module:attribute" of the domain's Typer app (resolved lazily to avoid import cycles).
+    cli_app: ClassVar[str]
+
+    def recipe_type_for(self, raw: dict[str, Any]) -> type[Recipe]:
+        """The recipe class for a raw recipe dict (domains with several tasks choose by its fields)."""
+        return self.recipe_type
+
+    @abstractmethod
+    def task(self, recipe: Recipe) -> Task:
+        """The task that trains and runs this recipe."""
 
     def app(self) -> Any:
         module, _, attr = self.cli_app.partition(":")

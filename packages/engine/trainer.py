@@ -38,7 +38,7 @@ from panformer.engine.distributed import (
     init_distributed,
     shutdown,
 )
-from panformer.engine.domain import Domain, Splits
+from panformer.engine.domain import Domain, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import write_text_atomic
 from panformer.engine.runlog import RunLog, console, progress_bar
@@ -87,7 +87,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def make_loader(
-    domain: Domain,
+    task: Task,
     dataset: Dataset,
     *,
     batch_size: int,
@@ -112,7 +112,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        collate_fn=domain.collate,
+        collate_fn=task.collate,
         num_workers=num_workers,
         generator=generator,
     )
@@ -140,7 +140,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 @torch.no_grad()
 def evaluate_model(
-    domain: Domain,
+    task: Task,
     model: nn.Module,
     dataset: Dataset,
     info: dict[str, Any],
@@ -151,13 +151,13 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Mean loss plus the domain's metrics over a whole dataset."""
     model.eval()
-    metrics = domain.metrics(info)
+    metrics = task.metrics(info)
     total_loss, count = 0.0, 0
-    for batch in make_loader(domain, dataset, batch_size=batch_size, shuffle=False):
+    for batch in make_loader(task, dataset, batch_size=batch_size, shuffle=False):
         batch = to_device(batch, device)
         with autocast(device, precision):
-            loss, outputs = domain.loss(model, batch)
-        n = domain.batch_size_of(batch)
+            loss, outputs = task.loss(model, batch)
+        n = task.batch_size_of(batch)
         total_loss += float(loss) * n
         count += n
         metrics.update(batch, outputs)
@@ -188,6 +188,7 @@ class Trainer:
         callbacks: Sequence[EpochCallback] = (),
     ) -> None:
         self.domain = domain
+        self.task = domain.task(recipe)
         self.recipe = recipe
         self.cfg = recipe.train
         self.run_dir = Path(run_dir)
@@ -197,7 +198,7 @@ class Trainer:
     def _is_better(self, metrics: dict[str, float], best: dict[str, float] | None) -> bool:
         if best is None:
             return True
-        key, sign = self.domain.monitor, (1 if self.domain.monitor_mode == "max" else -1)
+        key, sign = self.task.monitor, (1 if self.task.monitor_mode == "max" else -1)
         new, old = sign * metrics[key], sign * best[key]
         return new > old or (new == old and metrics["loss"] < best["loss"])
 
@@ -217,15 +218,15 @@ class Trainer:
     def _fit(
         self, *, source: str | None, resume: bool, device: torch.device, dist_info: DistInfo, started: float
     ) -> FitResult:
-        cfg, domain, main = self.cfg, self.domain, dist_info.is_main
+        cfg, domain, task, main = self.cfg, self.domain, self.task, dist_info.is_main
         seed_everything(cfg.seed)
-        splits: Splits = domain.load_splits(self.recipe, source=source)
+        splits: Splits = task.load_splits(self.recipe, source=source)
         if len(splits.train) == 0:
             raise UserError("the training split is empty; check --data")
-        model = domain.build_model(self.recipe, splits.info).to(device)
+        model = task.build_model(self.recipe, splits.info).to(device)
         optimizer = build_optimizer(model, cfg)
         steps_per_epoch = math.ceil(
-            len(make_loader(domain, splits.train, batch_size=cfg.batch_size, shuffle=True, dist_info=dist_info))
+            len(make_loader(task, splits.train, batch_size=cfg.batch_size, shuffle=True, dist_info=dist_info))
             / cfg.grad_accum
         )
         schedule = warmup_cosine(
@@ -268,14 +269,22 @@ class Trainer:
 
         log = RunLog(self.run_dir, enabled=main)
         stopped_early = False
+        batches = len(make_loader(task, splits.train, batch_size=cfg.batch_size, shuffle=True, dist_info=dist_info))
         with progress_bar(enabled=main) as bar:
-            task = bar.add_task(f"{domain.name} train", total=cfg.epochs, completed=start_epoch, status="")
+            bar_task = bar.add_task(
+                f"{domain.name} train", total=cfg.epochs * batches, completed=start_epoch * batches, status=""
+            )
+            val_status = ""
+
+            def show_batch(loss: float) -> None:
+                bar.update(bar_task, advance=1, status=f"epoch {epoch}  loss {loss:.4f}{val_status}")
+
             for epoch in range(start_epoch, cfg.epochs):
                 train_loss, step = self._train_epoch(
-                    train_model, optimizer, scheduler, splits, epoch, step, device, dist_info
+                    train_model, optimizer, scheduler, splits, epoch, step, device, dist_info, show_batch
                 )
                 val = evaluate_model(
-                    domain, model, splits.val, splits.info,
+                    task, model, splits.val, splits.info,
                     batch_size=cfg.batch_size, device=device, precision=cfg.precision,
                 )
                 improved = self._is_better(val, best)
@@ -302,8 +311,8 @@ class Trainer:
                 record = {"epoch": epoch, "step": step, "train_loss": train_loss,
                           "lr": scheduler.get_last_lr()[0], **{f"val_{k}": v for k, v in val.items()}}
                 log.write(record, step=step)
-                status = f"loss {train_loss:.4f}  val {domain.monitor} {val[domain.monitor]:.4f}"
-                bar.update(task, advance=1, status=status)
+                val_status = f"  val {task.monitor} {val[task.monitor]:.4f} (best {best[task.monitor]:.4f})"
+                bar.update(bar_task, status=f"epoch {epoch}  loss {train_loss:.4f}{val_status}")
                 barrier(dist_info)
                 for callback in self.callbacks:
                     callback(epoch, val)
@@ -316,7 +325,7 @@ class Trainer:
         assert best_folder is not None
         model.load_state_dict(ckpt.load_checkpoint(best_folder).weights)
         test = evaluate_model(
-            domain, model, splits.test, splits.info,
+            task, model, splits.test, splits.info,
             batch_size=cfg.batch_size, device=device, precision=cfg.precision,
         )
         seconds = time.perf_counter() - started
@@ -325,8 +334,8 @@ class Trainer:
                        "val": best, "test": test, "device": str(device), "world_size": dist_info.world_size}
             write_text_atomic(self.run_dir / "metrics.json", json.dumps(summary, indent=2, default=float))
             console.print(f"[green]done[/] {self.run_dir}  best epoch {best_epoch}  "
-                          f"val {domain.monitor} {best[domain.monitor]:.4f}  test {domain.monitor} "
-                          f"{test[domain.monitor]:.4f}  ({seconds:.1f}s)")
+                          f"val {task.monitor} {best[task.monitor]:.4f}  test {task.monitor} "
+                          f"{test[task.monitor]:.4f}  ({seconds:.1f}s)")
         return FitResult(self.run_dir, best_folder, best_epoch, best, test, seconds)
 
     def _train_epoch(
@@ -339,11 +348,12 @@ class Trainer:
         step: int,
         device: torch.device,
         dist_info: DistInfo,
+        on_batch: Callable[[float], None],
     ) -> tuple[float, int]:
         cfg = self.cfg
         model.train()
         loader = make_loader(
-            self.domain, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+            self.task, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
             epoch=epoch, dist_info=dist_info, num_workers=cfg.num_workers,
         )
         total, count = 0.0, 0
@@ -355,13 +365,14 @@ class Trainer:
             sync = contextlib.nullcontext() if last_micro or not dist_info.enabled else model.no_sync()
             with sync:
                 with autocast(device, cfg.precision):
-                    loss, _ = self.domain.loss(model, batch)
+                    loss, _ = self.task.loss(model, batch)
                 if not torch.isfinite(loss):
                     raise RuntimeError(f"non-finite loss at epoch {epoch}, step {step}; lower train.lr")
                 (loss / cfg.grad_accum).backward()
-            n = self.domain.batch_size_of(batch)
+            n = self.task.batch_size_of(batch)
             total += float(loss.detach()) * n
             count += n
+            on_batch(total / count)
             if last_micro:
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

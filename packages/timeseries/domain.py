@@ -1,188 +1,29 @@
-"""The time-series domain as the engine sees it: recipes, splits, model, loss, metrics, predict."""
+"""The time-series domain: one registry entry, one task per kind of recipe."""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import torch
-from pydantic import Field
-from torch import Tensor, nn
-
-from panformer.engine.config import Recipe, StrictModel
-from panformer.engine.domain import Domain, Metrics, Splits
+from panformer.engine.config import Recipe
+from panformer.engine.domain import Domain, Task
 from panformer.engine.errors import UserError
-from panformer.engine.files import atomic_path
-from panformer.timeseries.data import (
-    SeriesDataset,
-    aeon_data_dir,
-    collate_series,
-    fingerprint,
-    load_split,
-    read_ts_file,
-    stratified_split,
-)
-from panformer.timeseries.model import SeriesTransformer
+from panformer.timeseries.classification import ClassificationRecipe, ClassificationTask
 
-
-class ClassificationData(StrictModel):
-    source: str = Field("aeon:BasicMotions", description="aeon:<Name>, a <Name>_TRAIN.ts file or a folder")
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-
-
-class TransformerConfig(StrictModel):
-    name: Literal["transformer"] = "transformer"
-    dim: int = Field(64, ge=8)
-    depth: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    patch: int = Field(8, ge=1)
-    stride: int = Field(4, ge=1)
-    mlp_ratio: float = Field(2.0, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-
-
-class TimeSeriesRecipe(Recipe):
-    domain: Literal["timeseries"] = "timeseries"
-    task: Literal["classification"] = "classification"
-    data: ClassificationData = ClassificationData()
-    model: TransformerConfig = TransformerConfig()
-
-
-class ClassificationMetrics(Metrics):
-    """Accuracy and macro-F1 over the classes seen in the labels."""
-
-    def __init__(self, num_classes: int) -> None:
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-
-    def update(self, batch: dict[str, Tensor], outputs: Tensor) -> None:
-        pred = outputs.argmax(-1).cpu()
-        target = batch["target"].cpu()
-        self.confusion += torch.bincount(
-            target * self.confusion.shape[0] + pred, minlength=self.confusion.numel()
-        ).view_as(self.confusion)
-
-    def compute(self) -> dict[str, float]:
-        c = self.confusion.double()
-        tp = c.diag()
-        precision = tp / c.sum(0).clamp(min=1)
-        recall = tp / c.sum(1).clamp(min=1)
-        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        present = c.sum(1) > 0
-        return {
-            "accuracy": float(tp.sum() / c.sum().clamp(min=1)),
-            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        }
+TASKS: dict[str, tuple[type[Recipe], type[Task]]] = {
+    "classification": (ClassificationRecipe, ClassificationTask),
+}
 
 
 class TimeSeriesDomain(Domain):
     name = "timeseries"
-    recipe_type = TimeSeriesRecipe
-    monitor = "accuracy"
-    monitor_mode = "max"
+    recipe_type = ClassificationRecipe
     cli_app = "panformer.timeseries.cli:app"
 
-    def load_splits(self, recipe: TimeSeriesRecipe, *, source: str | None = None) -> Splits:
-        source = source or recipe.data.source
-        train_set, test_set = load_split(source, "train"), load_split(source, "test")
-        if train_set.labels is None or test_set.labels is None:
-            raise UserError(f"--data {source}: training and test files need class labels")
-        if train_set.channels != test_set.channels:
-            raise UserError(f"--data {source}: train has {train_set.channels} channels, test {test_set.channels}")
-        classes = sorted(set(train_set.labels.tolist()))
-        unknown = sorted(set(test_set.labels.tolist()) - set(classes))
-        if unknown:
-            raise UserError(f"--data {source}: test labels {unknown} never occur in training")
-        index = {c: i for i, c in enumerate(classes)}
-        targets = np.array([index[c] for c in train_set.labels])
-        test_targets = np.array([index[c] for c in test_set.labels])
-        train_idx, val_idx = stratified_split(train_set.labels, fraction=recipe.data.val_fraction, seed=recipe.train.seed)
-        if len(val_idx) == 0:
-            raise UserError("data.val_fraction is 0: model selection needs a validation split")
-        train_series = [train_set.series[i] for i in train_idx]
-        # Normalisation is fitted on the training part only (not validation, never test).
-        stacked = np.concatenate(train_series, axis=1)
-        info = {
-            "classes": classes,
-            "channels": train_set.channels,
-            "max_length": max(train_set.max_length, test_set.max_length),
-            "mean": np.nanmean(stacked, axis=1).tolist(),
-            "std": np.nanstd(stacked, axis=1).tolist(),
-            "source": source,
-        }
-        return Splits(
-            train=SeriesDataset(train_series, targets[train_idx]),
-            val=SeriesDataset([train_set.series[i] for i in val_idx], targets[val_idx]),
-            test=SeriesDataset(test_set.series, test_targets),
-            info=info,
-            fingerprint=fingerprint(train_set, test_set),
-        )
+    def recipe_type_for(self, raw: dict[str, Any]) -> type[Recipe]:
+        task = raw.get("task", "classification")
+        if task not in TASKS:
+            raise UserError(f"recipe task '{task}' is not a time-series task; use one of: {', '.join(TASKS)}")
+        return TASKS[task][0]
 
-    def build_model(self, recipe: TimeSeriesRecipe, info: dict[str, Any]) -> nn.Module:
-        cfg = recipe.model
-        model = SeriesTransformer(
-            channels=info["channels"], num_classes=len(info["classes"]), max_length=info["max_length"],
-            dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, patch=cfg.patch, stride=cfg.stride,
-            mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
-        )
-        with torch.no_grad():
-            model.set_normalisation(torch.tensor(info["mean"]), torch.tensor(info["std"]))
-        return model
-
-    def collate(self, items: list[Any]) -> dict[str, Tensor]:
-        return collate_series(items)
-
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = model(batch["values"], batch["lengths"])
-        return nn.functional.cross_entropy(logits.float(), batch["target"]), logits.detach()
-
-    def metrics(self, info: dict[str, Any]) -> Metrics:
-        return ClassificationMetrics(len(info["classes"]))
-
-    @torch.no_grad()
-    def predict(
-        self,
-        model: nn.Module,
-        *,
-        recipe: TimeSeriesRecipe,
-        info: dict[str, Any],
-        input_path: Path,
-        output_path: Path,
-        device: torch.device,
-    ) -> list[Path]:
-        if output_path.suffix != ".csv":
-            raise UserError(f"--output {output_path}: write predictions to a .csv file")
-        series = read_ts_file(input_path)
-        if series.channels != info["channels"]:
-            raise UserError(
-                f"{input_path}: {series.channels} channels, but the model was trained on {info['channels']}"
-            )
-        if series.max_length > info["max_length"]:
-            raise UserError(
-                f"{input_path}: series of {series.max_length} steps; the model takes at most {info['max_length']}"
-            )
-        classes = info["classes"]
-        dataset = SeriesDataset(series.series, np.zeros(len(series.series), dtype=int))
-        rows = []
-        for start in range(0, len(dataset), recipe.train.batch_size):
-            batch = collate_series([dataset[i] for i in range(start, min(start + recipe.train.batch_size, len(dataset)))])
-            logits = model(batch["values"].to(device), batch["lengths"].to(device))
-            rows.extend(torch.softmax(logits.float(), -1).cpu().tolist())
-        with atomic_path(output_path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            header = ["index", "label", *[f"prob_{c}" for c in classes]]
-            if series.labels is not None:
-                header.insert(2, "true_label")
-            writer.writerow(header)
-            for i, probs in enumerate(rows):
-                row = [i, classes[int(np.argmax(probs))], *[f"{p:.6f}" for p in probs]]
-                if series.labels is not None:
-                    row.insert(2, series.labels[i])
-                writer.writerow(row)
-        return [output_path]
-
-    def demo_input(self, recipe: TimeSeriesRecipe, info: dict[str, Any], workdir: Path) -> Path:
-        # The test file of the bundled dataset: the demo predicts on data it never trained on.
-        name = recipe.data.source.removeprefix("aeon:")
-        return aeon_data_dir() / name / f"{name}_TEST.ts"
+    def task(self, recipe: Recipe) -> Task:
+        return TASKS[recipe.task][1]()

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from panformer.engine.config import Recipe, StrictModel
-from panformer.engine.domain import Domain, Metrics, Splits
+from panformer.engine.domain import Domain, Metrics, Splits, Task
 
 
 class ToyData(StrictModel):
@@ -40,11 +40,8 @@ class Accuracy(Metrics):
         return {"accuracy": self.correct / max(self.total, 1)}
 
 
-class ToyDomain(Domain):
-    name = "toy"
-    recipe_type = ToyRecipe
+class ToyTask(Task):
     monitor = "accuracy"
-    cli_app = "unused:app"
 
     def load_splits(self, recipe: ToyRecipe, *, source: str | None = None) -> Splits:
         g = torch.Generator().manual_seed(1234)
@@ -70,3 +67,12 @@ class ToyDomain(Domain):
 
     def demo_input(self, recipe: Recipe, info: dict[str, Any], workdir: Path) -> Path:
         raise NotImplementedError("the toy domain is for engine tests only")
+
+
+class ToyDomain(Domain):
+    name = "toy"
+    recipe_type = ToyRecipe
+    cli_app = "unused:app"
+
+    def task(self, recipe: Recipe) -> Task:
+        return ToyTask()
