@@ -24,7 +24,7 @@ from panformer.timeseries.data import (
     read_ts_file,
     stratified_split,
 )
-from panformer.timeseries.model import SeriesTransformer
+from panformer.timeseries.models.transformer import SeriesTransformer
 
 
 class ClassificationData(StrictModel):

@@ -12,25 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from shared_attention import Attention
-
-
-class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
-
-    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float, dropout: float) -> None:
-        super().__init__()
-        self.attn_norm = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, dropout=dropout)
-        self.mlp_norm = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
-        )
-
-    def forward(self, x: Tensor, *, key_padding_mask: Tensor) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask)
-        return x + self.mlp(self.mlp_norm(x))
+from panformer.timeseries.models.blocks import EncoderBlock
 
 
 class SeriesTransformer(nn.Module):

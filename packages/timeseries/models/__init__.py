@@ -1,0 +1,1 @@
+"""Time-series models, all on `shared_attention`."""
