@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,25 @@ def train_run(
     return Trainer(domain, loaded, run_dir=run_dir).fit(source=data, resume=resume is not None)
 
 
+def evaluate_seeds(
+    domain: Domain, *, recipe: str, seeds: int, data: str | None, overrides: list[str], device: str, out: Path
+) -> dict[str, Any]:
+    """Train `recipe` once per seed (0..seeds-1); test metrics as {name: (mean, std)} over seeds."""
+    runs = []
+    for seed in range(seeds):
+        runs.append(train_run(
+            domain, recipe=recipe, data=data, out=out / f"seed-{seed}", overrides=[*overrides, f"train.seed={seed}"],
+            resume=None, device=device,
+        ))
+    test = {key: [run.test_metrics[key] for run in runs] for key in runs[0].test_metrics}
+    return {
+        "seeds": seeds,
+        "test": {key: (statistics.fmean(v), statistics.pstdev(v)) for key, v in test.items()},
+        "seconds": [run.seconds for run in runs],
+        "runs": [str(run.run_dir) for run in runs],
+    }
+
+
 def build_cli(domain: Domain) -> typer.Typer:
     app = typer.Typer(
         name=f"panformer-{domain.name}",
@@ -119,24 +139,41 @@ def build_cli(domain: Domain) -> typer.Typer:
     @app.command()
     @user_errors_exit_2
     def evaluate(
-        checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
+        checkpoint: Annotated[Path | None, typer.Option(help="run folder or checkpoint folder")] = None,
+        recipe: Annotated[str | None, typer.Option(help="with --seeds: train this recipe per seed")] = None,
+        seeds: Annotated[int, typer.Option(min=1, help="with --recipe: seeds to train; reports mean ± std")] = 1,
         data: Annotated[str | None, typer.Option(help="data source; defaults to the one trained on")] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", help="recipe override (with --recipe)")] = None,
+        out: Annotated[Path | None, typer.Option(help="folder for the seed runs (with --recipe)")] = None,
         json_: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON line last")] = False,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "auto",
     ) -> None:
-        """Score a checkpoint on the test split."""
-        dev = select_device(device)
-        loaded = load_model(domain, checkpoint, dev)
-        splits = loaded.task.load_splits(loaded.recipe, source=data)
-        metrics = evaluate_model(
-            loaded.task, loaded.model, splits.test, loaded.info, batch_size=loaded.recipe.train.batch_size,
-            device=dev, precision=loaded.recipe.train.precision,
+        """Score a checkpoint on the test split, or train a recipe over --seeds N and report mean ± std."""
+        if (checkpoint is None) == (recipe is None):
+            raise UserError("evaluate needs either --checkpoint DIR or --recipe NAME (with --seeds N)")
+        if checkpoint is not None:
+            dev = select_device(device)
+            loaded = load_model(domain, checkpoint, dev)
+            splits = loaded.task.load_splits(loaded.recipe, source=data)
+            metrics = evaluate_model(
+                loaded.task, loaded.model, splits.test, loaded.info, batch_size=loaded.recipe.train.batch_size,
+                device=dev, precision=loaded.recipe.train.precision,
+            )
+            if json_:
+                typer.echo(json.dumps(metrics))
+            else:
+                for key, value in metrics.items():
+                    typer.echo(f"{key:>16}  {value:.4f}")
+            return
+        summary = evaluate_seeds(
+            domain, recipe=recipe, seeds=seeds, data=data, overrides=set_ or [], device=device,
+            out=out or default_run_dir(domain.name, f"{Path(recipe).stem}-seeds"),
         )
         if json_:
-            typer.echo(json.dumps(metrics))
+            typer.echo(json.dumps(summary))
         else:
-            for key, value in metrics.items():
-                typer.echo(f"{key:>16}  {value:.4f}")
+            for key, (mean, std) in summary["test"].items():
+                typer.echo(f"{key:>16}  {mean:.4f} ± {std:.4f}   (test, {seeds} seeds)")
 
     @app.command()
     @user_errors_exit_2

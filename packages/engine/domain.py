@@ -79,6 +79,10 @@ class Task(ABC):
     @abstractmethod
     def build_model(self, recipe: Recipe, info: dict[str, Any]) -> nn.Module: ...
 
+    def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
+        """Fit data-derived buffers of a new model on the training split (not called on resume)."""
+        return None  # most tasks fit nothing beyond what `load_splits` puts in `info`
+
     def collate(self, items: list[Any]) -> Any:
         return torch.utils.data.default_collate(items)
 

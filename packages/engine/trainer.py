@@ -256,7 +256,9 @@ class Trainer:
             progress = state["progress"]
             start_epoch, step = progress["epoch"] + 1, progress["step"]
             best, best_epoch, bad_epochs = progress["best"], progress["best_epoch"], progress["bad_epochs"]
-        elif main:
+        else:
+            task.fit_statistics(model, splits)
+        if not resume and main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "recipe.yaml", recipe_to_yaml(self.recipe))
         barrier(dist_info)

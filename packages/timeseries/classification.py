@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from panformer.engine.config import Recipe, StrictModel
@@ -24,7 +24,9 @@ from panformer.timeseries.data import (
     read_ts_file,
     stratified_split,
 )
+from panformer.timeseries.models.mptsnet import MPTSNet, dominant_periods
 from panformer.timeseries.models.transformer import SeriesTransformer
+from panformer.timeseries.models.vsformer import VSFormer
 
 
 class ClassificationData(StrictModel):
@@ -32,22 +34,61 @@ class ClassificationData(StrictModel):
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
 
 
-class TransformerConfig(StrictModel):
-    name: Literal["transformer"] = "transformer"
+class EncoderConfig(StrictModel):
     dim: int = Field(64, ge=8)
     depth: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
-    patch: int = Field(8, ge=1)
-    stride: int = Field(4, ge=1)
     mlp_ratio: float = Field(2.0, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class TransformerConfig(EncoderConfig):
+    """The plain patch transformer (baseline)."""
+
+    name: Literal["transformer"] = "transformer"
+    patch: int = Field(8, ge=1)
+    stride: int = Field(4, ge=1)
+
+
+class VSFormerConfig(TransformerConfig):
+    """Value- and shape-aware tokens, prior-enhanced attention."""
+
+    name: Literal["vsformer"] = "vsformer"
+
+
+class MPTSNetConfig(EncoderConfig):
+    """Multiscale periodic segments from FFT-found periods."""
+
+    name: Literal["mptsnet"] = "mptsnet"
+    depth: int = Field(1, ge=1)
+    num_periods: int = Field(3, ge=1)
+    kernel: int = Field(3, ge=1)
+
+
+ModelConfig = Annotated[TransformerConfig | VSFormerConfig | MPTSNetConfig, Field(discriminator="name")]
 
 
 class ClassificationRecipe(Recipe):
     domain: Literal["timeseries"] = "timeseries"
     task: Literal["classification"] = "classification"
     data: ClassificationData = ClassificationData()
-    model: TransformerConfig = TransformerConfig()
+    model: ModelConfig = TransformerConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_name(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+            raw["model"].setdefault("name", "transformer")
+        return raw
+
+
+@torch.no_grad()
+def class_mean_series(model: VSFormer, train: SeriesDataset) -> Tensor:
+    """The standardised average series of each class (K, C, T), padded to the longest."""
+    batch = collate_series([train[i] for i in range(len(train))])
+    x = model.normalise(batch["values"], batch["lengths"])
+    targets = batch["target"]
+    return torch.stack([x[targets == k].mean(0) for k in targets.unique(sorted=True)])
 
 
 class ClassificationMetrics(Metrics):
@@ -101,6 +142,7 @@ class ClassificationTask(Task):
         # Normalisation is fitted on the training part only (not validation, never test).
         stacked = np.concatenate(train_series, axis=1)
         info = {
+            "task": "classification",
             "classes": classes,
             "channels": train_set.channels,
             "max_length": max(train_set.max_length, test_set.max_length),
@@ -108,6 +150,11 @@ class ClassificationTask(Task):
             "std": np.nanstd(stacked, axis=1).tolist(),
             "source": source,
         }
+        if isinstance(recipe.model, MPTSNetConfig):
+            periods, amplitudes = dominant_periods(
+                train_series, k=recipe.model.num_periods, max_length=train_set.max_length
+            )
+            info |= {"periods": periods, "amplitudes": amplitudes}
         return Splits(
             train=SeriesDataset(train_series, targets[train_idx]),
             val=SeriesDataset([train_set.series[i] for i in val_idx], targets[val_idx]),
@@ -118,14 +165,21 @@ class ClassificationTask(Task):
 
     def build_model(self, recipe: ClassificationRecipe, info: dict[str, Any]) -> nn.Module:
         cfg = recipe.model
-        model = SeriesTransformer(
-            channels=info["channels"], num_classes=len(info["classes"]), max_length=info["max_length"],
-            dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, patch=cfg.patch, stride=cfg.stride,
-            mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
+        common = dict(
+            channels=info["channels"], num_classes=len(info["classes"]), dim=cfg.dim, depth=cfg.depth,
+            num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
         )
-        with torch.no_grad():
-            model.set_normalisation(torch.tensor(info["mean"]), torch.tensor(info["std"]))
+        if isinstance(cfg, MPTSNetConfig):
+            model = MPTSNet(**common, periods=info["periods"], amplitudes=info["amplitudes"], kernel=cfg.kernel)
+        else:
+            model_type = VSFormer if isinstance(cfg, VSFormerConfig) else SeriesTransformer
+            model = model_type(**common, max_length=info["max_length"], patch=cfg.patch, stride=cfg.stride)
+        model.normalise.fit(torch.tensor(info["mean"]), torch.tensor(info["std"]))
         return model
+
+    def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
+        if isinstance(model, VSFormer):
+            model.fit_prior(class_mean_series(model, splits.train))
 
     def collate(self, items: list[Any]) -> dict[str, Tensor]:
         return collate_series(items)

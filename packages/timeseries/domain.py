@@ -8,9 +8,11 @@ from panformer.engine.config import Recipe
 from panformer.engine.domain import Domain, Task
 from panformer.engine.errors import UserError
 from panformer.timeseries.classification import ClassificationRecipe, ClassificationTask
+from panformer.timeseries.forecasting import ForecastingRecipe, ForecastingTask
 
 TASKS: dict[str, tuple[type[Recipe], type[Task]]] = {
     "classification": (ClassificationRecipe, ClassificationTask),
+    "forecasting": (ForecastingRecipe, ForecastingTask),
 }
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from shared_attention import Attention
+from shared_attention.score_mods import ScoreMod
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    x (B, N, D); key_padding_mask (B, N), True = real token; score_mod: an extra score modification
+    from `shared_attention.score_mods` (e.g. a prior bias).
+    """
 
     def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float, dropout: float) -> None:
         super().__init__()
@@ -20,6 +25,6 @@ class EncoderBlock(nn.Module):
             nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
         )
 
-    def forward(self, x: Tensor, *, key_padding_mask: Tensor) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask)
+    def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, score_mod: ScoreMod | None = None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, score_mod=score_mod)
         return x + self.mlp(self.mlp_norm(x))

@@ -1,10 +1,9 @@
-"""A transformer classifier for multivariate time series, built on `shared_attention`.
+"""A plain patch-token transformer classifier for multivariate time series (the package's baseline).
 
-    values (B, C, T) ──normalise──▶ patch embedding (conv, stride S) ──▶ tokens (B, N, D)
-      + learned positions ──▶ depth × [pre-norm attention, pre-norm MLP] ──▶ masked mean pool ──▶ logits (B, K)
+    values (B, C, T) ─normalise─▶ patches (B, N, C·P) ─linear─▶ tokens (B, N, D) + learned positions
+      ─▶ depth × EncoderBlock (key padding over tokens) ─▶ masked mean pool ─▶ logits (B, K)
 
-Legend: B batch, C channels, T time steps, N patch tokens, D model width, K classes.
-Padding (variable-length series) is handled by a key-padding mask over the patch tokens.
+Legend: B batch, C channels, T time steps, N patch tokens, P patch length, D width, K classes.
 """
 
 from __future__ import annotations
@@ -13,11 +12,16 @@ import torch
 from torch import Tensor, nn
 
 from panformer.timeseries.models.blocks import EncoderBlock
+from panformer.timeseries.models.common import (
+    SeriesNormaliser,
+    masked_mean,
+    num_patches,
+    patchify,
+    valid_tokens,
+)
 
 
 class SeriesTransformer(nn.Module):
-    """Patch-token transformer classifier (the plain baseline of the time-series package)."""
-
     def __init__(
         self,
         *,
@@ -34,11 +38,9 @@ class SeriesTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.patch, self.stride = patch, stride
-        # Normalisation statistics are fitted on the training split and saved with the weights.
-        self.register_buffer("mean", torch.zeros(channels))
-        self.register_buffer("std", torch.ones(channels))
-        self.embed = nn.Conv1d(channels, dim, kernel_size=patch, stride=stride)
-        self.pos = nn.Parameter(torch.zeros(1, self.num_tokens(max_length), dim))
+        self.normalise = SeriesNormaliser(channels)
+        self.embed = nn.Linear(channels * patch, dim)
+        self.pos = nn.Parameter(torch.zeros(1, num_patches(max_length, patch=patch, stride=stride), dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.blocks = nn.ModuleList(
             EncoderBlock(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth)
@@ -46,34 +48,12 @@ class SeriesTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
-    def num_tokens(self, length: int | Tensor) -> int | Tensor:
-        """Patch tokens for a series of `length` steps (short series still give one token)."""
-        if isinstance(length, Tensor):
-            return ((length - self.patch).clamp(min=0) + self.stride - 1) // self.stride + 1
-        return (max(length - self.patch, 0) + self.stride - 1) // self.stride + 1
-
-    def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
-        self.mean.copy_(mean)
-        self.std.copy_(std.clamp(min=1e-6))
-
     def forward(self, values: Tensor, lengths: Tensor) -> Tensor:
         """values (B, C, T), lengths (B,) -> logits (B, K)."""
-        T = values.shape[-1]
-        steps = torch.arange(T, device=values.device)
-        valid_steps = steps[None, :] < lengths[:, None]  # (B, T)
-        x = (values - self.mean[:, None]) / self.std[:, None]
-        x = torch.nan_to_num(x, nan=0.0) * valid_steps[:, None, :]  # missing and padded steps -> 0 (the mean)
-        if self.patch > T:  # shorter than one patch: pad on the right
-            x = nn.functional.pad(x, (0, self.patch - T))
-        # Pad so that the last partial patch still yields a token.
-        n_tokens = int(self.num_tokens(T))
-        needed = (n_tokens - 1) * self.stride + self.patch
-        x = nn.functional.pad(x, (0, max(0, needed - x.shape[-1])))
-        tokens = self.embed(x).transpose(1, 2)  # (B, N, D)
+        patches = patchify(self.normalise(values, lengths), patch=self.patch, stride=self.stride)
+        tokens = self.embed(patches.flatten(2))  # (B, N, D)
         tokens = tokens + self.pos[:, : tokens.shape[1]]
-        keep = torch.arange(tokens.shape[1], device=values.device)[None, :] < self.num_tokens(lengths)[:, None]
+        keep = valid_tokens(lengths, tokens.shape[1], patch=self.patch, stride=self.stride)
         for block in self.blocks:
             tokens = block(tokens, key_padding_mask=keep)
-        tokens = self.norm(tokens)
-        pooled = (tokens * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
-        return self.head(pooled)
+        return self.head(masked_mean(self.norm(tokens), keep))
