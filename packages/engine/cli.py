@@ -146,6 +146,7 @@ def build_cli(domain: Domain) -> typer.Typer:
         set_: Annotated[list[str] | None, typer.Option("--set", help="recipe override (with --recipe)")] = None,
         out: Annotated[Path | None, typer.Option(help="folder for the seed runs (with --recipe)")] = None,
         json_: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON line last")] = False,
+        plot: Annotated[Path | None, typer.Option(help="with --checkpoint: write the task's plot (PNG)")] = None,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "auto",
     ) -> None:
         """Score a checkpoint on the test split, or train a recipe over --seeds N and report mean ± std."""
@@ -159,6 +160,16 @@ def build_cli(domain: Domain) -> typer.Typer:
                 loaded.task, loaded.model, splits.test, loaded.info, batch_size=loaded.recipe.train.batch_size,
                 device=dev, precision=loaded.recipe.train.precision,
             )
+            if plot is not None:
+                if plot.suffix != ".png":
+                    raise UserError(f"--plot {plot}: give a .png path")
+                written = loaded.task.evaluation_plot(
+                    loaded.model, splits.test, loaded.info, path=plot, batch_size=loaded.recipe.train.batch_size,
+                    device=dev,
+                )
+                if written is None:
+                    raise UserError(f"--plot: the {domain.name} task has no evaluation plot")
+                typer.echo(f"plot: {written}", err=True)
             if json_:
                 typer.echo(json.dumps(metrics))
             else:

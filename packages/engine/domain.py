@@ -112,6 +112,19 @@ class Task(ABC):
         """Read `input_path`, write predictions to `output_path` atomically (and PNG plots with `plot`);
         return the files written."""
 
+    def evaluation_plot(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        info: dict[str, Any],
+        *,
+        path: Path,
+        batch_size: int,
+        device: torch.device,
+    ) -> Path | None:
+        """Write a PNG that shows the evaluation (e.g. a confusion matrix); None if the task has none."""
+        return None
+
     @abstractmethod
     def demo_input(self, recipe: Recipe, info: dict[str, Any], workdir: Path) -> Path:
         """A file `predict` can read, for the demo (written into `workdir` or found in a package)."""

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from panformer.engine.config import Recipe, StrictModel
 from panformer.engine.domain import Metrics, Splits, Task
@@ -27,6 +28,7 @@ from panformer.timeseries.data import (
 from panformer.timeseries.models.mptsnet import MPTSNet, dominant_periods
 from panformer.timeseries.models.transformer import SeriesTransformer
 from panformer.timeseries.models.vsformer import VSFormer
+from panformer.timeseries.plots import class_counts_png, confusion_matrix_png
 
 
 class ClassificationData(StrictModel):
@@ -232,7 +234,35 @@ class ClassificationTask(Task):
                 if series.labels is not None:
                     row.insert(2, series.labels[i])
                 writer.writerow(row)
-        return [output_path]
+        written = [output_path]
+        if plot and series.labels is not None and set(series.labels) <= set(classes):
+            # Labelled input: the confusion matrix says more than any per-series picture.
+            index = {c: i for i, c in enumerate(classes)}
+            confusion = np.zeros((len(classes), len(classes)), dtype=int)
+            for true, probs in zip(series.labels, rows, strict=True):
+                confusion[index[true], int(np.argmax(probs))] += 1
+            written.append(confusion_matrix_png(confusion, classes, output_path.with_suffix(".confusion.png")))
+        elif plot:
+            written.append(class_counts_png(np.asarray(rows), classes, output_path.with_suffix(".classes.png")))
+        return written
+
+    @torch.no_grad()
+    def evaluation_plot(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        info: dict[str, Any],
+        *,
+        path: Path,
+        batch_size: int,
+        device: torch.device,
+    ) -> Path:
+        metrics = ClassificationMetrics(len(info["classes"]))
+        for start in range(0, len(dataset), batch_size):
+            batch = collate_series([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            metrics.update(batch, model(batch["values"].to(device), batch["lengths"].to(device)))
+        confusion_matrix_png(metrics.confusion.numpy(), info["classes"], path)
+        return path
 
     def demo_input(self, recipe: ClassificationRecipe, info: dict[str, Any], workdir: Path) -> Path:
         # The test file of the bundled dataset: the demo predicts on data it never trained on.

@@ -89,10 +89,10 @@ class MPTSNet(nn.Module):
     ) -> None:
         super().__init__()
         self.normalise = SeriesNormaliser(channels)
-        self.local = nn.Sequential(
-            nn.Conv1d(channels, dim, kernel, padding=kernel // 2), nn.GELU(),
-            nn.Conv1d(dim, dim, kernel, padding=kernel // 2), nn.GELU(),
-        )
+        self.local = nn.ModuleList([
+            nn.Conv1d(channels, dim, kernel, padding=kernel // 2),
+            nn.Conv1d(dim, dim, kernel, padding=kernel // 2),
+        ])
         self.branches = nn.ModuleList(
             PeriodBranch(p, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
             for p in periods
@@ -103,7 +103,11 @@ class MPTSNet(nn.Module):
 
     def forward(self, values: Tensor, lengths: Tensor) -> Tensor:
         """values (B, C, T), lengths (B,) -> logits (B, K)."""
-        features = self.local(self.normalise(values, lengths))  # (B, D, T)
+        valid = (torch.arange(values.shape[-1], device=values.device)[None, :] < lengths[:, None])[:, None, :]
+        features = self.normalise(values, lengths)
+        for conv in self.local:
+            # Zero past the end after every layer, so padding never leaks into real steps.
+            features = nn.functional.gelu(conv(features)) * valid  # (B, D, T)
         pooled = torch.stack([branch(features, lengths) for branch in self.branches], dim=1)  # (B, S, D)
         weights = torch.softmax(self.scale_logits, dim=0)
         return self.head((pooled * weights[None, :, None]).sum(1))
