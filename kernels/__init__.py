@@ -1,7 +1,8 @@
 """Compiled attention kernels registered as torch custom ops.
 
 ``panformer::causal_linear_attention``: chunked causal linear attention (fast weight programmer),
-Triton on CUDA, the chunked torch form elsewhere; forward and backward.
+with an optional per-step decay; Triton on CUDA, the chunked torch form (compiled on large inputs)
+elsewhere; forward and backward.
 """
 
 from panformer_kernels.linear_attention import (

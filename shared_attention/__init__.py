@@ -3,8 +3,9 @@
 from shared_attention import Attention, attention, masks, score_mods, positions
 """
 
-from shared_attention import dispatch, masks, positions, score_mods
+from shared_attention import dispatch, masks, positions, score_mods, variants
 from shared_attention.api import Attention
+from shared_attention.cache import KVCache
 from shared_attention.dispatch import explain as explain_case
 from shared_attention.functional import attention, explain
 from shared_attention.masks import (
@@ -32,7 +33,17 @@ from shared_attention.score_mods import (
     SoftCap,
     Temperature,
 )
-from shared_attention.variants.base import Variant, VariantModule
+from shared_attention.variants import (
+    Differential,
+    Entmax15,
+    GatedLocalGlobalAttention,
+    LinearAttention,
+    Sinks,
+    Softmax,
+    Sparsemax,
+    Variant,
+    VariantModule,
+)
 
 __all__ = [
     "ALiBi",
@@ -43,12 +54,17 @@ __all__ = [
     "CoPE",
     "Compose",
     "Dense",
+    "Differential",
     "Document",
     "EdgeIndex",
+    "Entmax15",
     "ForeignKey",
     "ForgetGate",
+    "GatedLocalGlobalAttention",
+    "KVCache",
     "KeyPadding",
     "LearnedAbsolute",
+    "LinearAttention",
     "Mask",
     "Neighborhood",
     "NoPosition",
@@ -58,9 +74,12 @@ __all__ = [
     "SameRow",
     "SameValue",
     "ScoreMod",
+    "Sinks",
     "Sinusoidal",
     "SlidingWindow",
     "SoftCap",
+    "Softmax",
+    "Sparsemax",
     "Temperature",
     "Variant",
     "VariantModule",
@@ -71,4 +90,5 @@ __all__ = [
     "masks",
     "positions",
     "score_mods",
+    "variants",
 ]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from shared_attention.functional import attention
 from shared_attention.masks import KeyPadding, Mask
 from shared_attention.positions import NoPosition, Position
-from shared_attention.score_mods import Compose, ScoreMod
+from shared_attention.score_mods import Compose, ForgetGateModule, ScoreMod
 from shared_attention.variants.base import Variant
 
 
@@ -95,8 +95,8 @@ class Attention(nn.Module):
     ) -> Tensor:
         """x (B, L, dim) -> (B, L, dim).
 
-        context: (B, Lk, kv_dim) for cross attention (keys/values from it; RoPE and absolute
-            encodings then apply to the queries' side only, which has no shared frame: RoPE is skipped).
+        context: (B, Lk, kv_dim) for cross attention: keys and values come from it. Absolute
+            encodings then apply to x only and RoPE is skipped (no shared position frame).
         mask: a Mask over (L, Lk); key_padding_mask: bool (B, Lk), True = real token (combined
             with ``mask``). With a cache, Lk counts every cached key.
         positions: token positions (B, L) / (L,) (coordinates (..., L, N) for axial RoPE);
@@ -104,6 +104,9 @@ class Attention(nn.Module):
         cache: a KVCache; new keys/values are appended and attention runs over all of them.
         backend: "auto" or a backend name, passed to the softmax attention.
         """
+        if cache is not None and isinstance(self.score_mod_module, ForgetGateModule):
+            # Its bias needs the gates of every cached token, which the cache does not keep.
+            raise NotImplementedError("ForgetGate does not support decoding with a KV cache yet")
         batch, length, _ = x.shape
         offset = cache.offset if cache is not None else 0
         if positions is None:

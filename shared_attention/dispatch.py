@@ -33,6 +33,7 @@ class Case:
     v_dim: int
     mask: Any = None  # a masks.Mask or None
     score_mod: Any = None  # a score_mods.ScoreMod or None
+    device: torch.device | None = None  # the tensors' device (for lowerings a rank may inspect)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -111,15 +112,19 @@ def explain(case: Case, backend: str = "auto") -> Explanation:
 
 def select(case: Case, backend: str = "auto") -> Backend:
     """The backend that runs ``case``; raises ValueError with the reasons when none can."""
+    candidates = backends(case.op)
+    if backend == "auto":
+        # The hot path of every call: no explanation strings unless nothing fits.
+        ranked = [(b.rank(case), name) for name, b in candidates.items() if b.supports(case) is None]
+        if ranked:
+            return candidates[min(ranked)[1]]
+    elif backend in candidates and candidates[backend].supports(case) is None:
+        return candidates[backend]
     why = explain(case, backend)
-    if why.chosen is None:
-        if backend != "auto":
-            raise ValueError(
-                f"backend {backend!r} cannot run this {case.op} call: {why.rejected[backend]}"
-            )
-        reasons = "; ".join(f"{n}: {r}" for n, r in why.rejected.items())
-        raise ValueError(f"no backend can run this {case.op} call ({reasons})")
-    return backends(case.op)[why.chosen]
+    if backend != "auto":
+        raise ValueError(f"backend {backend!r} cannot run this {case.op} call: {why.rejected[backend]}")
+    reasons = "; ".join(f"{n}: {r}" for n, r in why.rejected.items())
+    raise ValueError(f"no backend can run this {case.op} call ({reasons})")
 
 
 def needs_grad(*tensors: torch.Tensor) -> bool:

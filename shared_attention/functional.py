@@ -51,6 +51,7 @@ def make_case(
         v_dim=v.shape[-1],
         mask=mask,
         score_mod=score_mod,
+        device=q.device,
     )
 
 

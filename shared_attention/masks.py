@@ -17,7 +17,6 @@ KV cache (Lq < Lk).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,8 +29,9 @@ MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 class Mask:
     """Base class: subclasses implement ``allowed``; ``&`` and ``|`` combine masks."""
 
-    # Whether the mask varies along the batch axis (False lets Flex share one block mask).
+    # Whether the mask varies along the batch / head axes (False lets Flex share one block mask).
     batch_dependent: bool = False
+    head_dependent: bool = False
 
     def allowed(
         self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, q_len: int, kv_len: int
@@ -67,10 +67,6 @@ class Mask:
 
     def device(self) -> torch.device:
         return torch.device("cpu")
-
-    def block_sparse(self) -> bool:
-        """Whether most key blocks are skipped at long lengths (where Flex pays off)."""
-        return False
 
     def __and__(self, other: Mask) -> Mask:
         return And((self, other))
@@ -109,9 +105,6 @@ class SlidingWindow(Mask):
             return (q_pos >= kv_idx) & (q_pos - kv_idx < self.window)
         return (q_pos - kv_idx).abs() <= self.window // 2
 
-    def block_sparse(self):
-        return True
-
 
 @dataclass(frozen=True)
 class Chunked(Mask):
@@ -124,9 +117,6 @@ class Chunked(Mask):
         q_pos = _query_positions(q_idx, q_len, kv_len)
         same = (q_pos // self.chunk_size) == (kv_idx // self.chunk_size)
         return same & (q_pos >= kv_idx) if self.causal else same
-
-    def block_sparse(self):
-        return True
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,9 +178,6 @@ class Document(Mask):
     def device(self):
         return self.segment_ids.device
 
-    def block_sparse(self):
-        return True
-
 
 @dataclass(frozen=True)
 class Neighborhood(Mask):
@@ -235,9 +222,6 @@ class Neighborhood(Mask):
             ok = ok & (ki % d == group) & (k_g >= start) & (k_g < start + k)
         return ok
 
-    def block_sparse(self):
-        return math.prod(self.kernel_size) * 4 <= math.prod(self.grid)
-
 
 @dataclass(frozen=True, eq=False)
 class EdgeIndex(Mask):
@@ -276,9 +260,6 @@ class EdgeIndex(Mask):
 
     def device(self):
         return self.adjacency.device
-
-    def block_sparse(self):
-        return True
 
 
 @dataclass(frozen=True, eq=False)
@@ -363,6 +344,7 @@ class Dense(Mask):
             raise ValueError(
                 f"Dense mask must be 4-D (B, H, Lq, Lk)-broadcastable, got {tuple(self.mask.shape)}"
             )
+        object.__setattr__(self, "head_dependent", self.mask.shape[1] > 1)
 
     def allowed(self, b, h, q_idx, kv_idx, q_len, kv_len):
         m = self.mask
@@ -389,6 +371,7 @@ class _Combined(Mask):
 
     def __post_init__(self):
         object.__setattr__(self, "batch_dependent", any(m.batch_dependent for m in self.parts))
+        object.__setattr__(self, "head_dependent", any(m.head_dependent for m in self.parts))
 
     def batch_size(self):
         sizes = {m.batch_size() for m in self.parts} - {None}
@@ -426,9 +409,6 @@ class And(_Combined):
     def sdpa_causal(self, q_len, kv_len):
         return all(m.sdpa_causal(q_len, kv_len) for m in self.parts)
 
-    def block_sparse(self):
-        return any(m.block_sparse() for m in self.parts)
-
     def __and__(self, other):
         return And((*self.parts, other))
 
@@ -442,9 +422,6 @@ class Or(_Combined):
 
     def sdpa_causal(self, q_len, kv_len):
         return all(m.sdpa_causal(q_len, kv_len) for m in self.parts)
-
-    def block_sparse(self):
-        return all(m.block_sparse() for m in self.parts)
 
     def __or__(self, other):
         return Or((*self.parts, other))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -246,11 +246,16 @@ class ForgetGateBias(ScoreMod):
     """
 
     cumulative_log_forget: Tensor
+    # -c as its own tensor: Flex's backward cannot differentiate two reads of one captured tensor.
+    negated: Tensor = field(init=False, repr=False)
     additive = True
 
+    def __post_init__(self):
+        object.__setattr__(self, "negated", -self.cumulative_log_forget)
+
     def modify(self, score, b, h, q_idx, kv_idx, q_len, kv_len):
-        c = self.cumulative_log_forget
-        return score + c[b, h, _query_positions(q_idx, q_len, kv_len)] - c[b, h, kv_idx]
+        q_pos = _query_positions(q_idx, q_len, kv_len)
+        return score + self.cumulative_log_forget[b, h, q_pos] + self.negated[b, h, kv_idx]
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,17 @@ On CPU, compiled Flex has no backward: the backend only takes inference calls th
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import os
+import shutil
+from dataclasses import dataclass
 from functools import cache
 
 import torch
 from torch import Tensor
 
+from shared_attention.backends.lowering import cached_lowering
+from shared_attention.backends.sdpa import folded_temperature
 from shared_attention.dispatch import Case
-
-_BLOCK_MASK_CACHE_SIZE = 32
-_block_masks: OrderedDict = OrderedDict()
 
 
 @cache
@@ -33,6 +34,12 @@ def _compiled_flex():
 
 
 @cache
+def _cpp_compiler() -> str | None:
+    # Inductor compiles Flex's CPU kernels with the system C++ compiler.
+    return next(filter(None, map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))), None)
+
+
+@cache
 def flex_available() -> str | None:
     """None when FlexAttention imports, else the reason."""
     try:
@@ -42,38 +49,60 @@ def flex_available() -> str | None:
     return None
 
 
-def _cache_key(mask, q_len: int, kv_len: int, batch: int, device: torch.device):
-    # Tensor-carrying masks are not hashable by value: key them by identity (the cache holds a
-    # reference, so the id cannot be reused while the entry lives).
-    try:
-        hash(mask)
-        ident = mask
-    except TypeError:
-        ident = ("id", id(mask))
-    return ident, q_len, kv_len, batch, str(device)
+def block_mask_for(mask, q_len: int, kv_len: int, batch: int, heads: int, device: torch.device):
+    """The (cached) Flex BlockMask of ``mask`` for these lengths.
 
-
-def block_mask_for(mask, q_len: int, kv_len: int, batch: int, device: torch.device):
-    """The (cached) Flex BlockMask of ``mask`` for these lengths."""
+    Flex skips key blocks by this block mask and applies ``mask_mod`` inside the blocks it keeps;
+    it is built per batch element / head only where the mask varies along that axis.
+    """
     from torch.nn.attention.flex_attention import create_block_mask
 
-    key = _cache_key(mask, q_len, kv_len, batch, device)
-    hit = _block_masks.get(key)
-    if hit is not None:
-        _block_masks.move_to_end(key)
-        return hit[1]
-    block_mask = create_block_mask(
-        mask.mask_mod(q_len, kv_len),
-        batch if mask.batch_dependent else None,
-        None,
-        q_len,
-        kv_len,
-        device=device,
-    )
-    _block_masks[key] = (mask, block_mask)
-    if len(_block_masks) > _BLOCK_MASK_CACHE_SIZE:
-        _block_masks.popitem(last=False)
-    return block_mask
+    def build():
+        return create_block_mask(
+            mask.mask_mod(q_len, kv_len),
+            batch if mask.batch_dependent else None,
+            heads if mask.head_dependent else None,
+            q_len,
+            kv_len,
+            device=device,
+        )
+
+    return cached_lowering("flex", mask, (q_len, kv_len, batch, heads), device, build)
+
+
+# A partial tile evaluates mask_mod per pair: about twice a full tile's cost (CPU bench).
+_PARTIAL_TILE_COST = 2.0
+
+
+def tile_cost(mask, q_len: int, kv_len: int, batch: int, heads: int, device) -> float:
+    """Flex's work for this mask relative to computing every tile, from its BlockMask:
+    (full tiles + 2 x partial tiles) / all tiles."""
+    block_mask = block_mask_for(mask, q_len, kv_len, batch, heads, device)
+    partial = block_mask.kv_num_blocks.sum()
+    full = 0 if block_mask.full_kv_num_blocks is None else block_mask.full_kv_num_blocks.sum()
+    total = block_mask.kv_num_blocks.numel() * block_mask.kv_indices.shape[-1]
+    return float(full + _PARTIAL_TILE_COST * partial) / total
+
+
+@dataclass(frozen=True)
+class _FlexRule:
+    """Where Flex beats SDPA, per device (measured with apps/bench/attention.py, results in
+    apps/bench/results/): with a score mod from ``min_kv_len_score_mod`` keys on; with a mask
+    from ``min_kv_len_mask`` keys on, when its tile cost is at most ``max_tile_cost``."""
+
+    min_kv_len_score_mod: int
+    min_kv_len_mask: int
+    max_tile_cost: float
+
+
+_FLEX_WINS = {
+    # CPU (attention-cpu.md): key padding (tile cost 0.97) stays with SDPA; windows, chunks,
+    # documents, 2-D neighborhoods (<= 0.3) go to Flex; the random graph (2.0) stays with SDPA.
+    "cpu": _FlexRule(min_kv_len_score_mod=512, min_kv_len_mask=1024, max_tile_cost=0.6),
+    # H200 (attention-h200.md): SDPA with any mask tensor is ~2x slower than without, so Flex
+    # wins up to a higher cost (key padding, 0.97: Flex 0.30 ms vs SDPA 0.37 ms); not the graph (2.0).
+    "cuda": _FlexRule(min_kv_len_score_mod=512, min_kv_len_mask=1024, max_tile_cost=1.2),
+}
 
 
 def flex_attention(
@@ -81,7 +110,11 @@ def flex_attention(
 ) -> Tensor:
     """q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> (B, H, Lq, Dv)."""
     q_len, kv_len = q.shape[2], k.shape[2]
-    block_mask = None if mask is None else block_mask_for(mask, q_len, kv_len, q.shape[0], q.device)
+    block_mask = (
+        None
+        if mask is None
+        else block_mask_for(mask, q_len, kv_len, q.shape[0], q.shape[1], q.device)
+    )
     flex_mod = None if score_mod is None else score_mod.flex(q_len, kv_len)
     return _compiled_flex()(
         q,
@@ -105,6 +138,8 @@ class FlexBackend:
             return f"no compiled Flex on {case.device_type}"
         if case.device_type == "cpu" and case.training:
             return "compiled Flex has no backward on CPU (inference only)"
+        if case.device_type == "cpu" and not _cpp_compiler():
+            return "no C++ compiler for Inductor's CPU code"
         if case.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return f"dtype {case.dtype} not supported"
         if case.head_dim < 16 or case.v_dim < 16:
@@ -112,10 +147,19 @@ class FlexBackend:
         return None
 
     def rank(self, case: Case) -> float:
-        mask = case.mask
-        if mask is not None and mask.block_sparse() and case.kv_len >= 1024:
-            return 12.0  # skips masked blocks: beats SDPA's dense mask (rank 15) at long lengths (bench)
-        return 50.0  # runs what SDPA cannot (e.g. soft-capping) faster than the reference
+        rule, mask = _FLEX_WINS[case.device_type], case.mask
+        if case.score_mod is not None and folded_temperature(case.score_mod) is None:
+            # SDPA would take the mod as a materialised (B, H, Lq, Lk) float mask.
+            return 12.0 if case.kv_len >= rule.min_kv_len_score_mod else 50.0
+        if mask is None or mask.sdpa_causal(case.q_len, case.kv_len):
+            return 50.0  # SDPA's fused kernels (rank 10) win; Flex still beats the reference
+        if case.kv_len < rule.min_kv_len_mask:
+            return 50.0  # short: Flex's fixed cost outweighs the skipped tiles
+        shape = (case.q_len, case.kv_len, case.batch, case.heads)
+        cost = cached_lowering(  # once per mask: it reads the block mask back from the device
+            "flex-tile-cost", mask, shape, case.device, lambda: tile_cost(mask, *shape, case.device)
+        )
+        return 12.0 if cost <= rule.max_tile_cost else 50.0  # vs SDPA's dense mask (rank 15)
 
     def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
         return flex_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale)

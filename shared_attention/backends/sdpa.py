@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from shared_attention.backends.lowering import cached_lowering
 from shared_attention.dispatch import Case
 from shared_attention.score_mods import Temperature
 
 
-def _folded_temperature(score_mod) -> float | None:
+def folded_temperature(score_mod) -> float | None:
+    """The tau of a float Temperature (SDPA folds it into ``scale``), else None."""
     if isinstance(score_mod, Temperature) and not isinstance(score_mod.tau, Tensor):
         return float(score_mod.tau)
     return None
@@ -27,7 +29,7 @@ def sdpa_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     gqa = q.shape[1] != k.shape[1]
     q_len, kv_len = q.shape[2], k.shape[2]
-    tau = _folded_temperature(score_mod)
+    tau = folded_temperature(score_mod)
     if tau is not None:
         scale, score_mod = scale / tau, None
 
@@ -36,21 +38,36 @@ def sdpa_attention(
             q, k, v, is_causal=mask is not None, scale=scale, enable_gqa=gqa
         )
 
-    attn_mask, has_keys = None, None
+    attn_mask, empty_rows = None, None
     if mask is not None:
-        allowed = mask.dense(q_len, kv_len, device=q.device)
-        has_keys = allowed.any(dim=-1, keepdim=True)
-        # SDPA gives NaN for rows with no key; let such rows see every key, then zero them.
-        attn_mask = allowed | ~has_keys
+        attn_mask, empty_rows = cached_lowering(
+            "sdpa",
+            mask,
+            (q_len, kv_len),
+            q.device,
+            lambda: _dense_mask(mask, q_len, kv_len, q.device),
+        )
     if score_mod is not None:
         bias = score_mod.additive_bias(
             q.shape[0], q.shape[1], q_len, kv_len, device=q.device, dtype=q.dtype
         )
         attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=gqa)
-    if has_keys is not None and not bool(has_keys.all()):
-        out = out * has_keys.to(out.dtype)
+    if empty_rows is not None:
+        out = out.masked_fill(empty_rows, 0.0)
     return out
+
+
+def _dense_mask(mask, q_len: int, kv_len: int, device) -> tuple[Tensor, Tensor | None]:
+    """SDPA's bool attn_mask, and the rows with no allowed key (None when there are none).
+
+    SDPA gives NaN for a row with no key; such rows see every key instead, and are zeroed after.
+    """
+    allowed = mask.dense(q_len, kv_len, device=device)
+    empty = ~allowed.any(dim=-1, keepdim=True)
+    if not bool(empty.any()):
+        return allowed, None
+    return allowed | empty, empty
 
 
 class SdpaBackend:
@@ -58,15 +75,16 @@ class SdpaBackend:
 
     def supports(self, case: Case) -> str | None:
         mod = case.score_mod
-        if mod is not None and not mod.additive and _folded_temperature(mod) is None:
+        if mod is not None and not mod.additive and folded_temperature(mod) is None:
             return f"score mod {type(mod).__name__} is not an additive bias or a float temperature"
         return None
 
     def rank(self, case: Case) -> float:
-        mask = case.mask
-        if mask is None or mask.sdpa_causal(case.q_len, case.kv_len):
+        mask, mod = case.mask, case.score_mod
+        bias = mod is not None and folded_temperature(mod) is None
+        if not bias and (mask is None or mask.sdpa_causal(case.q_len, case.kv_len)):
             return 10.0  # fused kernels, no mask tensor
-        return 15.0  # a dense mask: every pair is computed, masked or not
+        return 15.0  # a dense mask or bias: every pair is computed, masked or not
 
     def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
         return sdpa_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale)

@@ -106,7 +106,12 @@ def make_mask(
     if name == "window_or_chunk":
         return SlidingWindow(3) | Chunked(max(1, kv_len // 2), causal=False)
     if name == "dense_per_head":
-        return Dense((torch.rand(batch, heads, q_len, kv_len, generator=g) > 0.5).to(device))
+        # Causal on even heads, anti-causal on odd ones: key blocks kept differ per head.
+        i, j = torch.arange(q_len)[:, None], torch.arange(kv_len)[None]
+        odd = (torch.arange(heads) % 2 == 1)[:, None, None]
+        structured = torch.where(odd, j >= i, j <= i)
+        keep = torch.rand(batch, heads, q_len, kv_len, generator=g) > 0.3
+        return Dense((structured & keep).to(device))
     raise KeyError(name)
 
 

@@ -158,7 +158,7 @@ def test_sdpa_matches_reference_values_and_grads(shape, mask_name, mod_name):
 
 # Flex on CPU: compiled inference only, so forward values at a few fixed shapes (each new shape
 # or mask structure compiles, a few seconds each).
-FLEX_SHAPE = {"batch": 2, "kv_heads": 2, "group": 2, "q_len": 24, "extra": 0, "head_dim": 16}
+FLEX_SHAPE = {"batch": 2, "kv_heads": 2, "group": 2, "q_len": 160, "extra": 0, "head_dim": 16}
 FLEX_PAIRS = list(zip(MASKS, (SCORE_MODS * 2)[: len(MASKS)], strict=True))
 
 
@@ -199,3 +199,59 @@ def test_flex_refuses_cpu_training():
     q, k, v = qkv(1, 2, 2, 8, 8, 16, requires_grad=True)
     with pytest.raises(ValueError, match="no backward on CPU"):
         attention(q, k, v, mask=Causal(), backend="flex")
+
+
+# --- CUDA: SDPA and Flex, forward and backward, against the oracle --------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU_SHAPE = {"batch": 2, "kv_heads": 2, "group": 2, "q_len": 300, "extra": 0, "head_dim": 64}
+# Each Flex structure compiles a forward and a backward kernel: a representative subset.
+GPU_FLEX_PAIRS = [
+    ("causal", "alibi"),
+    ("sliding_causal", "softcap"),
+    ("document_causal", "relative_bias"),
+    ("neighborhood_2d", "none"),
+    ("edge_index", "forget_gate"),
+    ("relational_feature", "temperature_per_head"),
+    ("dense_per_head", "bias"),
+]
+
+
+def check_against_reference(backend, mask_name, mod_name, *, atol, rtol, dtype=torch.float32):
+    q, k, v, mask, mod = make_call(GPU_SHAPE, mask_name, mod_name, device="cuda")
+    ref_out, ref_grads = run_and_grad("reference", q, k, v, mask, mod)
+    low = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    out, grads = run_and_grad(backend, *low, mask, mod)
+    assert_close(out.float(), ref_out, atol=atol, rtol=rtol)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert_close(g.float(), r, atol=atol, rtol=rtol)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("mask_name", MASKS)
+def test_sdpa_cuda_matches_reference(mask_name):
+    mod_name = "alibi" if mask_name != "none" else "bias"
+    check_against_reference("sdpa", mask_name, mod_name, atol=2e-4, rtol=2e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(("mask_name", "mod_name"), GPU_FLEX_PAIRS)
+def test_flex_cuda_matches_reference(mask_name, mod_name):
+    check_against_reference("flex", mask_name, mod_name, atol=2e-4, rtol=2e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_bf16_cuda_close_to_fp32_reference(backend):
+    check_against_reference(backend, "sliding_causal", "alibi", atol=3e-2, rtol=3e-2, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_auto_dispatch_trains_through_flex():
+    q, k, v = qkv(1, 4, 4, 4096, 4096, 64, requires_grad=True, device="cuda")
+    why = explain(q, k, v, mask=SlidingWindow(256))
+    assert why.chosen == "flex", str(why)

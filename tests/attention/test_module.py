@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from shared_attention import Attention
+from shared_attention import Attention, KVCache
 from shared_attention.backends.reference import reference_attention
-from shared_attention.masks import KeyPadding
+from shared_attention.masks import Causal, KeyPadding, Neighborhood
+from shared_attention.positions import (
+    ALiBi,
+    CoPE,
+    LearnedAbsolute,
+    NoPosition,
+    RoPE,
+    Sinusoidal,
+    rotate,
+)
+from shared_attention.score_mods import ALiBi as ALiBiScoreMod
+from shared_attention.score_mods import Compose, ForgetGate, RelativeBias, SoftCap
+from shared_attention.variants import Softmax
 
 from .conftest import assert_close
 
@@ -56,3 +69,121 @@ def test_backends_agree_and_train():
     for backend in ("sdpa", "auto"):
         assert_close(outs[backend][0], outs["reference"][0])
         assert_close(outs[backend][1], outs["reference"][1])
+
+
+def test_cross_attention_with_gqa_matches_manual():
+    layer = Attention(24, 6, num_kv_heads=2, kv_dim=10).eval()
+    x, context = torch.randn(2, 5, 24), torch.randn(2, 7, 10)
+    valid = torch.rand(2, 7) > 0.3
+    valid[:, 0] = True
+    out = layer(x, context=context, key_padding_mask=valid)
+    assert_close(out, manual_attention(layer, x, context=context, mask=KeyPadding(valid=valid)))
+
+
+def test_head_dim_and_validation():
+    layer = Attention(10, 4, head_dim=8)
+    assert layer(torch.randn(1, 3, 10)).shape == (1, 3, 10)
+    with pytest.raises(ValueError):
+        Attention(10, 4)
+    with pytest.raises(ValueError):
+        Attention(12, 4, num_kv_heads=3)
+
+
+def test_rope_in_module_matches_manual_rotation():
+    layer = Attention(32, 4, position=RoPE()).eval()
+    x = torch.randn(2, 6, 32)
+    batch, length, h, d = 2, 6, 4, 8
+    q = layer.q_proj(x).view(batch, length, h, d).transpose(1, 2)
+    k, v = layer.kv_proj(x).view(batch, length, 2, h, d).permute(2, 0, 3, 1, 4)
+    pos = torch.arange(length)
+    q, k = rotate(q, pos), rotate(k, pos)
+    expected = reference_attention(q, k, v, mask=Causal())
+    expected = layer.out_proj(expected.transpose(1, 2).reshape(batch, length, h * d))
+    assert_close(layer(x, mask=Causal()), expected)
+
+
+@pytest.mark.parametrize(
+    "position", [RoPE(), ALiBi(), Sinusoidal(), LearnedAbsolute(max_len=32), NoPosition()], ids=repr
+)
+def test_kv_cache_decoding_matches_full_forward(position):
+    torch.manual_seed(0)
+    layer = Attention(32, 4, num_kv_heads=2, position=position).eval()
+    x = torch.randn(2, 9, 32)
+    full = layer(x, mask=Causal())
+    cache = KVCache(2, 2, 16, 8)
+    steps = [layer(x[:, :5], mask=Causal(), cache=cache)]  # prompt
+    for t in range(5, 9):  # then one token at a time
+        steps.append(layer(x[:, t : t + 1], mask=Causal(), cache=cache))
+    assert cache.offset == 9
+    assert_close(torch.cat(steps, dim=1), full)
+
+
+@pytest.mark.parametrize("score_mod", [RelativeBias(4), ForgetGate()], ids=repr)
+def test_learned_score_mods_train_and_match_manual(score_mod):
+    layer = Attention(16, 2, score_mod=score_mod)
+    params = dict(layer.score_mod_module.named_parameters())
+    for p in params.values():
+        torch.nn.init.normal_(p)
+    x = torch.randn(2, 6, 16)
+    out = layer(x, mask=Causal(), backend="reference")
+    assert_close(
+        out, manual_attention(layer, x, mask=Causal(), score_mod=layer.score_mod_module(x))
+    )
+    assert_close(layer(x, mask=Causal(), backend="sdpa"), out)
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params.values())
+
+
+def test_fixed_and_per_call_score_mods_compose():
+    layer = Attention(16, 2, score_mod=SoftCap(3.0)).eval()
+    x = torch.randn(1, 5, 16)
+    mod = Compose((ALiBiScoreMod(2), SoftCap(3.0)))
+    # Per-call mods come after the layer's own.
+    got = layer(x, score_mod=ALiBiScoreMod(2))
+    expected = manual_attention(layer, x, score_mod=Compose((SoftCap(3.0), ALiBiScoreMod(2))))
+    assert_close(got, expected)
+    assert not torch.allclose(got, manual_attention(layer, x, score_mod=mod))
+
+
+def test_cope_in_module_trains():
+    layer = Attention(16, 2, position=CoPE(max_positions=8))
+    torch.nn.init.normal_(layer.position.embedding)
+    x = torch.randn(2, 6, 16)
+    out = layer(x, mask=Causal())
+    assert_close(layer(x, mask=Causal(), backend="reference"), out)
+    out.sum().backward()
+    assert layer.position.embedding.grad.abs().sum() > 0
+
+
+def test_softmax_variant_equals_default():
+    torch.manual_seed(1)
+    plain = Attention(16, 2).eval()
+    torch.manual_seed(1)
+    with_variant = Attention(16, 2, variant=Softmax()).eval()
+    x = torch.randn(2, 5, 16)
+    assert_close(with_variant(x, mask=Causal()), plain(x, mask=Causal()))
+
+
+def test_dropout_only_in_training():
+    layer = Attention(16, 2, dropout=0.5)
+    x = torch.randn(2, 5, 16)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+    layer.train()
+    assert not torch.equal(layer(x), layer(x))
+
+
+def test_axial_rope_module_on_a_grid():
+    layer = Attention(32, 2, position=RoPE(axes=2, grid=(3, 4))).eval()
+    x = torch.randn(1, 12, 32)
+    out = layer(x, mask=Neighborhood((3, 4), 3))
+    assert out.shape == (1, 12, 32)
+    assert_close(layer(x, mask=Neighborhood((3, 4), 3), backend="reference"), out)
+
+
+def test_forget_gate_refuses_kv_cache_before_touching_it():
+    layer = Attention(16, 2, score_mod=ForgetGate())
+    cache = KVCache(1, 2, 8, 8)
+    with pytest.raises(NotImplementedError, match="KV cache"):
+        layer(torch.randn(1, 3, 16), mask=Causal(), cache=cache)
+    assert cache.offset == 0
