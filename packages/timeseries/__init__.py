@@ -1,1 +1,1 @@
-"""Time series: classification (and, later, forecasting) on the shared attention core."""
+"""Time series: classification, forecasting and spatio-temporal forecasting on the shared attention core."""

@@ -9,10 +9,12 @@ from panformer.engine.domain import Domain, Task
 from panformer.engine.errors import UserError
 from panformer.timeseries.classification import ClassificationRecipe, ClassificationTask
 from panformer.timeseries.forecasting import ForecastingRecipe, ForecastingTask
+from panformer.timeseries.spatiotemporal import SpatioTemporalRecipe, SpatioTemporalTask
 
 TASKS: dict[str, tuple[type[Recipe], type[Task]]] = {
     "classification": (ClassificationRecipe, ClassificationTask),
     "forecasting": (ForecastingRecipe, ForecastingTask),
+    "spatiotemporal": (SpatioTemporalRecipe, SpatioTemporalTask),
 }
 
 

@@ -25,7 +25,7 @@ from panformer.timeseries.forecast_metrics import ForecastMetrics, pinball_loss
 from panformer.timeseries.models.encoder_decoder import EncoderDecoderForecaster
 from panformer.timeseries.models.patchtst import PatchTST
 from panformer.timeseries.tabular import SeriesTable, read_table, write_table
-from panformer.timeseries.windows import make_forecast_splits
+from panformer.timeseries.windows import WindowDataset, make_forecast_splits
 
 
 class ForecastingData(StrictModel):
@@ -110,6 +110,7 @@ class ForecastingTask(Task):
     demo_output_name = "forecast.csv"
 
     def __init__(self) -> None:
+        # Set by `build_model` from the recipe: `loss` and `predict` run on the model it built.
         self.quantiles: list[float] = []
         self.point_loss = "mse"
         self.teacher_forcing = False
@@ -122,7 +123,7 @@ class ForecastingTask(Task):
         splits = make_forecast_splits(
             table.values, context=data.context, horizon=data.horizon,
             val_steps=data.val_steps or data.horizon, test_steps=data.test_steps or data.horizon,
-            season=season, stride=data.stride, names=table.ids,
+            season=season, stride=data.stride, names=[f"{source}: series '{i}'" for i in table.ids],
         )
         info = {
             "variables": table.variables,
@@ -165,10 +166,8 @@ class ForecastingTask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         context, target = batch["context"], batch["target"]
-        if self.teacher_forcing and model.training:
-            pred = model(context, target)
-        else:
-            pred = model(context)
+        # The encoder-decoder is teacher-forced in training and autoregressive otherwise.
+        pred = model(context, target) if self.teacher_forcing and model.training else model(context)
         pred = pred.float()
         # Errors are measured in units of each series' seasonal-naive error (the MASE scale), so
         # variables and series of different magnitudes weigh alike.
@@ -185,16 +184,22 @@ class ForecastingTask(Task):
         return ForecastMetrics()
 
     @torch.no_grad()
-    def forecast(self, model: nn.Module, table: SeriesTable, info: dict[str, Any], device: torch.device) -> list[dict[str, np.ndarray]]:
-        """Forecast H steps past the end of every series of `table`: per series, arrays (C, H)."""
-        context = info["context"]
-        windows = torch.stack([torch.from_numpy(v[:, -context:]) for v in table.values]).to(device)
-        pred = model(windows).float()
-        outputs = forecast_outputs(pred, self.quantiles)
-        if self.quantiles:
-            ordered = pred.sort(dim=-1).values
-            outputs.update({f"q{q:g}": ordered[..., i] for i, q in enumerate(self.quantiles)})
-        return [{k: v[i].cpu().numpy() for k, v in outputs.items()} for i in range(len(table.ids))]
+    def forecast(
+        self, model: nn.Module, table: SeriesTable, info: dict[str, Any], device: torch.device, *, batch_size: int = 256
+    ) -> list[dict[str, np.ndarray]]:
+        """Forecast H steps past the end of every series of `table`: per series, arrays (C, H)
+        keyed point, lower, upper and one per quantile."""
+        context, results = info["context"], []
+        for start in range(0, len(table.ids), batch_size):
+            chunk = table.values[start : start + batch_size]
+            windows = torch.stack([torch.from_numpy(v[:, -context:]) for v in chunk]).to(device)
+            pred = model(windows).float()
+            outputs = forecast_outputs(pred, self.quantiles)
+            if self.quantiles:
+                ordered = pred.sort(dim=-1).values
+                outputs.update({f"q{q:g}": ordered[..., i] for i, q in enumerate(self.quantiles)})
+            results += [{k: v[i].cpu().numpy() for k, v in outputs.items()} for i in range(len(chunk))]
+        return results
 
     def predict(
         self,
@@ -227,6 +232,36 @@ class ForecastingTask(Task):
         if plot:
             written += plot_forecasts(table, forecasts, info, output_path)
         return written
+
+    @torch.no_grad()
+    def evaluation_plot(
+        self,
+        model: nn.Module,
+        dataset: WindowDataset,
+        info: dict[str, Any],
+        *,
+        path: Path,
+        batch_size: int,
+        device: torch.device,
+    ) -> Path:
+        """The last test window of each series (up to 8 panels): context, actual values, forecast, interval."""
+        last = {}
+        for i, (series, origin) in enumerate(dataset.origins):
+            if origin >= dataset.origins[last.get(series, i)][1]:
+                last[series] = i
+        panels = [(i, c) for i in last.values() for c in range(len(info["variables"]))][:8]
+        plt = _pyplot()
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)), squeeze=False)
+        for ax, (i, c) in zip(axes[:, 0], panels, strict=True):
+            item = dataset[i]
+            pred = model(item["context"][None].to(device)).float()
+            forecast = {k: v[0, c].cpu().numpy() for k, v in forecast_outputs(pred, self.quantiles).items()}
+            _draw_forecast(ax, item["context"][c].numpy(), forecast, self.quantiles, truth=item["target"][c].numpy())
+            ax.set_ylabel(f"{info['series'][dataset.origins[i][0]]}\n{info['variables'][c]}", fontsize=8)
+        axes[0, 0].set_title("last test window: forecast vs actual")
+        axes[0, 0].legend(loc="upper left", fontsize=8)
+        axes[-1, 0].set_xlabel("steps relative to the forecast origin")
+        return _save(fig, path)
 
     def demo_input(self, recipe: ForecastingRecipe, info: dict[str, Any], workdir: Path) -> Path:
         """The training source as a wide CSV: the demo forecasts past the end of the data."""
@@ -277,41 +312,55 @@ def future_times(times: np.ndarray, horizon: int) -> list[str]:
     return relative
 
 
-def plot_forecasts(
-    table: SeriesTable, forecasts: list[dict[str, np.ndarray]], info: dict[str, Any], output_path: Path
-) -> list[Path]:
-    """One PNG per series beside the output: recent history, forecast and interval, one panel per variable."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _draw_forecast(
+    ax: Any, past: np.ndarray, forecast: dict[str, np.ndarray], quantiles: list[float], *, truth: np.ndarray | None = None
+) -> None:
+    """One variable on one axis: history up to step 0, then the forecast (and interval, and truth)."""
+    t_past = np.arange(-len(past) + 1, 1)
+    t_future = np.arange(1, len(forecast["point"]) + 1)
+    ax.plot(t_past, past, color="0.3", lw=1.2, label="history")
+    if truth is not None:
+        ax.plot(t_future, truth, color="0.3", lw=1.2, ls=":", label="actual")
+    ax.plot(t_future, forecast["point"], color="C0", lw=1.5, label="forecast")
+    if "lower" in forecast:
+        ax.fill_between(t_future, forecast["lower"], forecast["upper"], color="C0", alpha=0.25,
+                        label=f"{quantiles[0]:g}–{quantiles[-1]:g} quantiles")
+    ax.axvline(0.5, color="0.6", lw=0.8, ls="--")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_forecasts(
+    table: SeriesTable, forecasts: list[dict[str, np.ndarray]], info: dict[str, Any], output_path: Path
+) -> list[Path]:
+    """One PNG per series beside the output: recent history, forecast and interval, one panel per variable."""
+    plt = _pyplot()
     written = []
     history = max(3 * info["context"], 4 * info["horizon"])
     for series_id, values, forecast in zip(table.ids, table.values, forecasts, strict=True):
-        channels = values.shape[0]
-        fig, axes = plt.subplots(channels, 1, figsize=(8, 2.4 * channels), squeeze=False, sharex=True)
-        past = values[:, -history:]
-        t_past = np.arange(-past.shape[1] + 1, 1)
-        t_future = np.arange(1, info["horizon"] + 1)
+        fig, axes = plt.subplots(len(values), 1, figsize=(8, 2.4 * len(values)), squeeze=False, sharex=True)
         for c, ax in enumerate(axes[:, 0]):
-            ax.plot(t_past, past[c], color="0.3", lw=1.2, label="history")
-            ax.plot(t_future, forecast["point"][c], color="C0", lw=1.5, label="forecast")
-            if "lower" in forecast:
-                q = info["quantiles"]
-                ax.fill_between(t_future, forecast["lower"][c], forecast["upper"][c], color="C0", alpha=0.25,
-                                label=f"{q[0]:g}–{q[-1]:g} quantiles")
-            ax.axvline(0.5, color="0.6", lw=0.8, ls="--")
+            _draw_forecast(ax, values[c, -history:], {k: v[c] for k, v in forecast.items()}, info["quantiles"])
             ax.set_ylabel(table.variables[c])
         axes[0, 0].set_title(f"{series_id}: {info['horizon']}-step forecast")
         axes[0, 0].legend(loc="upper left", fontsize=8)
         axes[-1, 0].set_xlabel("steps relative to the last observation")
-        fig.tight_layout()
-        path = output_path.with_name(f"{output_path.stem}-{_safe_name(series_id)}.png")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, output_path.with_name(f"{output_path.stem}-{_safe_name(series_id)}.png")))
     return written
 
 

@@ -118,6 +118,7 @@ class ForecastSplits:
     mean: np.ndarray  # (C,)
     std: np.ndarray  # (C,)
     scales: np.ndarray  # (S, C) MASE scale per series and variable
+    points: list[SplitPoints]  # where each series was cut
 
 
 def make_forecast_splits(
@@ -132,11 +133,11 @@ def make_forecast_splits(
     names: list[str] | None = None,
 ) -> ForecastSplits:
     """Chronological splits of every series (C, T_i) into train/val/test windows."""
-    names = names or [f"series {i}" for i in range(len(series))]
+    names = names or [f"series {i}" for i in range(len(series))]  # how errors name each series
     points = [
         chronological_split(
             s.shape[1], context=context, horizon=horizon, val_steps=val_steps, test_steps=test_steps,
-            name=f"series '{name}'",
+            name=name,
         )
         for s, name in zip(series, names, strict=True)
     ]
@@ -159,4 +160,5 @@ def make_forecast_splits(
         mean=mean,
         std=std,
         scales=scales,
+        points=points,
     )
