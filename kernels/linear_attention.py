@@ -21,6 +21,8 @@ Shapes: q, k (..., L, Dk), v (..., L, Dv), G (..., L) with equal leading dims (e
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -119,9 +121,14 @@ def _check(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None) -> None:
 
 
 # torch.compile fuses the chunked form about 2x faster on CPU but costs ~10 s to compile once
-# (dynamic shapes, so once per process): it pays only on large inputs.
-compiled_chunked_causal_linear_attention = torch.compile(chunked_causal_linear_attention, dynamic=True)
+# (dynamic shapes, so once per process): it pays only on large inputs. Built on first use, so that
+# importing the package does not pull in the compiler (seconds of start-up for every CLI).
 COMPILE_MIN_NUMEL = 1 << 21
+
+
+@functools.cache
+def compiled_chunked_causal_linear_attention():
+    return torch.compile(chunked_causal_linear_attention, dynamic=True)
 
 
 @torch.library.custom_op("panformer::causal_linear_attention", mutates_args=())
@@ -129,7 +136,7 @@ def _causal_linear_attention(q: Tensor, k: Tensor, v: Tensor, cum_log_decay: Ten
     # Every device but CUDA: the chunked torch form, compiled on large inputs.
     chunked = chunked_causal_linear_attention
     if q.numel() + v.numel() >= COMPILE_MIN_NUMEL:
-        chunked = compiled_chunked_causal_linear_attention
+        chunked = compiled_chunked_causal_linear_attention()
     return chunked(q, k, v, cum_log_decay=cum_log_decay, reverse=reverse)
 
 

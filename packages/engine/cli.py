@@ -55,6 +55,7 @@ class LoadedModel:
     recipe: Recipe
     info: dict[str, Any]
     task: Task
+    config: dict[str, Any]
 
 
 def load_model(domain: Domain, checkpoint: Path, device: torch.device) -> LoadedModel:
@@ -65,7 +66,7 @@ def load_model(domain: Domain, checkpoint: Path, device: torch.device) -> Loaded
     task = domain.task(recipe)
     model = task.build_model(recipe, info)
     model.load_state_dict(saved.weights)
-    return LoadedModel(model.to(device).eval(), recipe, info, task)
+    return LoadedModel(model.to(device).eval(), recipe, info, task, saved.config)
 
 
 def train_run(
@@ -155,7 +156,9 @@ def build_cli(domain: Domain) -> typer.Typer:
         if checkpoint is not None:
             dev = select_device(device)
             loaded = load_model(domain, checkpoint, dev)
-            splits = loaded.task.load_splits(loaded.recipe, source=data)
+            # Default: the data the model was trained on (train's --data), else the recipe's source.
+            source = data or loaded.config.get("data_source")
+            splits = loaded.task.load_splits(loaded.recipe, source=source)
             metrics = evaluate_model(
                 loaded.task, loaded.model, splits.test, loaded.info, batch_size=loaded.recipe.train.batch_size,
                 device=dev, precision=loaded.recipe.train.precision,

@@ -238,6 +238,7 @@ class Trainer:
             recipe=self.recipe.model_dump(mode="json"),
             info=splits.info,
             fingerprint=splits.fingerprint,
+            data_source=source,  # `--data` given to train (None: the recipe's own source)
         )
 
         start_epoch, step, best, best_epoch, bad_epochs = 0, 0, None, -1, 0

@@ -149,7 +149,7 @@ def test_compiled_chunked_form_equals_eager():
     q, k, v = _inputs((2, 2), 300, 16, 8, dtype=torch.float32)
     for reverse in (False, True):
         torch.testing.assert_close(
-            compiled_chunked_causal_linear_attention(q, k, v, reverse=reverse),
+            compiled_chunked_causal_linear_attention()(q, k, v, reverse=reverse),
             chunked_causal_linear_attention(q, k, v, reverse=reverse),
             atol=1e-4,
             rtol=1e-4,

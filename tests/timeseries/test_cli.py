@@ -110,3 +110,14 @@ def test_checkpoint_from_another_domain_is_exit_2(run_dir, tmp_path):
 
 def test_missing_checkpoint_is_exit_2(tmp_path):
     assert_user_error(cli("evaluate", "--checkpoint", str(tmp_path / "nope")), "does not exist")
+
+
+def test_evaluate_defaults_to_the_data_trained_on(tmp_path):
+    out = tmp_path / "jv"
+    trained = cli("train", "--recipe", "basicmotions", "--data", "aeon:JapaneseVowels", "--out", str(out),
+                  "--set", "train.epochs=1", "--set", "train.batch_size=64", "--device", "cpu")
+    assert trained.returncode == 0, trained.stderr
+    result = cli("evaluate", "--checkpoint", str(out), "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "metrics.json").read_text())["test"]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["accuracy"] == pytest.approx(saved["accuracy"])
