@@ -5,6 +5,8 @@ Legend: B batch, L query length, Lk key length, H query heads, Hkv key/value hea
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import Tensor, nn
 
 from shared_attention.functional import attention
@@ -19,6 +21,25 @@ def _compose(*mods: ScoreMod | None) -> ScoreMod | None:
     if not mods:
         return None
     return mods[0] if len(mods) == 1 else Compose(mods)
+
+
+# The last few (mask, key padding) combinations, so every layer of a forward pass gets the same
+# mask object and its lowerings (dense mask, block mask) are built once, not once per layer.
+_PADDED_MASKS: OrderedDict = OrderedDict()
+
+
+def _with_padding(mask: Mask | None, valid: Tensor) -> Mask:
+    key = (id(mask), id(valid), valid._version)
+    hit = _PADDED_MASKS.get(key)
+    # The entry holds both objects, so their ids cannot be reused while it lives.
+    if hit is not None and hit[0] is mask and hit[1] is valid:
+        return hit[2]
+    padding = KeyPadding(valid=valid)
+    combined = padding if mask is None else mask & padding
+    _PADDED_MASKS[key] = (mask, valid, combined)
+    if len(_PADDED_MASKS) > 4:
+        _PADDED_MASKS.popitem(last=False)
+    return combined
 
 
 class Attention(nn.Module):
@@ -123,8 +144,7 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)
 
         if key_padding_mask is not None:
-            padding = KeyPadding(valid=key_padding_mask)
-            mask = padding if mask is None else mask & padding
+            mask = _with_padding(mask, key_padding_mask)
         learned = self.score_mod_module(x) if self.score_mod_module is not None else None
         position_mod = self.position.score_mod(q, k, mask=mask, scale=self.scale)
         score_mod = _compose(position_mod, self.fixed_score_mod, learned, score_mod)
@@ -134,9 +154,8 @@ class Attention(nn.Module):
                 q, k, v, mask=mask, score_mod=score_mod, scale=self.scale, backend=backend
             )
         else:
-            out = self.variant(
-                q, k, v, mask=mask, score_mod=score_mod, scale=self.scale, backend=backend
-            )
+            # Each variant picks its own default scale (differential attention scales by its half width).
+            out = self.variant(q, k, v, mask=mask, score_mod=score_mod, scale=None, backend=backend)
         out = out.transpose(1, 2).reshape(batch, length, -1)
         return self.out_proj(self.dropout(out))
 

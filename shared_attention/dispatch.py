@@ -115,14 +115,18 @@ def select(case: Case, backend: str = "auto") -> Backend:
     candidates = backends(case.op)
     if backend == "auto":
         # The hot path of every call: no explanation strings unless nothing fits.
-        ranked = [(b.rank(case), name) for name, b in candidates.items() if b.supports(case) is None]
+        ranked = [
+            (b.rank(case), name) for name, b in candidates.items() if b.supports(case) is None
+        ]
         if ranked:
             return candidates[min(ranked)[1]]
     elif backend in candidates and candidates[backend].supports(case) is None:
         return candidates[backend]
     why = explain(case, backend)
     if backend != "auto":
-        raise ValueError(f"backend {backend!r} cannot run this {case.op} call: {why.rejected[backend]}")
+        raise ValueError(
+            f"backend {backend!r} cannot run this {case.op} call: {why.rejected[backend]}"
+        )
     reasons = "; ".join(f"{n}: {r}" for n, r in why.rejected.items())
     raise ValueError(f"no backend can run this {case.op} call ({reasons})")
 

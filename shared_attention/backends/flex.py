@@ -36,7 +36,9 @@ def _compiled_flex():
 @cache
 def _cpp_compiler() -> str | None:
     # Inductor compiles Flex's CPU kernels with the system C++ compiler.
-    return next(filter(None, map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))), None)
+    return next(
+        filter(None, map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))), None
+    )
 
 
 @cache
@@ -49,60 +51,124 @@ def flex_available() -> str | None:
     return None
 
 
+_BLOCK = 128  # Flex's default tile size (queries and keys)
+
+
 def block_mask_for(mask, q_len: int, kv_len: int, batch: int, heads: int, device: torch.device):
     """The (cached) Flex BlockMask of ``mask`` for these lengths.
 
-    Flex skips key blocks by this block mask and applies ``mask_mod`` inside the blocks it keeps;
-    it is built per batch element / head only where the mask varies along that axis.
+    Flex skips the tiles this block mask marks empty, runs full tiles unmasked and applies
+    ``mask_mod`` per pair in partial ones. The tiles are read off the dense mask by block
+    reductions: vectorised, so much cheaper than ``create_block_mask``'s per-pair ``vmap`` on a
+    fresh mask (tens of ms on CPU even at L=256). Batch and head axes stay at size 1 where the
+    mask does not vary along them (the block mask broadcasts).
     """
-    from torch.nn.attention.flex_attention import create_block_mask
 
     def build():
-        return create_block_mask(
-            mask.mask_mod(q_len, kv_len),
-            batch if mask.batch_dependent else None,
-            heads if mask.head_dependent else None,
-            q_len,
-            kv_len,
-            device=device,
-        )
+        allowed = dense_mask(mask, q_len, kv_len, device)
+        return _block_mask_from_dense(allowed, mask.mask_mod(q_len, kv_len), q_len, kv_len)
 
-    return cached_lowering("flex", mask, (q_len, kv_len, batch, heads), device, build)
+    return cached_lowering("flex", mask, (q_len, kv_len), device, build)
 
 
-# A partial tile evaluates mask_mod per pair: about twice a full tile's cost (CPU bench).
-_PARTIAL_TILE_COST = 2.0
+def dense_mask(mask, q_len: int, kv_len: int, device) -> Tensor:
+    """The mask's dense bool form (B or 1, H or 1, Lq, Lk), cached on the mask (shared by SDPA)."""
+    return cached_lowering(
+        "dense", mask, (q_len, kv_len), device, lambda: mask.dense(q_len, kv_len, device=device)
+    )
 
 
-def tile_cost(mask, q_len: int, kv_len: int, batch: int, heads: int, device) -> float:
-    """Flex's work for this mask relative to computing every tile, from its BlockMask:
-    (full tiles + 2 x partial tiles) / all tiles."""
+def _block_mask_from_dense(allowed: Tensor, mask_mod, q_len: int, kv_len: int):
+    from torch.nn.attention.flex_attention import BlockMask
+
+    q_blocks, kv_blocks = -(-q_len // _BLOCK), -(-kv_len // _BLOCK)
+    # Rows that are one broadcast row (key padding): classify that row's tiles once.
+    rows = 1 if allowed.stride(-2) == 0 else q_len
+    padded = allowed.new_zeros(*allowed.shape[:2], -(-rows // _BLOCK) * _BLOCK, kv_blocks * _BLOCK)
+    padded[..., :rows, :kv_len] = allowed[..., :rows, :]
+    tiles = padded.view(*allowed.shape[:2], -1, _BLOCK, kv_blocks, _BLOCK)
+    counts = tiles.view(torch.uint8).sum(dim=(-1, -3), dtype=torch.int32)  # allowed pairs per tile
+    if rows == 1:  # each query block repeats the row; the last one may be cut short
+        counts = (counts * _BLOCK).expand(*counts.shape[:2], q_blocks, kv_blocks)
+    full = counts == _BLOCK * _BLOCK
+    if q_len % _BLOCK:
+        full[..., -1, :] = False  # the last query block is cut short: never a full tile
+    partial = (counts > 0) & ~full
+
+    def listed(selected: Tensor) -> tuple[Tensor, Tensor]:
+        # Per query block: how many key blocks are selected, and their indices first.
+        order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True)
+        return selected.sum(dim=-1, dtype=torch.int32), order.to(torch.int32)
+
+    kv_num, kv_indices = listed(partial)
+    full_num, full_indices = listed(full)
+    return BlockMask.from_kv_blocks(
+        kv_num,
+        kv_indices,
+        full_num,
+        full_indices,
+        BLOCK_SIZE=_BLOCK,
+        mask_mod=mask_mod,
+        seq_lengths=(q_len, kv_len),
+    )
+
+
+def tile_fractions(
+    mask, q_len: int, kv_len: int, batch: int, heads: int, device
+) -> tuple[float, float]:
+    """Fractions of all (query block, key block) tiles that Flex computes fully, and partially
+    (evaluating ``mask_mod`` per pair), read from the mask's BlockMask."""
     block_mask = block_mask_for(mask, q_len, kv_len, batch, heads, device)
-    partial = block_mask.kv_num_blocks.sum()
-    full = 0 if block_mask.full_kv_num_blocks is None else block_mask.full_kv_num_blocks.sum()
     total = block_mask.kv_num_blocks.numel() * block_mask.kv_indices.shape[-1]
-    return float(full + _PARTIAL_TILE_COST * partial) / total
+    partial = float(block_mask.kv_num_blocks.sum()) / total
+    full = block_mask.full_kv_num_blocks
+    return (0.0 if full is None else float(full.sum()) / total), partial
 
 
 @dataclass(frozen=True)
 class _FlexRule:
-    """Where Flex beats SDPA, per device (measured with apps/bench/attention.py, results in
-    apps/bench/results/): with a score mod from ``min_kv_len_score_mod`` keys on; with a mask
-    from ``min_kv_len_mask`` keys on, when its tile cost is at most ``max_tile_cost``."""
+    """Where Flex beats SDPA on a device, fitted to apps/bench/attention.py (apps/bench/results/).
+
+    With a mask, Flex's time relative to SDPA with the dense mask is predicted as
+    ``full_tile * full + partial_tile * mask.partial_tile_weight * partial`` (the tile fractions
+    above); Flex is chosen when that is below 1. Below ``min_kv_len_mask`` keys SDPA always wins
+    (too few tiles to skip). With a score mod, which SDPA must materialise as a float mask, Flex
+    wins from ``min_kv_len_score_mod`` keys on.
+    """
 
     min_kv_len_score_mod: int
     min_kv_len_mask: int
-    max_tile_cost: float
+    full_tile: float
+    partial_tile: float
+
+    def flex_over_sdpa(self, mask, full: float, partial: float) -> float:
+        return self.full_tile * full + self.partial_tile * mask.partial_tile_weight * partial
 
 
 _FLEX_WINS = {
-    # CPU (attention-cpu.md): key padding (tile cost 0.97) stays with SDPA; windows, chunks,
-    # documents, 2-D neighborhoods (<= 0.3) go to Flex; the random graph (2.0) stays with SDPA.
-    "cpu": _FlexRule(min_kv_len_score_mod=512, min_kv_len_mask=1024, max_tile_cost=0.6),
-    # H200 (attention-h200.md): SDPA with any mask tensor is ~2x slower than without, so Flex
-    # wins up to a higher cost (key padding, 0.97: Flex 0.30 ms vs SDPA 0.37 ms); not the graph (2.0).
-    "cuda": _FlexRule(min_kv_len_score_mod=512, min_kv_len_mask=1024, max_tile_cost=1.2),
+    # CPU, 1 thread, fp32: chunks (full tiles only) give 1.45x SDPA's time per tile, windows and
+    # documents ~1.5x per partial tile, 2-D neighborhoods ~5x (their weight 3.5 covers it).
+    "cpu": _FlexRule(
+        min_kv_len_score_mod=512, min_kv_len_mask=256, full_tile=1.45, partial_tile=1.5
+    ),
+    # H200, bf16: SDPA with any mask tensor is ~2x slower than without, so Flex wins more often
+    # (key padding: 0.30 ms vs 0.37 ms); not on a random graph (all tiles partial) or below 1024.
+    "cuda": _FlexRule(
+        min_kv_len_score_mod=512, min_kv_len_mask=1024, full_tile=0.9, partial_tile=1.2
+    ),
 }
+
+
+def predicted_flex_over_sdpa(
+    mask, q_len: int, kv_len: int, batch: int, heads: int, device
+) -> float:
+    """Flex's time over SDPA's with the dense mask, as dispatch predicts it (cached per mask)."""
+    device = torch.device(device)
+    shape = (q_len, kv_len, batch, heads)
+    full, partial = cached_lowering(  # once per mask: reads the block mask back from the device
+        "flex-tiles", mask, shape, device, lambda: tile_fractions(mask, *shape, device)
+    )
+    return _FLEX_WINS[device.type].flex_over_sdpa(mask, full, partial)
 
 
 def flex_attention(
@@ -155,11 +221,10 @@ class FlexBackend:
             return 50.0  # SDPA's fused kernels (rank 10) win; Flex still beats the reference
         if case.kv_len < rule.min_kv_len_mask:
             return 50.0  # short: Flex's fixed cost outweighs the skipped tiles
-        shape = (case.q_len, case.kv_len, case.batch, case.heads)
-        cost = cached_lowering(  # once per mask: it reads the block mask back from the device
-            "flex-tile-cost", mask, shape, case.device, lambda: tile_cost(mask, *shape, case.device)
+        ratio = predicted_flex_over_sdpa(
+            mask, case.q_len, case.kv_len, case.batch, case.heads, case.device
         )
-        return 12.0 if cost <= rule.max_tile_cost else 50.0  # vs SDPA's dense mask (rank 15)
+        return 12.0 if ratio < 1.0 else 50.0  # vs SDPA's dense mask (rank 15)
 
     def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
         return flex_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale)

@@ -63,7 +63,9 @@ def _dense_mask(mask, q_len: int, kv_len: int, device) -> tuple[Tensor, Tensor |
 
     SDPA gives NaN for a row with no key; such rows see every key instead, and are zeroed after.
     """
-    allowed = mask.dense(q_len, kv_len, device=device)
+    allowed = cached_lowering(  # shared with Flex's block mask
+        "dense", mask, (q_len, kv_len), device, lambda: mask.dense(q_len, kv_len, device=device)
+    )
     empty = ~allowed.any(dim=-1, keepdim=True)
     if not bool(empty.any()):
         return allowed, None

@@ -246,7 +246,9 @@ def test_flex_cuda_matches_reference(mask_name, mod_name):
 @needs_cuda
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_bf16_cuda_close_to_fp32_reference(backend):
-    check_against_reference(backend, "sliding_causal", "alibi", atol=3e-2, rtol=3e-2, dtype=torch.bfloat16)
+    check_against_reference(
+        backend, "sliding_causal", "alibi", atol=3e-2, rtol=3e-2, dtype=torch.bfloat16
+    )
 
 
 @pytest.mark.gpu

@@ -8,7 +8,7 @@ import torch
 from shared_attention import attention, explain
 from shared_attention.dispatch import Case, backends, register, select
 from shared_attention.dispatch import explain as explain_case
-from shared_attention.masks import Causal, Chunked, KeyPadding, SlidingWindow
+from shared_attention.masks import Causal, Chunked, KeyPadding, Neighborhood, SlidingWindow
 from shared_attention.score_mods import ALiBi, SoftCap
 
 from .conftest import qkv
@@ -34,6 +34,17 @@ def test_block_sparse_at_long_length_goes_to_flex_for_inference_only():
     assert chosen(256, mask=SlidingWindow(32)) == "sdpa"
     # CPU training cannot use compiled Flex (no CPU backward).
     assert chosen(4096, mask=SlidingWindow(256), requires_grad=True) == "sdpa"
+
+
+def test_cpu_mask_rule_follows_the_measured_tile_costs():
+    # Cheap predicates pay off from a few skipped tiles on...
+    assert chosen(256, mask=Chunked(128)) == "flex"
+    assert chosen(512, mask=SlidingWindow(64)) == "flex"
+    # ...but not when nearly every tile is computed anyway (key padding of a long sequence)...
+    assert chosen(2048, mask=KeyPadding(lengths=torch.tensor([1900]))) == "sdpa"
+    # ...and the costlier 2-D neighborhood predicate needs more of them skipped.
+    assert chosen(1024, mask=Neighborhood((32, 32), 7)) == "sdpa"
+    assert chosen(4096, mask=Neighborhood((64, 64), 7)) == "flex"
 
 
 def test_score_mods_sdpa_cannot_take():

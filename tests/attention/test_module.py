@@ -187,3 +187,19 @@ def test_forget_gate_refuses_kv_cache_before_touching_it():
     with pytest.raises(NotImplementedError, match="KV cache"):
         layer(torch.randn(1, 3, 16), mask=Causal(), cache=cache)
     assert cache.offset == 0
+
+
+def test_layers_share_one_padding_mask_per_forward():
+    from shared_attention.api import _with_padding
+
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    causal = Causal()
+    # Same tensor and mask: the same object (its lowerings are built once for all layers).
+    assert _with_padding(causal, valid) is _with_padding(causal, valid)
+    assert _with_padding(None, valid) is _with_padding(None, valid)
+    # An in-place edit of the padding tensor must not reuse the stale mask.
+    before = _with_padding(None, valid)
+    valid[0, 4] = False
+    after = _with_padding(None, valid)
+    assert after is not before
+    assert not after.dense(5, 5)[0, 0, 0, 4]

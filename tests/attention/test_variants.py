@@ -479,3 +479,18 @@ def test_gated_attention_on_gpu():
         assert_close(out, expected, atol=1e-5 * scale, rtol=1e-4)
         for got, ref in zip(_grads(out, inputs), _grads(expected, inputs), strict=True):
             assert_close(got, ref, atol=1e-5 * ref.abs().max().item(), rtol=1e-4)
+
+
+def test_attention_module_lets_differential_scale_by_its_half_width():
+    """Diff Transformer scales each half-width map by (D/2)^-0.5, also inside the Attention module."""
+    from shared_attention import Attention
+    from shared_attention.variants import Differential
+
+    torch.manual_seed(0)
+    layer = Attention(32, 2, variant=Differential(layer_index=1))
+    x = torch.randn(1, 5, 32)
+    q = layer.q_proj(x).view(1, 5, 2, 16).transpose(1, 2)
+    k, v = layer.kv_proj(x).view(1, 5, 2, 2, 16).permute(2, 0, 3, 1, 4)
+    expected = layer.variant(q, k, v, scale=8 ** -0.5)
+    expected = layer.out_proj(expected.transpose(1, 2).reshape(1, 5, 32))
+    torch.testing.assert_close(layer(x), expected)
