@@ -17,17 +17,13 @@ Legend: B batch, C channels, T steps, N tokens, P patch length, D width, H heads
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from panformer.timeseries.models.blocks import EncoderBlock
-from panformer.timeseries.models.common import (
-    SeriesNormaliser,
-    masked_mean,
-    num_patches,
-    patchify,
-    valid_tokens,
-)
+from panformer.timeseries.models.common import masked_mean, num_patches, patchify, valid_tokens
+from panformer.timeseries.models.transformer import SeriesTransformer
 from shared_attention.score_mods import Bias
 
 
@@ -38,36 +34,17 @@ def znorm_patches(patches: Tensor, eps: float = 1e-5) -> Tensor:
     return (patches - mean) / (std + eps)
 
 
-class VSFormer(nn.Module):
-    def __init__(
-        self,
-        *,
-        channels: int,
-        num_classes: int,
-        max_length: int,
-        dim: int = 64,
-        depth: int = 2,
-        num_heads: int = 4,
-        patch: int = 8,
-        stride: int = 4,
-        mlp_ratio: float = 2.0,
-        dropout: float = 0.1,
-    ) -> None:
-        super().__init__()
-        self.patch, self.stride, self.num_heads = patch, stride, num_heads
-        max_tokens = num_patches(max_length, patch=patch, stride=stride)
-        self.normalise = SeriesNormaliser(channels)
-        self.value_embed = nn.Linear(channels * patch, dim)
+class VSFormer(SeriesTransformer):
+    """The plain patch transformer plus a shape embedding and the prior-enhanced attention."""
+
+    def __init__(self, *, channels: int, max_length: int, depth: int = 2, num_heads: int = 4, dim: int = 64,
+                 patch: int = 8, stride: int = 4, **kwargs: Any) -> None:
+        super().__init__(channels=channels, max_length=max_length, depth=depth, num_heads=num_heads, dim=dim,
+                         patch=patch, stride=stride, **kwargs)
         self.shape_embed = nn.Linear(channels * patch, dim)
-        self.pos = nn.Parameter(torch.zeros(1, max_tokens, dim))
-        nn.init.trunc_normal_(self.pos, std=0.02)
+        max_tokens = num_patches(max_length, patch=patch, stride=stride)
         self.register_buffer("prior", torch.zeros(max_tokens, max_tokens))
         self.prior_gate = nn.Parameter(torch.full((depth, num_heads), 0.5))
-        self.blocks = nn.ModuleList(
-            EncoderBlock(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
 
     @torch.no_grad()
     def fit_prior(self, class_means: Tensor) -> None:
@@ -83,7 +60,7 @@ class VSFormer(nn.Module):
         """values (B, C, T), lengths (B,) -> logits (B, K)."""
         patches = patchify(self.normalise(values, lengths), patch=self.patch, stride=self.stride)
         n = patches.shape[1]
-        tokens = self.value_embed(patches.flatten(2)) + self.shape_embed(znorm_patches(patches).flatten(2))
+        tokens = self.embed(patches.flatten(2)) + self.shape_embed(znorm_patches(patches).flatten(2))
         tokens = tokens + self.pos[:, :n]
         keep = valid_tokens(lengths, n, patch=self.patch, stride=self.stride)
         prior = self.prior[:n, :n]
