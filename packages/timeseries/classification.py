@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from panformer.timeseries.data import (
     collate_series,
     fingerprint,
     load_split,
-    read_ts_file,
+    read_series_file,
     stratified_split,
 )
 from panformer.timeseries.models.mptsnet import MPTSNet, dominant_periods
@@ -50,6 +50,7 @@ class TransformerConfig(EncoderConfig):
     name: Literal["transformer"] = "transformer"
     patch: int = Field(8, ge=1)
     stride: int = Field(4, ge=1)
+    signature_depth: int | None = Field(None, ge=1, le=3, description="add path-signature features")
 
 
 class VSFormerConfig(TransformerConfig):
@@ -175,7 +176,8 @@ class ClassificationTask(Task):
             model = MPTSNet(**common, periods=info["periods"], amplitudes=info["amplitudes"], kernel=cfg.kernel)
         else:
             model_type = VSFormer if isinstance(cfg, VSFormerConfig) else SeriesTransformer
-            model = model_type(**common, max_length=info["max_length"], patch=cfg.patch, stride=cfg.stride)
+            model = model_type(**common, max_length=info["max_length"], patch=cfg.patch, stride=cfg.stride,
+                               signature_depth=cfg.signature_depth)
         model.normalise.fit(torch.tensor(info["mean"]), torch.tensor(info["std"]))
         return model
 
@@ -205,9 +207,9 @@ class ClassificationTask(Task):
         device: torch.device,
         plot: bool = False,
     ) -> list[Path]:
-        if output_path.suffix != ".csv":
-            raise UserError(f"--output {output_path}: write predictions to a .csv file")
-        series = read_ts_file(input_path)
+        if output_path.suffix.lower() not in (".csv", ".parquet"):
+            raise UserError(f"--output {output_path}: write predictions to a .csv or .parquet file")
+        series = read_series_file(input_path)
         if series.channels != info["channels"]:
             raise UserError(
                 f"{input_path}: {series.channels} channels, but the model was trained on {info['channels']}"
@@ -223,17 +225,17 @@ class ClassificationTask(Task):
             batch = collate_series([dataset[i] for i in range(start, min(start + recipe.train.batch_size, len(dataset)))])
             logits = model(batch["values"].to(device), batch["lengths"].to(device))
             rows.extend(torch.softmax(logits.float(), -1).cpu().tolist())
-        with atomic_path(output_path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            header = ["index", "label", *[f"prob_{c}" for c in classes]]
-            if series.labels is not None:
-                header.insert(2, "true_label")
-            writer.writerow(header)
-            for i, probs in enumerate(rows):
-                row = [i, classes[int(np.argmax(probs))], *[f"{p:.6f}" for p in probs]]
-                if series.labels is not None:
-                    row.insert(2, series.labels[i])
-                writer.writerow(row)
+        probabilities = np.asarray(rows)
+        table = pd.DataFrame({"index": np.arange(len(rows)), "label": [classes[i] for i in probabilities.argmax(1)]})
+        if series.labels is not None:
+            table["true_label"] = series.labels
+        for k, name in enumerate(classes):
+            table[f"prob_{name}"] = probabilities[:, k].round(6)
+        with atomic_path(output_path) as tmp:
+            if output_path.suffix.lower() == ".csv":
+                table.to_csv(tmp, index=False)
+            else:
+                table.to_parquet(tmp, index=False)
         written = [output_path]
         if plot and series.labels is not None and set(series.labels) <= set(classes):
             # Labelled input: the confusion matrix says more than any per-series picture.

@@ -1,4 +1,7 @@
-"""Time-series classification data: UEA/UCR through aeon (`aeon:<Name>`) and `.ts` files.
+"""Time-series classification data: UEA/UCR through aeon (`aeon:<Name>`), `.ts` files, and tables.
+
+Tables are CSV or Parquet in the forecasting readers' long or wide form (see `tabular.py`) with one
+more column, `label`, constant within each series id.
 
 Series are held as float32 arrays `(C, T)` of possibly different lengths; a batch pads them to the
 longest and carries the true lengths, so nothing is truncated.
@@ -61,6 +64,37 @@ def read_ts_file(path: Path) -> SeriesSet:
     return SeriesSet(_as_series_list(x, str(path)), labels, str(path))
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def read_labelled_table(path: Path) -> SeriesSet:
+    """A CSV/Parquet table of series (long or wide form) whose optional `label` column labels each id."""
+    from panformer.timeseries.tabular import read_frame, table_from_frame
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; give a .csv or .parquet file")
+    frame = read_frame(path).rename(columns=lambda c: str(c).strip())
+    label_of: dict[str, str] | None = None
+    if "label" in frame.columns:
+        if "id" not in frame.columns:
+            raise UserError(f"{path}: a `label` column needs an `id` column saying which series each row is")
+        per_id = frame.groupby(frame["id"].astype(str))["label"].agg(lambda v: sorted(set(v.astype(str))))
+        mixed = [i for i, v in per_id.items() if len(v) != 1]
+        if mixed:
+            raise UserError(f"{path}: series {mixed[:3]} have more than one label; give one label per id")
+        label_of = {i: v[0] for i, v in per_id.items()}
+        frame = frame.drop(columns="label")
+    table = table_from_frame(frame, source=str(path))
+    labels = None if label_of is None else np.array([label_of[i] for i in table.ids])
+    return SeriesSet(_as_series_list(table.values, str(path)), labels, str(path))
+
+
+def read_series_file(path: Path) -> SeriesSet:
+    """A `.ts` file or a CSV/Parquet table."""
+    return read_labelled_table(path) if Path(path).suffix.lower() in TABLE_SUFFIXES else read_ts_file(path)
+
+
 def aeon_data_dir() -> Path:
     import aeon.datasets
 
@@ -90,16 +124,16 @@ def load_split(source: str, split: Literal["train", "test"]) -> SeriesSet:
         return SeriesSet(_as_series_list(x, source), np.asarray(y).astype(str), source)
     path = Path(source)
     if path.is_dir():
-        found = sorted(path.glob(f"*_{split.upper()}.ts"))
+        found = sorted(p for p in path.glob(f"*_{split.upper()}.*") if p.suffix.lower() in (".ts", *TABLE_SUFFIXES))
         if not found:
-            raise UserError(f"--data {path}: no *_{split.upper()}.ts file in this folder")
-        return read_ts_file(found[0])
-    if path.suffix == ".ts":
-        stem = path.name.rsplit("_", 1)[0] if path.stem.upper().endswith(("_TRAIN", "_TEST")) else None
+            raise UserError(f"--data {path}: no *_{split.upper()}.ts/.csv/.parquet file in this folder")
+        return read_series_file(found[0])
+    if path.suffix.lower() in (".ts", *TABLE_SUFFIXES):
+        stem = path.stem.rsplit("_", 1)[0] if path.stem.upper().endswith(("_TRAIN", "_TEST")) else None
         if stem is None:
-            raise UserError(f"--data {path}: name the file <Name>_TRAIN.ts (with <Name>_TEST.ts beside it)")
-        return read_ts_file(path.with_name(f"{stem}_{split.upper()}.ts"))
-    raise UserError(f"--data {source}: use aeon:<Name>, a <Name>_TRAIN.ts file or a folder of .ts files")
+            raise UserError(f"--data {path}: name the file <Name>_TRAIN{path.suffix} (with <Name>_TEST{path.suffix} beside it)")
+        return read_series_file(path.with_name(f"{stem}_{split.upper()}{path.suffix}"))
+    raise UserError(f"--data {source}: use aeon:<Name>, a <Name>_TRAIN.ts/.csv/.parquet file or a folder of them")
 
 
 def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

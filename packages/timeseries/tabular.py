@@ -86,7 +86,7 @@ def read_table(source: str | Path, *, time_column: str | None = None) -> SeriesT
         )
     if not path.is_file():
         raise UserError(f"{path} does not exist; give an existing .csv or .parquet file")
-    frame = _read_frame(path)
+    frame = read_frame(path)
     return table_from_frame(frame, source=str(path), time_column=time_column)
 
 
@@ -107,7 +107,7 @@ def _read_aeon(source: str) -> SeriesTable:
     return table
 
 
-def _read_frame(path: Path) -> pd.DataFrame:
+def read_frame(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".csv":
             # Every row must have as many fields as the header: pandas rejects longer rows itself,

@@ -19,6 +19,7 @@ from panformer.timeseries.models.common import (
     patchify,
     valid_tokens,
 )
+from panformer.timeseries.signature import SignatureEmbedding
 
 
 class SeriesTransformer(nn.Module):
@@ -35,11 +36,14 @@ class SeriesTransformer(nn.Module):
         stride: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.1,
+        signature_depth: int | None = None,
     ) -> None:
         super().__init__()
         self.patch, self.stride = patch, stride
         self.normalise = SeriesNormaliser(channels)
         self.embed = nn.Linear(channels * patch, dim)
+        # SigFormer-style option: each patch's truncated path signature added to its token.
+        self.signature = SignatureEmbedding(channels, dim, depth=signature_depth) if signature_depth else None
         self.pos = nn.Parameter(torch.zeros(1, num_patches(max_length, patch=patch, stride=stride), dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.blocks = nn.ModuleList(
@@ -48,11 +52,17 @@ class SeriesTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
+    def embed_patches(self, patches: Tensor) -> Tensor:
+        """patches (B, N, C, P) -> tokens (B, N, D), before positions."""
+        tokens = self.embed(patches.flatten(2))
+        if self.signature is not None:
+            tokens = tokens + self.signature(patches.transpose(-1, -2))  # windows (B, N, P, C)
+        return tokens
+
     def forward(self, values: Tensor, lengths: Tensor) -> Tensor:
         """values (B, C, T), lengths (B,) -> logits (B, K)."""
         patches = patchify(self.normalise(values, lengths), patch=self.patch, stride=self.stride)
-        tokens = self.embed(patches.flatten(2))  # (B, N, D)
-        tokens = tokens + self.pos[:, : tokens.shape[1]]
+        tokens = self.embed_patches(patches) + self.pos[:, : patches.shape[1]]
         keep = valid_tokens(lengths, tokens.shape[1], patch=self.patch, stride=self.stride)
         for block in self.blocks:
             tokens = block(tokens, key_padding_mask=keep)

@@ -60,7 +60,7 @@ class VSFormer(SeriesTransformer):
         """values (B, C, T), lengths (B,) -> logits (B, K)."""
         patches = patchify(self.normalise(values, lengths), patch=self.patch, stride=self.stride)
         n = patches.shape[1]
-        tokens = self.embed(patches.flatten(2)) + self.shape_embed(znorm_patches(patches).flatten(2))
+        tokens = self.embed_patches(patches) + self.shape_embed(znorm_patches(patches).flatten(2))
         tokens = tokens + self.pos[:, :n]
         keep = valid_tokens(lengths, n, patch=self.patch, stride=self.stride)
         prior = self.prior[:n, :n]
