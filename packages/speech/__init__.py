@@ -1,0 +1,1 @@
+"""Speech separation: MossFormer2 and MossFormer on the shared attention core (`panformer.speech`)."""
