@@ -14,6 +14,7 @@ split as its authors do. Variable-length datasets are right-padded with zeros fo
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -145,7 +146,8 @@ def main() -> None:
         "# Time-series classification: test accuracy, mean ± std over seeds",
         "",
         f"Command: `.venv/bin/python apps/bench/timeseries.py --seeds {args.seeds}`  ",
-        f"Hardware: CPU ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}. "
+        f"Hardware: CPU ({cpu}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
+        f"torch {torch.__version__}. "
         f"Seeds: {args.seeds}. Selection on a validation split of the training data; test scored once per seed.",
         "",
         "| " + " | ".join(header) + " |",
