@@ -115,7 +115,9 @@ def evaluate_seeds(
     }
 
 
-def build_cli(domain: Domain) -> typer.Typer:
+def build_cli(domain: Domain, *, predict: Callable[..., None] | None = None) -> typer.Typer:
+    """The contract's commands for `domain`. A domain whose `predict` takes more options passes its
+    own command function (same core options, plus its own) as `predict`."""
     app = typer.Typer(
         name=f"panformer-{domain.name}",
         help=f"Panformer {domain.name}: train, predict, evaluate.",
@@ -189,9 +191,8 @@ def build_cli(domain: Domain) -> typer.Typer:
             for key, (mean, std) in summary["test"].items():
                 typer.echo(f"{key:>16}  {mean:.4f} ± {std:.4f}   (test, {seeds} seeds)")
 
-    @app.command()
     @user_errors_exit_2
-    def predict(
+    def default_predict(
         checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
         input: Annotated[Path, typer.Option("--input", help="file to predict on")],
         output: Annotated[Path, typer.Option(help="where to write predictions")],
@@ -209,6 +210,8 @@ def build_cli(domain: Domain) -> typer.Typer:
         )
         for path in written:
             typer.echo(str(path))
+
+    app.command(name="predict")(predict or default_predict)
 
     @app.command()
     @user_errors_exit_2

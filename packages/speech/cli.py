@@ -21,12 +21,8 @@ from panformer.speech.scoring import SAMPLES_SOURCE, resolve_samples, score_fold
 from panformer.speech.synth import CorpusSpec, build_corpus
 
 domain = SpeechDomain()
-app = build_cli(domain)
-# Replace the engine's generic predict with the speech one (same options plus two).
-app.registered_commands = [c for c in app.registered_commands if (c.name or c.callback.__name__) != "predict"]
 
 
-@app.command()
 @user_errors_exit_2
 def predict(
     checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
@@ -48,6 +44,9 @@ def predict(
     )
     for path in written:
         typer.echo(str(path))
+
+
+app = build_cli(domain, predict=predict)
 
 
 @app.command()
