@@ -6,26 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from panformer.engine.errors import UserError
-from panformer.engine.files import atomic_path
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install matplotlib") from None
-    return plt
+from panformer.engine.plots import pyplot, save_png
 
 
 def separation_png(
     mixture: np.ndarray, estimates: list[np.ndarray], sample_rate: int, path: Path, *, title: str = ""
 ) -> Path:
     """One row per signal (mixture, speaker 1, ...): waveform on the left, log spectrogram on the right."""
-    plt = _pyplot()
+    plt = pyplot()
     signals = [("mixture", mixture)] + [(f"speaker {k + 1}", e) for k, e in enumerate(estimates)]
     fig, axes = plt.subplots(len(signals), 2, figsize=(12, 2.2 * len(signals)), squeeze=False)
     for row, (name, wave) in enumerate(signals):
@@ -40,7 +28,4 @@ def separation_png(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -16,6 +16,8 @@ from panformer.engine.config import Recipe, StrictModel
 from panformer.engine.domain import Metrics, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
+from panformer.engine.metrics import ClassificationMetrics
+from panformer.engine.plots import confusion_matrix_png
 from panformer.timeseries.data import (
     SeriesDataset,
     aeon_data_dir,
@@ -28,7 +30,7 @@ from panformer.timeseries.data import (
 from panformer.timeseries.models.mptsnet import MPTSNet, dominant_periods
 from panformer.timeseries.models.transformer import SeriesTransformer
 from panformer.timeseries.models.vsformer import VSFormer
-from panformer.timeseries.plots import class_counts_png, confusion_matrix_png
+from panformer.timeseries.plots import class_counts_png
 
 
 class ClassificationData(StrictModel):
@@ -92,32 +94,6 @@ def class_mean_series(model: VSFormer, train: SeriesDataset) -> Tensor:
     x = model.normalise(batch["values"], batch["lengths"])
     targets = batch["target"]
     return torch.stack([x[targets == k].mean(0) for k in targets.unique(sorted=True)])
-
-
-class ClassificationMetrics(Metrics):
-    """Accuracy and macro-F1 over the classes seen in the labels."""
-
-    def __init__(self, num_classes: int) -> None:
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-
-    def update(self, batch: dict[str, Tensor], outputs: Tensor) -> None:
-        pred = outputs.argmax(-1).cpu()
-        target = batch["target"].cpu()
-        self.confusion += torch.bincount(
-            target * self.confusion.shape[0] + pred, minlength=self.confusion.numel()
-        ).view_as(self.confusion)
-
-    def compute(self) -> dict[str, float]:
-        c = self.confusion.double()
-        tp = c.diag()
-        precision = tp / c.sum(0).clamp(min=1)
-        recall = tp / c.sum(1).clamp(min=1)
-        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        present = c.sum(1) > 0
-        return {
-            "accuracy": float(tp.sum() / c.sum().clamp(min=1)),
-            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        }
 
 
 class ClassificationTask(Task):

@@ -21,6 +21,7 @@ from panformer.engine.config import Recipe, StrictModel
 from panformer.engine.domain import Metrics, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
+from panformer.engine.plots import pyplot, save_png
 from panformer.timeseries.forecast_metrics import ForecastMetrics, pinball_loss
 from panformer.timeseries.models.encoder_decoder import EncoderDecoderForecaster
 from panformer.timeseries.models.patchtst import PatchTST
@@ -250,7 +251,7 @@ class ForecastingTask(Task):
             if origin >= dataset.origins[last.get(series, i)][1]:
                 last[series] = i
         panels = [(i, c) for i in last.values() for c in range(len(info["variables"]))][:8]
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)), squeeze=False)
         for ax, (i, c) in zip(axes[:, 0], panels, strict=True):
             item = dataset[i]
@@ -312,15 +313,6 @@ def future_times(times: np.ndarray, horizon: int) -> list[str]:
     return relative
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _draw_forecast(
     ax: Any, past: np.ndarray, forecast: dict[str, np.ndarray], quantiles: list[float], *, truth: np.ndarray | None = None
 ) -> None:
@@ -339,17 +331,14 @@ def _draw_forecast(
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    _pyplot().close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_forecasts(
     table: SeriesTable, forecasts: list[dict[str, np.ndarray]], info: dict[str, Any], output_path: Path
 ) -> list[Path]:
     """One PNG per series beside the output: recent history, forecast and interval, one panel per variable."""
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     history = max(3 * info["context"], 4 * info["horizon"])
     for series_id, values, forecast in zip(table.ids, table.values, forecasts, strict=True):
