@@ -1,0 +1,1 @@
+"""Sign-language recognition from MediaPipe landmarks."""

@@ -1,0 +1,113 @@
+"""Labelled landmark datasets: a label CSV (`path, label, signer`, or ASL Signs' `train.csv`), signer splits."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from panformer.engine.errors import UserError
+from panformer.sign.features import Augment, augment, sequence_features
+from panformer.sign.landmarks import Landmarks, read_landmarks
+
+# ASL Signs (Kaggle) names its columns differently: participant_id is the signer, sign the label.
+ASL_SIGNS_COLUMNS = {"sign": "label", "participant_id": "signer"}
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: str
+    signer: str
+
+
+def read_label_file(path: Path) -> list[Item]:
+    """Read a label CSV; paths are relative to its folder. Every named file must exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: label file not found; give a CSV with path, label, signer columns")
+    table = pd.read_csv(path, dtype=str).rename(columns=ASL_SIGNS_COLUMNS)
+    missing = [c for c in ("path", "label", "signer") if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: missing columns {', '.join(missing)}; expected path, label, signer "
+                        "(or ASL Signs' path, participant_id, sign)")
+    items = [Item(path.parent / row.path, str(row.label), str(row.signer)) for row in table.itertuples()]
+    absent = [item.path for item in items if not item.path.is_file()]
+    if absent:
+        raise UserError(f"{path}: {len(absent)} listed files do not exist, e.g. {absent[0]}; fix the paths or the folder")
+    if not items:
+        raise UserError(f"{path}: the label file lists no files")
+    return items
+
+
+def signer_split(items: list[Item], *, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Item]]:
+    """Disjoint signer groups: no validation or test signer is ever trained on."""
+    signers = sorted({item.signer for item in items})
+    if len(signers) < 3:
+        raise UserError(f"signer-independent splits need at least 3 signers; the data has {len(signers)}")
+    random.Random(seed).shuffle(signers)
+    n_val = max(1, round(val_fraction * len(signers)))
+    n_test = max(1, round(test_fraction * len(signers)))
+    groups = {"val": set(signers[:n_val]), "test": set(signers[n_val : n_val + n_test]),
+              "train": set(signers[n_val + n_test :])}
+    return {split: [item for item in items if item.signer in group] for split, group in groups.items()}
+
+
+def fingerprint(items: list[Item]) -> str:
+    h = hashlib.sha256()
+    for item in sorted(items, key=lambda i: str(i.path)):
+        stat = item.path.stat()
+        h.update(f"{item.path.name}\x00{item.label}\x00{item.signer}\x00{stat.st_size}\n".encode())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+class SignDataset(Dataset):
+    """Items are {"features": (T, F), "valid": (T,), "target": ()}; training items are augmented.
+
+    Small datasets keep their parsed landmarks in memory (re-reading Parquet every epoch dominates there).
+    """
+
+    def __init__(self, items: list[Item], classes: list[str], *, max_frames: int, augmentation: Augment | None):
+        self.items = items
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.max_frames = max_frames
+        self.augmentation = augmentation
+        self.cache: dict[int, Landmarks] | None = {} if len(items) <= 5000 else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = self.items[i]
+        landmarks = self.cache.get(i) if self.cache is not None else None
+        if landmarks is None:
+            landmarks = read_landmarks(item.path)
+            if self.cache is not None:
+                self.cache[i] = landmarks
+        if self.augmentation is not None:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))  # follows the engine's torch seed
+            landmarks = augment(landmarks, rng, self.augmentation)
+        features, valid = sequence_features(landmarks, max_frames=self.max_frames)
+        if not valid.any():  # nobody seen at all: keep the (zero) frames rather than a fully masked sequence
+            valid[:] = True
+        return {"features": torch.from_numpy(features), "valid": torch.from_numpy(valid),
+                "target": torch.tensor(self.index[item.label])}
+
+
+def collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Pad to the longest sequence: features (B, T, F), valid (B, T) False on padding, target (B,)."""
+    longest = max(item["features"].shape[0] for item in items)
+    features = torch.zeros(len(items), longest, items[0]["features"].shape[1])
+    valid = torch.zeros(len(items), longest, dtype=torch.bool)
+    for b, item in enumerate(items):
+        t = item["features"].shape[0]
+        features[b, :t] = item["features"]
+        valid[b, :t] = item["valid"]
+    return {"features": features, "valid": valid, "target": torch.stack([item["target"] for item in items])}

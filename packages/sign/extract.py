@@ -1,0 +1,211 @@
+"""Video -> landmark Parquet with the MediaPipe Tasks hand and pose landmarkers (VIDEO running mode).
+
+Every frame of a video is run through both landmarkers; one ASL-Signs Parquet file is written per video
+(hands not seen are NaN rows). Videos are processed in parallel, one process each.
+Hands are labelled as MediaPipe reports them (its handedness assumes a mirrored, selfie-style image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from panformer.engine.errors import UserError
+from panformer.sign.landmarks import Landmarks, write_landmarks
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+HAND_MODEL = "hand_landmarker.task"
+POSE_MODELS = ("pose_landmarker_full.task", "pose_landmarker_heavy.task", "pose_landmarker_lite.task")
+MODEL_URLS = {
+    HAND_MODEL: "https://storage.googleapis.com/mediapipe-models/hand_landmarker/hand_landmarker/float16/latest/"
+    "hand_landmarker.task",
+    POSE_MODELS[0]: "https://storage.googleapis.com/mediapipe-models/pose_landmarker/pose_landmarker_full/float16/"
+    "latest/pose_landmarker_full.task",
+}
+CACHE_ENV = "PANFORMER_CACHE"
+
+
+class ExtractionWarning(UserWarning):
+    """A video gave a result, but a partial one (no hands, or no person at all)."""
+
+
+def model_cache_dir() -> Path:
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "panformer")
+    return root / "mediapipe"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    hand: Path
+    pose: Path
+
+
+def find_models(models_dir: Path | None = None) -> ModelFiles:
+    """The hand and pose `.task` files in `models_dir` (else the cache); a one-line error if absent."""
+    folder = Path(models_dir) if models_dir is not None else model_cache_dir()
+    hand = folder / HAND_MODEL
+    pose = next((folder / name for name in POSE_MODELS if (folder / name).is_file()), None)
+    if not hand.is_file() or pose is None:
+        missing = [n for n in (HAND_MODEL, POSE_MODELS[0]) if not (folder / n).is_file()]
+        urls = " and ".join(MODEL_URLS[n] for n in missing if n in MODEL_URLS)
+        raise UserError(f"MediaPipe model files missing in {folder}: download {urls} into {folder} "
+                        "(or pass --models DIR)")
+    return ModelFiles(hand=hand, pose=pose)
+
+
+@contextlib.contextmanager
+def _quiet_native_logs() -> Iterator[None]:
+    """Send MediaPipe's C++ log lines (written straight to fd 2) to /dev/null, so errors stay one line."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _landmarkers(models: ModelFiles):
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    hands = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(models.hand)), running_mode=vision.RunningMode.VIDEO,
+        num_hands=2,
+    ))
+    pose = vision.PoseLandmarker.create_from_options(vision.PoseLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(models.pose)), running_mode=vision.RunningMode.VIDEO,
+        num_poses=1,
+    ))
+    return hands, pose
+
+
+def _points(landmarks) -> np.ndarray:
+    return np.array([(p.x, p.y, p.z) for p in landmarks], np.float32)
+
+
+def _detect_frames(capture, models: ModelFiles, fps: float) -> list[dict[str, np.ndarray]]:
+    """Per frame: {"left_hand" | "right_hand": (21, 3), "pose": (33, 3)} for what the landmarkers saw."""
+    import cv2
+    import mediapipe as mp
+
+    frames: list[dict[str, np.ndarray]] = []
+    hands, pose = _landmarkers(models)
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            stamp = round(len(frames) * 1000 / fps)  # VIDEO mode needs increasing timestamps
+            found: dict[str, np.ndarray] = {}
+            hand_result = hands.detect_for_video(image, stamp)
+            for points, handedness in zip(hand_result.hand_landmarks, hand_result.handedness, strict=True):
+                found.setdefault(f"{handedness[0].category_name.lower()}_hand", _points(points))
+            pose_result = pose.detect_for_video(image, stamp)
+            if pose_result.pose_landmarks:
+                found["pose"] = _points(pose_result.pose_landmarks[0])
+            frames.append(found)
+    finally:
+        hands.close()
+        pose.close()
+    return frames
+
+
+def extract_video_landmarks(video: Path, *, models_dir: Path | None = None, models: ModelFiles | None = None) -> Landmarks:
+    """Run both landmarkers over every frame of `video`; warns if no hand (or no person) is ever seen."""
+    import cv2
+
+    video = Path(video)
+    models = models or find_models(models_dir)
+    with _quiet_native_logs():
+        capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise UserError(f"{video}: not a readable video; give an .mp4/.mov/.avi/.mkv/.webm file")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    try:
+        with _quiet_native_logs():
+            frames = _detect_frames(capture, models, fps)
+    finally:
+        capture.release()
+    if not frames:
+        raise UserError(f"{video}: no frames could be decoded; not a video or an empty one")
+    landmarks = Landmarks.missing(len(frames))
+    for t, found in enumerate(frames):
+        for part, points in found.items():
+            landmarks.parts[part][t] = points
+    seen_hands = any("left_hand" in f or "right_hand" in f for f in frames)
+    seen_pose = any("pose" in f for f in frames)
+    if not seen_hands and not seen_pose:
+        warnings.warn(f"{video.name}: no person seen in any frame; the landmark file holds only NaN rows",
+                      ExtractionWarning, stacklevel=2)
+    elif not seen_hands:
+        warnings.warn(f"{video.name}: no hands seen; only pose landmarks", ExtractionWarning, stacklevel=2)
+    return landmarks
+
+
+def video_files(source: Path) -> list[Path]:
+    source = Path(source)
+    if source.is_dir():
+        found = sorted(p for p in source.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not found:
+            raise UserError(f"{source}: the folder holds no videos ({', '.join(VIDEO_SUFFIXES)})")
+        return found
+    if not source.is_file():
+        raise UserError(f"{source} does not exist; give a video file or a folder of videos")
+    if source.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserError(f"{source}: not a video ({', '.join(VIDEO_SUFFIXES)})")
+    return [source]
+
+
+def _extract_one(video: Path, output: Path, models: ModelFiles) -> tuple[Path, int, list[str]]:
+    """Worker: one video -> one Parquet file; returns (file, frames, warning lines)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExtractionWarning)
+        landmarks = extract_video_landmarks(video, models=models)
+    path = write_landmarks(output / f"{video.stem}.parquet", landmarks)
+    return path, landmarks.num_frames, [str(w.message) for w in caught if issubclass(w.category, ExtractionWarning)]
+
+
+def extract_all(
+    source: Path, output: Path, *, models_dir: Path | None = None, workers: int | None = None, progress: bool = True,
+) -> list[tuple[Path, int, list[str]]]:
+    """Extract every video of `source` into `output`, `workers` processes at a time, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    videos = video_files(source)
+    models = find_models(models_dir)
+    # Check every input opens as a video before starting: bad input fails before anything is written.
+    import cv2
+
+    for video in videos:
+        with _quiet_native_logs():  # FFmpeg complains on fd 2 about files it cannot parse
+            capture = cv2.VideoCapture(str(video))
+            ok = capture.isOpened() and capture.read()[0]
+            capture.release()
+        if not ok:
+            raise UserError(f"{video}: not a readable video; give an .mp4/.mov/.avi/.mkv/.webm file")
+    workers = max(1, min(workers or os.cpu_count() or 1, len(videos)))
+    results = []
+    columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("videos", total=len(videos))
+        if workers == 1:
+            for video in videos:
+                results.append(_extract_one(video, output, models))
+                bar.advance(task)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_extract_one, video, output, models) for video in videos]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    bar.advance(task)
+    return sorted(results)
