@@ -17,12 +17,8 @@ from panformer.engine.trainer import select_device
 from panformer.sign.domain import SignDomain
 
 domain = SignDomain()
-app = build_cli(domain)
-# Replace the engine's generic predict with the sign one (same options plus --models).
-app.registered_commands = [c for c in app.registered_commands if (c.name or c.callback.__name__) != "predict"]
 
 
-@app.command()
 @user_errors_exit_2
 def predict(
     checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
@@ -42,6 +38,9 @@ def predict(
     )
     for path in written:
         typer.echo(str(path))
+
+
+app = build_cli(domain, predict=predict)
 
 
 @app.command()
