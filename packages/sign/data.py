@@ -1,4 +1,5 @@
-"""Labelled landmark datasets: a label CSV (`path, label, signer`, or ASL Signs' `train.csv`), signer splits."""
+"""Labelled landmark datasets: a label CSV (`path, label, signer`, or ASL Signs' `train.csv`), the AUTSL
+layout, and signer-independent splits."""
 
 from __future__ import annotations
 
@@ -44,6 +45,40 @@ def read_label_file(path: Path) -> list[Item]:
         raise UserError(f"{path}: {len(absent)} listed files do not exist, e.g. {absent[0]}; fix the paths or the folder")
     if not items:
         raise UserError(f"{path}: the label file lists no files")
+    return items
+
+
+def is_autsl(folder: Path) -> bool:
+    return Path(folder).is_dir() and (Path(folder) / "train_labels.csv").is_file()
+
+
+def read_autsl(folder: Path, *, landmarks: str = "train_landmarks") -> list[Item]:
+    """AUTSL (ChaLearn 2021): `train_labels.csv` (`signer<S>_sample<N>,<class id>`, no header), optional
+    `SignList_ClassId_TR_EN.csv` (ClassId, TR, EN) for English sign names, and landmark files made by
+    `panformer-sign extract <folder>/train --output <folder>/train_landmarks` (`<sample>_color.parquet`).
+    """
+    folder = Path(folder)
+    labels = pd.read_csv(folder / "train_labels.csv", header=None, names=["sample", "class_id"], dtype=str)
+    if labels.empty or labels["class_id"].isna().any():
+        raise UserError(f"{folder / 'train_labels.csv'}: expected rows `signer<S>_sample<N>,<class id>`")
+    names: dict[str, str] = {}
+    sign_list = folder / "SignList_ClassId_TR_EN.csv"
+    if sign_list.is_file():
+        table = pd.read_csv(sign_list, dtype=str)
+        if {"ClassId", "EN"} <= set(table.columns):
+            names = dict(zip(table["ClassId"], table["EN"], strict=True))
+    items = []
+    for sample, class_id in zip(labels["sample"], labels["class_id"], strict=True):
+        signer, sep, _ = sample.partition("_sample")
+        if not sep:
+            raise UserError(f"{folder / 'train_labels.csv'}: sample name {sample!r} is not signer<S>_sample<N>")
+        items.append(Item(folder / landmarks / f"{sample}_color.parquet", names.get(class_id, class_id), signer))
+    absent = [item.path for item in items if not item.path.is_file()]
+    if absent:
+        raise UserError(
+            f"{folder}: {len(absent)} landmark files missing, e.g. {absent[0]}; run "
+            f"`panformer-sign extract {folder / 'train'} --output {folder / landmarks}` first"
+        )
     return items
 
 

@@ -19,7 +19,15 @@ from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.metrics import ClassificationMetrics
 from panformer.engine.plots import confusion_matrix_png
-from panformer.sign.data import SignDataset, collate, fingerprint, read_label_file, signer_split
+from panformer.sign.data import (
+    SignDataset,
+    collate,
+    fingerprint,
+    is_autsl,
+    read_autsl,
+    read_label_file,
+    signer_split,
+)
 from panformer.sign.extract import VIDEO_SUFFIXES, ExtractionWarning
 from panformer.sign.features import FEATURES, Augment, sequence_features
 from panformer.sign.landmarks import read_landmarks
@@ -122,7 +130,8 @@ def label_file_for(source: str) -> Path:
         for name in ("labels.csv", "train.csv"):
             if (path / name).is_file():
                 return path / name
-        raise UserError(f"--data {source}: the folder holds neither labels.csv nor train.csv (ASL Signs)")
+        raise UserError(f"--data {source}: the folder holds neither labels.csv, train.csv (ASL Signs) nor "
+                        "train_labels.csv (AUTSL)")
     if path.suffix.lower() != ".csv":
         raise UserError(f"--data {source}: give synthetic, a label .csv or a folder with labels.csv/train.csv")
     return path
@@ -147,9 +156,11 @@ class SignClassificationTask(Task):
         source = source or data.source
         if source == "synthetic":
             labels = build_synthetic(Path(data.cache_dir), SyntheticSpec(**data.synthetic.model_dump()))
+            items = read_label_file(labels)
+        elif is_autsl(Path(source)):
+            items = read_autsl(Path(source))
         else:
-            labels = label_file_for(source)
-        items = read_label_file(labels)
+            items = read_label_file(label_file_for(source))
         groups = signer_split(items, val_fraction=data.val_signers, test_fraction=data.test_signers,
                               seed=recipe.train.seed)
         classes = sorted({item.label for item in items})

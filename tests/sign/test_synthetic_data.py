@@ -69,5 +69,46 @@ def test_an_asl_signs_folder_loads_with_signer_independent_splits(tmp_path):
     assert (len(splits.train), len(splits.val), len(splits.test)) == (9, 3, 3)
     item = splits.test[0]
     assert item["features"].shape[0] == item["valid"].shape[0] and item["valid"].any()
-    with pytest.raises(UserError, match=r"neither labels\.csv nor train\.csv"):
+    with pytest.raises(UserError, match=r"neither labels\.csv, train\.csv \(ASL Signs\) nor train_labels\.csv \(AUTSL\)"):
         SignDomain().task(recipe).load_splits(recipe, source=str(tmp_path / "signer000"))
+
+
+def autsl_folder(tmp_path, *, signers: int = 5):
+    """An AUTSL-shaped folder: train_labels.csv, SignList_ClassId_TR_EN.csv, train_landmarks/<sample>_color.parquet."""
+    import shutil
+
+    source = tmp_path / "synthetic"
+    table = pd.read_csv(build_synthetic(source, SyntheticSpec(signs=3, signers=signers, repetitions=1)))
+    classes = sorted(set(table["label"]))
+    folder = tmp_path / "autsl"
+    (folder / "train_landmarks").mkdir(parents=True)
+    rows = []
+    for n, row in enumerate(table.itertuples()):
+        sample = f"signer{row.signer}_sample{n}"
+        shutil.copy(source / row.path, folder / "train_landmarks" / f"{sample}_color.parquet")
+        rows.append(f"{sample},{classes.index(row.label)}")
+    (folder / "train_labels.csv").write_text("\n".join(rows) + "\n")
+    pd.DataFrame({"ClassId": range(3), "TR": ["a", "b", "c"], "EN": classes}).to_csv(
+        folder / "SignList_ClassId_TR_EN.csv", index=False)
+    return folder, table
+
+
+def test_an_autsl_folder_loads_with_english_names_and_signer_splits(tmp_path):
+    from panformer.sign.domain import SignDomain, SignRecipe
+
+    folder, table = autsl_folder(tmp_path)
+    recipe = SignRecipe.model_validate({"data": {"source": str(folder), "val_signers": 0.2, "test_signers": 0.2}})
+    splits = SignDomain().task(recipe).load_splits(recipe)
+    assert splits.info["classes"] == sorted(set(table["label"]))  # names from the sign list, not ids
+    signers = splits.info["signers"]
+    assert not set(signers["train"]) & (set(signers["val"]) | set(signers["test"]))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (9, 3, 3)
+
+
+def test_autsl_without_extracted_landmarks_says_how_to_extract(tmp_path):
+    from panformer.sign.data import read_autsl
+
+    folder, _ = autsl_folder(tmp_path)
+    next((folder / "train_landmarks").iterdir()).unlink()
+    with pytest.raises(UserError, match="panformer-sign extract"):
+        read_autsl(folder)
