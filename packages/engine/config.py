@@ -10,10 +10,10 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from panformer.engine.errors import UserError
 
@@ -47,13 +47,26 @@ class TrainConfig(StrictModel):
 
 
 class Recipe(StrictModel):
-    """A whole run's configuration. Domains subclass it to type `data` and `model`."""
+    """A whole run's configuration. Domains subclass it to type `data` and `model`.
+
+    A domain with several models types `model` as a union discriminated by `model.name`;
+    `default_model_name` lets recipes leave `name` out for the default model.
+    """
+
+    default_model_name: ClassVar[str | None] = None
 
     domain: str
     description: str = ""
     data: StrictModel
     model: StrictModel
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_name(cls, raw: Any) -> Any:
+        if cls.default_model_name and isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+            raw["model"].setdefault("name", cls.default_model_name)
+        return raw
 
 
 def repo_recipes_dir() -> Path:

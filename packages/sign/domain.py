@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -95,16 +95,11 @@ ModelConfig = Annotated[TSLFormerConfig | HybridConfig, Field(discriminator="nam
 
 
 class SignRecipe(Recipe):
+    default_model_name = "tslformer"
+
     domain: Literal["sign"] = "sign"
     data: SignData = SignData()
     model: ModelConfig = TSLFormerConfig()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_model_name(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-            raw["model"].setdefault("name", "tslformer")
-        return raw
 
 
 def build_classifier(cfg: TSLFormerConfig | HybridConfig, *, num_classes: int, max_frames: int) -> SignClassifier:

@@ -111,16 +111,11 @@ ModelConfig = Annotated[MossFormer2Config | MossFormerConfig, Field(discriminato
 
 
 class SeparationRecipe(Recipe):
+    default_model_name = "mossformer2"
+
     domain: Literal["speech"] = "speech"
     data: SeparationData = SeparationData()
     model: ModelConfig = MossFormer2Config()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_model_name(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-            raw["model"].setdefault("name", "mossformer2")
-        return raw
 
 
 def build_separator(cfg: MossFormerConfig, *, num_speakers: int) -> MossFormerSeparator:

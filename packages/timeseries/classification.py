@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -74,17 +74,12 @@ ModelConfig = Annotated[TransformerConfig | VSFormerConfig | MPTSNetConfig, Fiel
 
 
 class ClassificationRecipe(Recipe):
+    default_model_name = "transformer"
+
     domain: Literal["timeseries"] = "timeseries"
     task: Literal["classification"] = "classification"
     data: ClassificationData = ClassificationData()
     model: ModelConfig = TransformerConfig()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_model_name(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-            raw["model"].setdefault("name", "transformer")
-        return raw
 
 
 @torch.no_grad()
