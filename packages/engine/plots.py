@@ -6,7 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
 
+from panformer.engine.domain import Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 
@@ -51,3 +55,16 @@ def confusion_matrix_png(confusion: np.ndarray, classes: list[str], path: Path) 
                         color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def confusion_matrix_of(
+    task: Task, model: nn.Module, dataset: Dataset, info: dict[str, Any], *, path: Path, batch_size: int,
+    device: torch.device,
+) -> Path:
+    """`evaluate --plot` for classification tasks: the confusion matrix of `model` over `dataset`."""
+    from panformer.engine.metrics import ClassificationMetrics
+    from panformer.engine.trainer import evaluate_model
+
+    metrics = ClassificationMetrics(len(info["classes"]))
+    evaluate_model(task, model, dataset, info, batch_size=batch_size, device=device, metrics=metrics)
+    return confusion_matrix_png(metrics.confusion.numpy(), info["classes"], path)

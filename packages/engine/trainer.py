@@ -38,7 +38,7 @@ from panformer.engine.distributed import (
     init_distributed,
     shutdown,
 )
-from panformer.engine.domain import Domain, Splits, Task
+from panformer.engine.domain import Domain, Metrics, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import write_text_atomic
 from panformer.engine.runlog import RunLog, console, progress_bar
@@ -148,10 +148,11 @@ def evaluate_model(
     batch_size: int,
     device: torch.device,
     precision: str = "auto",
+    metrics: Metrics | None = None,
 ) -> dict[str, float]:
-    """Mean loss plus the domain's metrics over a whole dataset."""
+    """Mean loss plus the task's metrics over a whole dataset (or into the `metrics` given)."""
     model.eval()
-    metrics = task.metrics(info)
+    metrics = metrics if metrics is not None else task.metrics(info)
     total_loss, count = 0.0, 0
     for batch in make_loader(task, dataset, batch_size=batch_size, shuffle=False):
         batch = to_device(batch, device)

@@ -18,7 +18,7 @@ from panformer.engine.domain import Domain, Metrics, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.metrics import ClassificationMetrics
-from panformer.engine.plots import confusion_matrix_png
+from panformer.engine.plots import confusion_matrix_of
 from panformer.sign.data import (
     SignDataset,
     collate,
@@ -235,7 +235,6 @@ class SignClassificationTask(Task):
                             "or a folder of them")
         return read_landmarks(path)
 
-    @torch.no_grad()
     def evaluation_plot(
         self,
         model: nn.Module,
@@ -246,13 +245,7 @@ class SignClassificationTask(Task):
         batch_size: int,
         device: torch.device,
     ) -> Path:
-
-        metrics = ClassificationMetrics(len(info["classes"]))
-        model.eval()
-        for start in range(0, len(dataset), batch_size):
-            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            metrics.update(batch, model(batch["features"].to(device), batch["valid"].to(device)))
-        return confusion_matrix_png(metrics.confusion.numpy(), info["classes"], path)
+        return confusion_matrix_of(self, model, dataset, info, path=path, batch_size=batch_size, device=device)
 
     def demo_input(self, recipe: SignRecipe, info: dict[str, Any], workdir: Path) -> Path:
         """The first test sequence: a signer the model never trained on."""

@@ -17,7 +17,7 @@ from panformer.engine.domain import Metrics, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.metrics import ClassificationMetrics
-from panformer.engine.plots import confusion_matrix_png
+from panformer.engine.plots import confusion_matrix_of, confusion_matrix_png
 from panformer.timeseries.data import (
     SeriesDataset,
     aeon_data_dir,
@@ -219,7 +219,6 @@ class ClassificationTask(Task):
             written.append(class_counts_png(np.asarray(rows), classes, output_path.with_suffix(".classes.png")))
         return written
 
-    @torch.no_grad()
     def evaluation_plot(
         self,
         model: nn.Module,
@@ -230,12 +229,7 @@ class ClassificationTask(Task):
         batch_size: int,
         device: torch.device,
     ) -> Path:
-        metrics = ClassificationMetrics(len(info["classes"]))
-        for start in range(0, len(dataset), batch_size):
-            batch = collate_series([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            metrics.update(batch, model(batch["values"].to(device), batch["lengths"].to(device)))
-        confusion_matrix_png(metrics.confusion.numpy(), info["classes"], path)
-        return path
+        return confusion_matrix_of(self, model, dataset, info, path=path, batch_size=batch_size, device=device)
 
     def demo_input(self, recipe: ClassificationRecipe, info: dict[str, Any], workdir: Path) -> Path:
         # The test file of the bundled dataset: the demo predicts on data it never trained on.
