@@ -312,8 +312,9 @@ class Trainer:
                     )
                     ckpt.set_pointer(self.checkpoints, "LATEST", folder.name)
                     ckpt.prune(self.checkpoints, keep_last=cfg.keep_checkpoints)
-                record = {"epoch": epoch, "step": step, "train_loss": train_loss,
-                          "lr": scheduler.get_last_lr()[0], **{f"val_{k}": v for k, v in val.items()}}
+                record = {"epoch": epoch, "step": step, "seconds": round(time.perf_counter() - started, 2),
+                          "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                          **{f"val_{k}": v for k, v in val.items()}}
                 log.write(record, step=step)
                 val_status = f"  val {task.monitor} {val[task.monitor]:.4f} (best {best[task.monitor]:.4f})"
                 bar.update(bar_task, status=f"epoch {epoch}  loss {train_loss:.4f}{val_status}")

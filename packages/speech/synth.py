@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import multiprocessing
+import os
 import random
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -25,7 +28,11 @@ import torch
 
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
+from panformer.engine.runlog import progress_bar
 from panformer.speech.audio import resample, write_audio
+
+# Bumped whenever the same spec would synthesise different audio (cached corpora are rebuilt).
+CORPUS_VERSION = 2
 
 # eSpeak variants that sound like people (robots, whispers and croaks left out).
 VARIANTS = (
@@ -158,9 +165,35 @@ def _trim_and_normalise(wave: np.ndarray, *, peak: float = 0.5) -> np.ndarray:
     return wave * (peak / np.abs(wave).max())
 
 
-def build_corpus(folder: Path, spec: CorpusSpec) -> dict:
+def _one_thread() -> None:
+    # Many workers each running a full-width torch thread pool (for resampling) starve one another.
+    torch.set_num_threads(1)
+
+
+def _synthesize_speaker(speaker: Speaker, spec: CorpusSpec, folder: Path) -> list[str]:
+    """Write one speaker's utterances under `folder`; its own seeded RNG makes the result independent of
+    which worker process runs it."""
+    engine = espeak()
+    rng = random.Random(f"{spec.seed}:{speaker.name}")
+    files = []
+    for k in range(spec.utterances_per_speaker):
+        wave = engine.synthesize(
+            _sentence(rng, spec.words), voice=f"{speaker.language}+{speaker.variant}",
+            pitch=speaker.pitch, pitch_range=rng.randint(30, 90), rate=rng.randint(130, 210),
+        )
+        wave = resample(torch.from_numpy(_trim_and_normalise(wave)), engine.sample_rate, spec.sample_rate)
+        relative = Path(speaker.split) / speaker.name / f"{k:03d}.wav"
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        write_audio(folder / relative, wave, spec.sample_rate)
+        files.append(str(relative))
+    return files
+
+
+def build_corpus(folder: Path, spec: CorpusSpec, *, workers: int | None = None) -> dict:
     """Synthesise the corpus into `folder` (atomically) unless the same spec is already there.
 
+    Speakers are synthesised in parallel worker processes (eSpeak NG keeps global state, so one library
+    per process), `workers` of them (default: the CPU count, at most 16), with a progress bar.
     Returns the manifest: {"spec": ..., "speakers": {name: {"split", "variant", "files"}}}.
     """
     folder = Path(folder)
@@ -168,26 +201,27 @@ def build_corpus(folder: Path, spec: CorpusSpec) -> dict:
     spec_dict = json.loads(json.dumps(asdict(spec)))  # tuples as lists, as in the saved file
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("spec") == spec_dict:
+        if manifest.get("spec") == spec_dict and manifest.get("version") == CORPUS_VERSION:
             return manifest
-    engine = espeak()
-    rng = random.Random(spec.seed + 1)
-    manifest: dict = {"spec": spec_dict, "speakers": {}}
-    with atomic_path(folder) as tmp:
-        for speaker in plan_speakers(spec):
-            files = []
-            for k in range(spec.utterances_per_speaker):
-                wave = engine.synthesize(
-                    _sentence(rng, spec.words), voice=f"{speaker.language}+{speaker.variant}",
-                    pitch=speaker.pitch, pitch_range=rng.randint(30, 90), rate=rng.randint(130, 210),
-                )
-                wave = resample(torch.from_numpy(_trim_and_normalise(wave)), engine.sample_rate, spec.sample_rate)
-                relative = Path(speaker.split) / speaker.name / f"{k:03d}.wav"
-                (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-                write_audio(tmp / relative, wave, spec.sample_rate)
-                files.append(str(relative))
-            manifest["speakers"][speaker.name] = {
-                "split": speaker.split, "variant": speaker.variant, "files": files,
-            }
+    speakers = plan_speakers(spec)
+    workers = workers or min(os.cpu_count() or 1, 16)
+    manifest: dict = {"version": CORPUS_VERSION, "spec": spec_dict, "speakers": {}}
+    with atomic_path(folder) as tmp, progress_bar(enabled=True) as bar:
+        task = bar.add_task(f"synthesising {len(speakers)} eSpeak speakers", total=len(speakers), status="")
+        if workers == 1:
+            results = (_synthesize_speaker(s, spec, tmp) for s in speakers)
+            for speaker, files in zip(speakers, results, strict=True):
+                manifest["speakers"][speaker.name] = {"split": speaker.split, "variant": speaker.variant, "files": files}
+                bar.advance(task)
+        else:
+            context = multiprocessing.get_context("spawn")  # a fresh eSpeak per process, no forked state
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+                futures = [pool.submit(_synthesize_speaker, s, spec, tmp) for s in speakers]
+                for speaker, future in zip(speakers, futures, strict=True):
+                    files = future.result()
+                    manifest["speakers"][speaker.name] = {
+                        "split": speaker.split, "variant": speaker.variant, "files": files,
+                    }
+                    bar.advance(task)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import soundfile as sf
 
-from panformer.speech.synth import CorpusSpec, build_corpus, plan_speakers
+from panformer.speech.synth import CORPUS_VERSION, CorpusSpec, build_corpus, plan_speakers
 
 SPEC = CorpusSpec(train_variants=3, val_variants=1, test_variants=1, languages_per_variant=2,
                   utterances_per_speaker=2, seed=3)
@@ -24,7 +24,7 @@ def test_speakers_are_split_by_variant():
 
 def test_corpus_is_synthesised_and_cached(tmp_path):
     folder = tmp_path / "corpus"
-    manifest = build_corpus(folder, SPEC)
+    manifest = build_corpus(folder, SPEC, workers=2)  # worker processes, as on a many-core machine
     assert len(manifest["speakers"]) == 10
     entry = next(iter(manifest["speakers"].values()))
     path = folder / entry["files"][0]
@@ -37,3 +37,19 @@ def test_corpus_is_synthesised_and_cached(tmp_path):
     stamp = (folder / "manifest.json").stat().st_mtime_ns
     assert build_corpus(folder, SPEC) == json.loads((folder / "manifest.json").read_text())
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_parallel_and_serial_synthesis_plan_the_same_corpus(tmp_path):
+    # eSpeak NG jitters its waveforms from call to call, so the audio is not bit-identical, but the
+    # speakers, their splits and their files must agree.
+    serial = build_corpus(tmp_path / "serial", SPEC, workers=1)
+    parallel = build_corpus(tmp_path / "parallel", SPEC, workers=2)
+    assert serial == parallel
+
+
+def test_a_corpus_of_an_older_version_is_rebuilt(tmp_path):
+    folder = tmp_path / "corpus"
+    build_corpus(folder, SPEC, workers=1)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
+    assert build_corpus(folder, SPEC, workers=1)["version"] == CORPUS_VERSION
