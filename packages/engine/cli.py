@@ -163,7 +163,7 @@ def build_cli(domain: Domain, *, predict: Callable[..., None] | None = None) -> 
             splits = loaded.task.load_splits(loaded.recipe, source=source)
             metrics = evaluate_model(
                 loaded.task, loaded.model, splits.test, loaded.info, batch_size=loaded.recipe.train.batch_size,
-                device=dev, precision=loaded.recipe.train.precision,
+                device=dev, precision=loaded.recipe.train.precision, metrics=loaded.task.test_metrics(loaded.info),
             )
             if plot is not None:
                 if plot.suffix != ".png":

@@ -93,6 +93,11 @@ class Task(ABC):
     @abstractmethod
     def metrics(self, info: dict[str, Any]) -> Metrics: ...
 
+    def test_metrics(self, info: dict[str, Any]) -> Metrics:
+        """Metrics of the final test evaluation and of `evaluate`: those of validation unless a task adds
+        slower ones (perceptual speech scores, say) that would cost too much every epoch."""
+        return self.metrics(info)
+
     def batch_size_of(self, batch: Any) -> int:
         first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()))
         return int(first.shape[0])

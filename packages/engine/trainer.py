@@ -331,7 +331,7 @@ class Trainer:
         model.load_state_dict(ckpt.load_checkpoint(best_folder).weights)
         test = evaluate_model(
             task, model, splits.test, splits.info,
-            batch_size=cfg.batch_size, device=device, precision=cfg.precision,
+            batch_size=cfg.batch_size, device=device, precision=cfg.precision, metrics=task.test_metrics(splits.info),
         )
         seconds = time.perf_counter() - started
         if main:

@@ -37,9 +37,15 @@ from panformer.speech.data import (
 )
 from panformer.speech.inference import separate_stream
 from panformer.speech.loss import pit_si_snr_loss
-from panformer.speech.metrics import best_permutation, pairwise_si_sdr, reorder, separation_scores
+from panformer.speech.metrics import (
+    best_permutation,
+    pairwise_si_sdr,
+    reorder,
+    separation_scores,
+    valid_mask,
+)
 from panformer.speech.model import MossFormerSeparator
-from panformer.speech.scoring import resolve_samples
+from panformer.speech.scoring import perceptual_scores, resolve_samples
 from panformer.speech.synth import CorpusSpec, build_corpus
 
 # --- recipe --------------------------------------------------------------------------------------
@@ -133,18 +139,28 @@ def build_separator(cfg: MossFormerConfig, *, num_speakers: int) -> MossFormerSe
 
 
 class SeparationMetrics(Metrics):
-    """Mean SI-SDR, SI-SDRi, SDR and SDRi over items (each with its best speaker permutation)."""
+    """Mean SI-SDR, SI-SDRi, SDR and SDRi over items (each with its best speaker permutation), and with
+    `perceptual_rate` also PESQ and STOI at that sample rate where the `pesq` / `pystoi` packages import."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, perceptual_rate: int | None = None) -> None:
         self.sums: dict[str, float] = {}
         self.count = 0
+        self.perceptual_rate = perceptual_rate
 
     def update(self, batch: dict[str, Tensor], outputs: Tensor) -> None:
-        scores = separation_scores(outputs.float(), batch["sources"].float(), batch["mixture"].float(),
-                                   lengths=batch["lengths"])
+        estimates, sources = outputs.float(), batch["sources"].float()
+        scores = separation_scores(estimates, sources, batch["mixture"].float(), lengths=batch["lengths"])
         for key, values in scores.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(values.sum())
         self.count += int(batch["mixture"].shape[0])
+        if self.perceptual_rate is not None:
+            mask = valid_mask(batch["lengths"], sources.shape[-1], device=sources.device)
+            perms, _ = best_permutation(pairwise_si_sdr(estimates, sources, mask=mask))
+            ordered = reorder(estimates, perms).cpu()
+            for b, length in enumerate(batch["lengths"].tolist()):
+                item = perceptual_scores(ordered[b, :, :length], sources[b, :, :length].cpu(), self.perceptual_rate)
+                for key, value in item.items():
+                    self.sums[key] = self.sums.get(key, 0.0) + value
 
     def compute(self) -> dict[str, float]:
         return {key: total / max(self.count, 1) for key, total in self.sums.items()}
@@ -252,6 +268,9 @@ class SeparationTask(Task):
 
     def metrics(self, info: dict[str, Any]) -> Metrics:
         return SeparationMetrics()
+
+    def test_metrics(self, info: dict[str, Any]) -> Metrics:
+        return SeparationMetrics(perceptual_rate=info["sample_rate"])
 
     @torch.no_grad()
     def predict(

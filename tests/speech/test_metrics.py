@@ -120,3 +120,21 @@ def test_perceptual_scores_only_with_their_packages():
             assert name not in scores
         else:
             assert scores[name] > 0.9 * (4.5 if name == "pesq" else 1.0)
+
+
+def test_test_metrics_add_stoi_after_the_best_permutation():
+    from panformer.speech.domain import SeparationTask
+    from tests.speech.signals import speechlike
+
+    sources = torch.stack([torch.as_tensor(speechlike(1.0)), torch.as_tensor(speechlike(1.0, pitch=230, seed=1))])
+    sources = sources.float()[None]  # (1, 2, T)
+    batch = {"mixture": sources.sum(1), "sources": sources, "lengths": torch.tensor([sources.shape[-1]])}
+    task = SeparationTask()
+    assert "stoi" not in task.metrics({"sample_rate": 8000}).compute()  # not every epoch: too slow
+    swapped_clean = task.test_metrics({"sample_rate": 8000})
+    swapped_clean.update(batch, sources.flip(1))
+    noisy = task.test_metrics({"sample_rate": 8000})
+    noisy.update(batch, sources + 0.5 * sources.flip(1))
+    clean_scores, noisy_scores = swapped_clean.compute(), noisy.compute()
+    assert clean_scores["stoi"] == pytest.approx(1.0, abs=1e-3)  # a swap of speakers is no error
+    assert noisy_scores["stoi"] < 0.95 * clean_scores["stoi"]
