@@ -1,0 +1,361 @@
+"""The music domain: recipes, the next-event language-modelling task (MMT or REMI tokens) and predict.
+
+Training minimises the per-field cross-entropy of the next event (MMT: the sum over the fields that
+apply to the next event's type; REMI: one field). Models are selected on the validation pieces' NLL
+per event; `predict` generates MIDI (unconditional, instrument-informed or continuing a prompt).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from panformer.engine.config import Recipe, StrictModel
+from panformer.engine.domain import Domain, Metrics, Splits, Task
+from panformer.engine.errors import UserError
+from panformer.music.data import (
+    WindowDataset,
+    collate,
+    fingerprint,
+    header_codes,
+    load_pieces,
+    mmt_windows,
+    split_pieces,
+)
+from panformer.music.generate import FieldSampling, generate
+from panformer.music.metrics import FieldNLL
+from panformer.music.midi import DEFAULT_QPM, Piece, read_midi, write_midi
+from panformer.music.model import CompoundTransformer
+from panformer.music.representation import (
+    FIELDS,
+    INSTRUMENT,
+    INSTRUMENT_EVENT,
+    INSTRUMENTS,
+    NOTE,
+    TYPE,
+    Vocabulary,
+    decode_notes,
+    encode_notes,
+    instrument_code,
+)
+
+# --- recipe --------------------------------------------------------------------------------------
+
+
+class MusicData(StrictModel):
+    source: str = Field("music21:bach", description="music21:<composer>[,<composer>] or a folder of .mid files")
+    cache_dir: str = Field("runs/data/music", description="where parsed pieces are cached (.npz)")
+    max_pieces: int | None = Field(None, ge=3, description="a seeded sample of this many pieces")
+    skip_bad_files: bool = Field(False, description="warn about unreadable or empty MIDI files instead of stopping")
+    representation: Literal["mmt", "remi"] = "mmt"
+    max_len: int = Field(1024, ge=8, description="events per training window (and the model's context)")
+    max_beat: int = Field(256, ge=4, description="beats a window may span (MMT beat vocabulary)")
+    train_stride: float = Field(0.5, gt=0, le=1, description="step between training windows, as a fraction")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    split_seed: int = Field(0, description="shuffles pieces into splits; fixed across training seeds")
+
+
+class MusicModel(StrictModel):
+    dim: int = Field(512, ge=8)
+    depth: int = Field(6, ge=1)
+    num_heads: int = Field(8, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    position: Literal["rope", "learned"] = "rope"
+
+
+class Sampling(StrictModel):
+    temperature: float = Field(1.0, ge=0, description="0 = greedy")
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(0.9, gt=0, le=1)
+
+
+class GenerateConfig(StrictModel):
+    """How `predict` and `evaluate` sample: a default for every field, and per-field overrides."""
+
+    default: Sampling = Sampling()
+    fields: dict[str, Sampling] = Field(default_factory=dict, description="per field: type, beat, position, ...")
+    max_events: int = Field(1024, ge=4, description="events in a generated song, prompt included")
+    max_beat_jump: int = Field(8, ge=1, description="beats a note may start after the previous note")
+    eval_samples: int = Field(4, ge=0, description="songs `evaluate` generates for the musical metrics")
+    eval_events: int = Field(256, ge=8, description="events per song `evaluate` generates (and times)")
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, Sampling]) -> dict[str, Sampling]:
+        unknown = set(value) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}; use {', '.join(FIELDS)}")
+        return value
+
+    def per_field(self, *, temperature: float | None = None, top_p: float | None = None) -> dict[str, FieldSampling]:
+        out = {}
+        for name in FIELDS:
+            cfg = self.fields.get(name, self.default)
+            out[name] = FieldSampling(
+                temperature=cfg.temperature if temperature is None else temperature,
+                top_k=cfg.top_k, top_p=cfg.top_p if top_p is None else top_p,
+            )
+        return out
+
+
+class MusicRecipe(Recipe):
+    domain: Literal["music"] = "music"
+    data: MusicData = MusicData()
+    model: MusicModel = MusicModel()
+    generate: GenerateConfig = GenerateConfig()
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def parse_instruments(text: str) -> list[str]:
+    """'piano,violin,cello' -> instrument classes; an unknown name is a UserError listing the known ones."""
+    names = [name.strip().lower().replace(" ", "-") for name in text.split(",") if name.strip()]
+    if not names:
+        raise UserError("--instruments: give comma-separated instrument names, e.g. piano,violin,cello")
+    for name in names:
+        if name not in INSTRUMENTS:
+            raise UserError(f"--instruments: unknown instrument '{name}'; known: {', '.join(INSTRUMENTS)}")
+    return names
+
+
+def build_model(recipe: MusicRecipe, info: dict[str, Any]) -> CompoundTransformer:
+    m = recipe.model
+    model = CompoundTransformer(vocab_sizes=info["vocab_sizes"], dim=m.dim, depth=m.depth, num_heads=m.num_heads,
+                                mlp_ratio=m.mlp_ratio, dropout=m.dropout, max_len=info["max_len"], position=m.position)
+    if "note_token_ids" in info:  # REMI: which tokens are notes, to report the NLL per note
+        model.register_buffer("note_token_ids", torch.as_tensor(info["note_token_ids"]), persistent=False)
+    return model
+
+
+def unigram_logprobs(train: WindowDataset, vocab_sizes: list[int]) -> list[list[float]]:
+    """Log-frequencies of each field's codes over the training windows (add-one smoothed): the
+    trivial baseline `nll_unigram` that the model's NLL is compared with."""
+    codes = torch.cat([w[1:] for w in train.windows])  # what the model predicts: every event but the first
+    out = []
+    for f, size in enumerate(vocab_sizes):
+        rows = codes
+        if len(vocab_sizes) == len(FIELDS) and f != TYPE:  # MMT: only the events the field applies to
+            kinds = (NOTE, INSTRUMENT_EVENT) if f == INSTRUMENT else (NOTE,)
+            rows = codes[torch.isin(codes[:, TYPE], torch.tensor(kinds))]
+        counts = torch.bincount(rows[:, f], minlength=size).double() + 1.0
+        out.append((counts / counts.sum()).log().tolist())
+    return out
+
+
+# --- the task ------------------------------------------------------------------------------------
+
+
+class MusicTask(Task):
+    monitor = "nll"
+    monitor_mode = "min"
+    demo_output_name = "continuation.mid"
+
+    def load_splits(self, recipe: MusicRecipe, *, source: str | None = None) -> Splits:
+        data = recipe.data
+        source = source or data.source
+        pieces = load_pieces(source, cache_dir=Path(data.cache_dir), max_pieces=data.max_pieces,
+                             skip_bad_files=data.skip_bad_files)
+        groups = split_pieces(pieces, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+                              seed=data.split_seed)
+        if not groups["train"]:
+            raise UserError(f"--data {source}: too few pieces for a training split; give more pieces")
+        datasets = {}
+        for name, group in groups.items():
+            stride = data.train_stride if name == "train" else 1.0
+            windows = [w for piece in group for w in self.windows(piece, recipe, stride=stride)]
+            datasets[name] = WindowDataset(windows, group)
+        info: dict[str, Any] = {
+            "representation": data.representation, "source": source, "max_len": data.max_len,
+            "max_beat": data.max_beat, "pieces": {name: [p.name for p in g] for name, g in groups.items()},
+        }
+        if data.representation == "mmt":
+            info |= {"fields": list(FIELDS), "vocab_sizes": list(Vocabulary(data.max_beat).sizes),
+                     "instruments": sorted({n.instrument for p in groups["train"] for n in p.notes})}
+        else:
+            from panformer.music.remi import note_token_ids, remi_tokenizer
+
+            info |= {"fields": ["token"], "vocab_sizes": [len(remi_tokenizer())], "note_token_ids": note_token_ids()}
+        info["unigram_logprobs"] = unigram_logprobs(datasets["train"], info["vocab_sizes"])
+        extra = f"{data.representation}\x00{data.split_seed}\x00{data.max_len}\x00{data.max_beat}\x00{data.train_stride}"
+        return Splits(train=datasets["train"], val=datasets["val"], test=datasets["test"], info=info,
+                      fingerprint=fingerprint(groups, extra))
+
+    @staticmethod
+    def windows(piece: Piece, recipe: MusicRecipe, *, stride: float) -> list[np.ndarray]:
+        if recipe.data.representation == "remi":
+            from panformer.music.remi import remi_windows
+
+            return remi_windows(piece, max_len=recipe.data.max_len, stride=stride)
+        return mmt_windows(piece, max_len=recipe.data.max_len, max_beat=recipe.data.max_beat, stride=stride)
+
+    def build_model(self, recipe: MusicRecipe, info: dict[str, Any]) -> nn.Module:
+        return build_model(recipe, info)
+
+    def collate(self, items: list[Any]) -> dict[str, Tensor]:
+        return collate(items)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        codes, valid = batch["codes"], batch["valid"]
+        inputs, targets, scored = codes[:, :-1], codes[:, 1:], valid[:, 1:]
+        logits = model(inputs)
+        if len(logits) == 1:  # single-field tokens (REMI)
+            applies = scored[None]
+            note_ids = getattr(model, "note_token_ids", None)
+            notes = torch.isin(targets[..., 0], note_ids.to(targets.device)) & scored if note_ids is not None else scored
+        else:
+            kind = targets[..., TYPE]
+            is_note = (kind == NOTE) & scored
+            applies = torch.stack([
+                scored if f == TYPE else (is_note | ((kind == INSTRUMENT_EVENT) & scored) if f == INSTRUMENT else is_note)
+                for f in range(len(FIELDS))
+            ])
+            notes = is_note
+        sums, counts = [], []
+        for f, field_logits in enumerate(logits):
+            ce = nn.functional.cross_entropy(field_logits.float().flatten(0, 1), targets[..., f].flatten(),
+                                             reduction="none").view_as(scored)
+            sums.append((ce * applies[f]).sum())
+            counts.append(applies[f].sum())
+        events = scored.sum()
+        loss = torch.stack(sums).sum() / events.clamp(min=1)
+        outputs = {"field_sums": torch.stack(sums).detach(), "field_counts": torch.stack(counts),
+                   "events": events, "notes": notes.sum(), "applies": applies, "targets": targets}
+        return loss, outputs
+
+    def metrics(self, info: dict[str, Any]) -> Metrics:
+        return FieldNLL(info["fields"], unigram_logprobs=info.get("unigram_logprobs"))
+
+    @torch.no_grad()
+    def predict(
+        self,
+        model: nn.Module,
+        *,
+        recipe: MusicRecipe,
+        info: dict[str, Any],
+        input_path: Path | None,
+        output_path: Path,
+        device: torch.device,
+        plot: bool = False,
+        instruments: str | None = None,
+        bars: int | None = None,
+        audio: bool = False,
+        seed: int = 0,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> list[Path]:
+        """Generate a MIDI file: unconditional, with `instruments`, or continuing the MIDI `input_path`.
+
+        `bars`: how many bars to generate (after the prompt); default until end-of-song or the context.
+        """
+        if output_path.suffix.lower() not in (".mid", ".midi"):
+            raise UserError(f"--output {output_path}: write the generated music to a .mid file")
+        if info["representation"] == "remi":
+            if input_path is not None or instruments is not None or bars is not None:
+                raise UserError("REMI baseline checkpoints generate unconditionally only; drop --prompt, "
+                                "--instruments and --bars (or use an MMT checkpoint)")
+            return self._predict_remi(model, recipe=recipe, info=info, output_path=output_path, device=device,
+                                      plot=plot, seed=seed, temperature=temperature, top_p=top_p)
+        if input_path is not None and instruments is not None:
+            raise UserError("give either --prompt (continue a MIDI file) or --instruments, not both")
+        max_events = min(recipe.generate.max_events, info["max_len"])
+        qpm, beats_per_bar, prompt_beats = DEFAULT_QPM, 4.0, None
+        allowed = None
+        if input_path is not None:
+            piece = read_midi(input_path)
+            prompt = encode_notes(piece.notes, max_beat=10**9)[:-1]  # without end-of-song
+            last_beat = max(n.beat for n in piece.notes)
+            if len(prompt) >= max_events or len(prompt) >= info["max_len"]:
+                raise UserError(f"--prompt {input_path}: {len(prompt)} events do not fit the model's context of "
+                                f"{min(max_events, info['max_len'])}; give a shorter prompt")
+            if last_beat > info["max_beat"]:
+                raise UserError(f"--prompt {input_path}: it spans {last_beat} beats, beyond the model's "
+                                f"{info['max_beat']}; give a shorter prompt")
+            qpm, beats_per_bar, prompt_beats = piece.qpm, piece.beats_per_bar, piece.beats
+            start_beat = last_beat
+        elif instruments is not None:
+            names = parse_instruments(instruments)
+            prompt = header_codes(names)
+            allowed = {instrument_code(n) for n in names}
+            start_beat = 0
+        else:
+            prompt = header_codes([])[:1]  # start-of-song only: the model picks among those it trained on
+            allowed = {instrument_code(n) for n in info["instruments"]}
+            start_beat = 0
+        end_beat = info["max_beat"] + 1  # beats beyond the vocabulary end the song
+        if bars is not None:
+            if bars < 1:
+                raise UserError("--bars: give a positive number of bars")
+            bar_start = int(np.ceil(prompt_beats / beats_per_bar) * beats_per_bar) if prompt_beats else start_beat
+            end_beat = min(int(bar_start + bars * beats_per_bar), info["max_beat"] + 1)
+        result = generate(
+            model, prompt, max_events=max_events, sampling=recipe.generate.per_field(temperature=temperature, top_p=top_p),
+            seed=seed, end_beat=end_beat, allowed_instruments=allowed, may_end=bars is None,
+            max_beat_jump=recipe.generate.max_beat_jump, device=device,
+        )
+        notes = decode_notes(result.codes)
+        if not notes:
+            raise UserError("the model generated no notes; try another --seed or a higher --temperature")
+        written = [write_midi(notes, output_path, qpm=qpm, beats_per_bar=beats_per_bar)]
+        new_notes = len(decode_notes(result.new_codes))
+        print(f"generated {new_notes} notes ({len(result.new_codes)} events) in {result.seconds:.2f}s "
+              f"({new_notes / max(result.seconds, 1e-9):.1f} notes/s)", file=sys.stderr)
+        if plot:
+            from panformer.music.plots import piano_roll_png
+
+            title = f"{output_path.name}: {len(notes)} notes" + (f" (prompt {input_path.name})" if input_path else "")
+            written.append(piano_roll_png(notes, output_path.with_suffix(".png"), title=title,
+                                          prompt_beats=prompt_beats, beats_per_bar=beats_per_bar))
+        if audio:
+            from panformer.music.audio import render_wav
+
+            wav = render_wav(output_path, output_path.with_suffix(".wav"))
+            if wav is not None:
+                written.append(wav)
+        return written
+
+    def _predict_remi(self, model: nn.Module, *, recipe: MusicRecipe, info: dict[str, Any], output_path: Path,
+                      device: torch.device, plot: bool, seed: int, temperature: float | None,
+                      top_p: float | None) -> list[Path]:
+        from panformer.music.remi import decode_remi, generate_remi
+
+        how = recipe.generate.per_field(temperature=temperature, top_p=top_p)["type"]  # the one field
+        result = generate_remi(model, max_tokens=min(recipe.generate.max_events, info["max_len"]), sampling=how,
+                               seed=seed, device=device)
+        notes = decode_remi(result.codes)
+        if not notes:
+            raise UserError("the model generated no notes; try another --seed or a higher --temperature")
+        written = [write_midi(notes, output_path)]
+        print(f"generated {len(notes)} notes ({len(result.codes)} tokens) in {result.seconds:.2f}s", file=sys.stderr)
+        if plot:
+            from panformer.music.plots import piano_roll_png
+
+            written.append(piano_roll_png(notes, output_path.with_suffix(".png"), title=f"{output_path.name} (REMI)"))
+        return written
+
+    def demo_input(self, recipe: MusicRecipe, info: dict[str, Any], workdir: Path) -> Path:
+        """The first two bars of the first test piece (a piece never trained on), as a MIDI prompt."""
+        splits = self.load_splits(recipe, source=info.get("source"))
+        piece = splits.test.pieces[0]
+        keep = [n for n in piece.notes if n.beat < 2 * piece.beats_per_bar]
+        return write_midi(keep, workdir / "prompt.mid", qpm=piece.qpm, beats_per_bar=piece.beats_per_bar)
+
+
+class MusicDomain(Domain):
+    name = "music"
+    recipe_type = MusicRecipe
+    cli_app = "panformer.music.cli:app"
+
+    def task(self, recipe: Recipe) -> Task:
+        return MusicTask()
+
+
+__all__ = ["MusicDomain", "MusicRecipe", "MusicTask", "parse_instruments"]

@@ -1,0 +1,124 @@
+"""The music CLI end to end through real subprocesses: a tiny train -> evaluate --json -> predict
+(unconditional, instrument-informed, continuation), and bad input answered with one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from panformer.music.midi import read_midi
+from tests.music.helpers import assert_user_error, cli, write_prompt
+
+TINY_RECIPE = """\
+description: tiny MMT for the tests
+data:
+  source: music21:bach
+  cache_dir: {cache}
+  max_pieces: 6
+  max_len: 96
+  max_beat: 64
+  val_fraction: 0.2
+  test_fraction: 0.2
+model: {{dim: 32, depth: 1, num_heads: 2, mlp_ratio: 2.0, dropout: 0.0}}
+generate: {{max_events: 96, eval_samples: 1, eval_events: 64}}
+train: {{epochs: 2, batch_size: 8, lr: 0.003, device: cpu}}
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("music")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE.format(cache=root / "data"))
+    result = cli("train", "--recipe", str(recipe), "--out", str(root / "run"))
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_evaluate_reports_field_nll_music_metrics_and_speed(trained):
+    plot = trained / "eval.png"
+    result = cli("evaluate", "--checkpoint", str(trained / "run"), "--json", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    for field in ("type", "beat", "position", "pitch", "duration", "instrument"):
+        assert metrics[f"nll_{field}"] > 0 and metrics[f"ppl_{field}"] > 1
+    assert metrics["nll"] == pytest.approx(metrics["loss"], rel=1e-4) and metrics["nll_unigram"] > 0
+    assert 0 < metrics["test_scale_consistency"] <= 1 and 0 < metrics["gen_scale_consistency"] <= 1
+    assert 0 < metrics["test_pitch_class_entropy"] <= 3.59 and 0 < metrics["gen_groove_consistency"] <= 1
+    assert metrics["notes_per_s_cache"] > 0 and metrics["notes_per_s_nocache"] > 0
+    assert metrics["cache_identical"] == 1.0
+    assert metrics["seconds_per_1024_tokens"] > 30  # chorales: far more than REMI's ~25 s
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def loads_everywhere(path: Path) -> int:
+    """Notes in the file, read by symusic (our reader), music21 and miditok; all must agree it has notes."""
+    import miditok
+    import music21
+
+    notes = len(read_midi(path).notes)
+    score = music21.converter.parse(str(path))
+    assert len(score.flatten().notes) > 0
+    tokens = miditok.REMI().encode(path)
+    assert len(tokens[0].ids if isinstance(tokens, list) else tokens.ids) > 0
+    return notes
+
+
+def test_predict_unconditional_with_piano_roll(trained):
+    out = trained / "gen" / "song.mid"
+    result = cli("predict", "--checkpoint", str(trained / "run"), "--output", str(out), "--plot", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert loads_everywhere(out) > 0
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_predict_instrument_informed(trained):
+    out = trained / "gen" / "trio.mid"
+    result = cli("predict", "--checkpoint", str(trained / "run"), "--output", str(out),
+                 "--instruments", "piano,violin,cello", "--bars", "4")
+    assert result.returncode == 0, result.stderr
+    piece = read_midi(out)
+    assert {n.instrument for n in piece.notes} <= {"piano", "violin", "cello"}
+    assert max(n.beat for n in piece.notes) < 16  # 4 bars of 4/4
+
+
+def test_predict_continues_a_prompt(trained):
+    prompt = write_prompt(trained / "prompt.mid", beats=4)
+    out = trained / "gen" / "continued.mid"
+    result = cli("generate", "--checkpoint", str(trained / "run"), "--prompt", str(prompt), "--output", str(out),
+                 "--bars", "2", "--audio")
+    assert result.returncode == 0, result.stderr
+    before, after = read_midi(prompt).notes, read_midi(out).notes
+    assert set(before) <= set(after) and len(after) > len(before)  # the prompt is kept, then continued
+    assert max(n.beat for n in after) < 4 + 8
+    assert {n.instrument for n in after} <= {n.instrument for n in before}
+    assert "SoundFont" in result.stderr or out.with_suffix(".wav").is_file()
+
+
+def test_bad_input_is_one_line_and_exit_2(trained):
+    run = str(trained / "run")
+    corrupt = trained / "corrupt.mid"
+    corrupt.write_bytes(b"MThd garbage")
+    out = trained / "bad" / "x.mid"
+    assert_user_error(cli("predict", "--checkpoint", run, "--prompt", str(corrupt), "--output", str(out)),
+                      "corrupt.mid", "not a readable MIDI")
+    import symusic
+
+    empty = trained / "empty.mid"
+    symusic.Score(480).dump_midi(str(empty))
+    assert_user_error(cli("predict", "--checkpoint", run, "--prompt", str(empty), "--output", str(out)),
+                      "empty.mid", "no notes")
+    long_prompt = write_prompt(trained / "long.mid", beats=40)
+    assert_user_error(cli("predict", "--checkpoint", run, "--prompt", str(long_prompt), "--output", str(out)),
+                      "context")
+    assert_user_error(cli("predict", "--checkpoint", run, "--instruments", "piano,kazoo", "--output", str(out)),
+                      "unknown instrument 'kazoo'")
+    assert not out.parent.exists() or not any(out.parent.iterdir())  # nothing half-written
+    folder = trained / "midis"
+    folder.mkdir()
+    (folder / "broken.mid").write_bytes(b"\x00\x01")
+    assert_user_error(cli("train", "--recipe", str(trained / "tiny.yaml"), "--data", str(folder),
+                          "--out", str(trained / "run-bad")), "broken.mid")
+    assert_user_error(cli("train", "--recipe", "no-such-recipe"), "unknown recipe")
