@@ -1,0 +1,1 @@
+"""Panformer molecules: energies and forces from Cartesian coordinates (graph-free transformer, SchNet)."""

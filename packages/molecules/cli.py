@@ -1,0 +1,102 @@
+"""`panformer-molecules`: the engine's CLI contract plus `label` (SMILES -> MMFF-labelled conformers)
+and `relax` (geometry optimisation with a trained model as the ASE calculator).
+
+`predict` is the engine's, extended with --skip-bad (skip and report bad records of the input).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from panformer.engine.cli import build_cli, load_model, user_errors_exit_2
+from panformer.engine.errors import UserError
+from panformer.engine.trainer import select_device
+from panformer.molecules.domain import MoleculesDomain
+
+domain = MoleculesDomain()
+
+
+@user_errors_exit_2
+def predict(
+    checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
+    input: Annotated[Path, typer.Option("--input", help="structures: .extxyz/.xyz (or anything ASE reads), .sdf/.mol")],
+    output: Annotated[Path, typer.Option(help="energies (eV) and forces (eV/Å): .extxyz or .csv (one row per atom)")],
+    plot: Annotated[bool, typer.Option("--plot", help="also write a parity plot (PNG) beside the output")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip (and report) bad records")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "auto",
+) -> None:
+    """Predict energies and forces for every structure of a file."""
+    if not input.exists():
+        raise UserError(f"--input {input} does not exist")
+    dev = select_device(device)
+    loaded = load_model(domain, checkpoint, dev)
+    written = loaded.task.predict(
+        loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=input, output_path=output, device=dev,
+        plot=plot, skip_bad=skip_bad,
+    )
+    for path in written:
+        typer.echo(str(path))
+
+
+app = build_cli(domain, predict=predict)
+
+
+@app.command()
+@user_errors_exit_2
+def label(
+    source: Annotated[Path, typer.Argument(help="a SMILES list (.smi: SMILES [id] per line) or an .sdf file")],
+    output: Annotated[Path, typer.Option(help="extended XYZ with energies (eV) and forces (eV/Å)")],
+    conformers: Annotated[int, typer.Option(min=1, help="ETKDG conformers per molecule")] = 4,
+    mmff_steps: Annotated[int, typer.Option(min=0, help="MMFF relaxation steps after embedding")] = 0,
+    max_atoms: Annotated[int, typer.Option(min=2, help="skip molecules with more atoms (with H)")] = 40,
+    rattle: Annotated[float, typer.Option(min=0, help="Gaussian displacement (Å) of every atom after relaxing")] = 0.0,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N molecules")] = None,
+    seed: Annotated[int, typer.Option(help="ETKDG random seed")] = 0,
+    workers: Annotated[int | None, typer.Option(min=1, help="parallel processes [default: up to 4]")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip unreadable SDF records (SMILES are always skipped with a count)")] = False,
+) -> None:
+    """Label molecules with RDKit ETKDG conformers and MMFF94 energies and forces."""
+    from panformer.molecules.label import LabelOptions, label_file
+
+    started = time.perf_counter()
+    options = LabelOptions(conformers=conformers, mmff_steps=mmff_steps, max_atoms=max_atoms, rattle=rattle,
+                           seed=seed)
+    structures, skipped = label_file(source, output, options=options, limit=limit, workers=workers,
+                                     skip_bad=skip_bad)
+    if skipped:
+        typer.echo(f"warning: {len(skipped)} molecules skipped (first: {skipped[0]})", err=True)
+    molecules = len({s.molecule for s in structures})
+    typer.echo(f"{output}: {len(structures)} conformers of {molecules} molecules "
+               f"in {time.perf_counter() - started:.1f}s", err=True)
+    typer.echo(str(output))
+
+
+@app.command()
+@user_errors_exit_2
+def relax(
+    input: Annotated[Path, typer.Argument(help="structures to optimise (.extxyz/.xyz/.sdf/...)")],
+    checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
+    output: Annotated[Path, typer.Option(help="final structures (.extxyz) with energies and forces")],
+    trajectory: Annotated[Path | None, typer.Option(help="also write every optimisation step (.extxyz)")] = None,
+    fmax: Annotated[float, typer.Option(min=0, help="stop when the largest force is below this (eV/Å)")] = 0.05,
+    steps: Annotated[int, typer.Option(min=1, help="at most this many BFGS steps per structure")] = 200,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip (and report) bad records")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "cpu",
+) -> None:
+    """Optimise geometries with ASE's BFGS, using the trained model as the calculator."""
+    from panformer.molecules.calculator import relax_file
+
+    for path, line in relax_file(input, checkpoint=checkpoint, output=output, trajectory=trajectory, fmax=fmax,
+                                 steps=steps, skip_bad=skip_bad, device=device):
+        if line:
+            typer.echo(line, err=True)
+        if path is not None:
+            typer.echo(str(path))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,407 @@
+"""The molecules domain: recipes, the energy-and-force task (splits by molecule, loss, metrics, predict).
+
+Batches are padded: numbers (B, N) long (0 = padding), positions (B, N, 3) Å, valid (B, N) bool,
+energy (B,) eV, forces (B, N, 3) eV/Å, has_forces (B,) bool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from panformer.engine.config import Recipe, StrictModel
+from panformer.engine.domain import Domain, Metrics, Splits, Task
+from panformer.engine.errors import UserError
+from panformer.engine.plots import pyplot, save_png
+from panformer.molecules.label import LabelOptions, label_file, nci_smiles_path
+from panformer.molecules.metrics import EnergyForceMetrics
+from panformer.molecules.model import (
+    CoordinateTransformer,
+    EnergyModel,
+    SchNetModel,
+    random_rotations,
+)
+from panformer.molecules.structures import (
+    Structure,
+    read_structures,
+    write_extxyz,
+    write_structures,
+)
+from panformer.molecules.units import ENERGY_UNITS
+
+# --- recipe --------------------------------------------------------------------------------------
+
+
+class MoleculeData(StrictModel):
+    source: str = Field(
+        "nci",
+        description="nci (RDKit's bundled NCI SMILES, labelled with ETKDG + MMFF94 and cached) or a structure "
+        "file: .extxyz/.xyz (ASE) or .sdf/.mol with energies",
+    )
+    cache_dir: str = Field("runs/data/molecules", description="where the labelled NCI set is cached")
+    molecules: int = Field(200, ge=3, description="nci: the first N molecules of the list")
+    conformers: int = Field(4, ge=1, description="nci: ETKDG conformers per molecule")
+    mmff_steps: int = Field(0, ge=0, description="nci: MMFF relaxation steps after embedding (0: ETKDG geometry)")
+    max_atoms: int = Field(40, ge=2, description="nci: larger molecules (with H) are skipped")
+    rattle: float = Field(0.0, ge=0, description="nci: Gaussian displacement (Å) of every atom after relaxing")
+    label_seed: int = 0
+    energy_key: str | None = Field(None, description="SDF property holding the energy (default: known names)")
+    energy_unit: str | None = Field(None, description=f"unit of energies in the file: {', '.join(ENERGY_UNITS)}")
+    skip_bad: bool = Field(False, description="skip (and report) bad records instead of failing")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="fraction of molecules held out for validation")
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="fraction of molecules held out for testing")
+
+
+class LossConfig(StrictModel):
+    energy_weight: float = Field(1.0, ge=0)
+    force_weight: float = Field(10.0, ge=0)
+    rotate: bool = Field(True, description="random rotation of each training structure (augmentation)")
+
+
+class CoordFormerConfig(StrictModel):
+    """The graph-free coordinate transformer."""
+
+    name: Literal["coordformer"] = "coordformer"
+    dim: int = Field(128, ge=8)
+    depth: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(2.0, gt=0)
+    coordinate_embedding: Literal["fourier", "linear"] = "fourier"
+    distance_bias: bool = Field(False, description="ablation: a learned distance-based attention bias")
+    forces: Literal["direct", "conservative"] = "direct"
+    loss: LossConfig = LossConfig()
+
+
+class SchNetConfig(StrictModel):
+    """torch-geometric's SchNet (forces always conservative)."""
+
+    name: Literal["schnet"] = "schnet"
+    hidden: int = Field(64, ge=8)
+    filters: int = Field(64, ge=8)
+    interactions: int = Field(3, ge=1)
+    gaussians: int = Field(25, ge=2)
+    cutoff: float = Field(5.0, gt=0)
+    loss: LossConfig = LossConfig()
+
+
+ModelConfig = Annotated[CoordFormerConfig | SchNetConfig, Field(discriminator="name")]
+
+
+class MoleculeRecipe(Recipe):
+    default_model_name = "coordformer"
+
+    domain: Literal["molecules"] = "molecules"
+    data: MoleculeData = MoleculeData()
+    model: ModelConfig = CoordFormerConfig()
+
+
+def build_model(cfg: CoordFormerConfig | SchNetConfig) -> EnergyModel:
+    if isinstance(cfg, SchNetConfig):
+        return SchNetModel(hidden=cfg.hidden, filters=cfg.filters, interactions=cfg.interactions,
+                           gaussians=cfg.gaussians, cutoff=cfg.cutoff)
+    return CoordinateTransformer(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+                                 coordinate_embedding=cfg.coordinate_embedding, distance_bias=cfg.distance_bias,
+                                 forces=cfg.forces)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+class StructureDataset(Dataset):
+    def __init__(self, structures: list[Structure]) -> None:
+        self.structures = structures
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+    def __getitem__(self, index: int) -> Structure:
+        return self.structures[index]
+
+
+def collate(structures: list[Structure]) -> dict[str, Tensor]:
+    """Pad a list of structures to the largest one (see the module docstring for the keys)."""
+    size, width = len(structures), max(len(s) for s in structures)
+    numbers = torch.zeros(size, width, dtype=torch.long)
+    positions = torch.zeros(size, width, 3)
+    forces = torch.zeros(size, width, 3)
+    energy = torch.zeros(size)
+    has_forces = torch.zeros(size, dtype=torch.bool)
+    for i, s in enumerate(structures):
+        n = len(s)
+        numbers[i, :n] = torch.from_numpy(s.numbers)
+        positions[i, :n] = torch.from_numpy(s.positions)
+        if s.forces is not None:
+            forces[i, :n] = torch.from_numpy(s.forces)
+            has_forces[i] = True
+        energy[i] = s.energy if s.energy is not None else float("nan")
+    return {"numbers": numbers, "positions": positions, "valid": numbers > 0, "energy": energy,
+            "forces": forces, "has_forces": has_forces}
+
+
+def nci_dataset(data: MoleculeData) -> Path:
+    """The labelled NCI set (cached): the first `data.molecules` SMILES of RDKit's NCI list."""
+    options = LabelOptions(conformers=data.conformers, mmff_steps=data.mmff_steps, max_atoms=data.max_atoms,
+                           rattle=data.rattle, seed=data.label_seed)
+    name = (f"nci-v2-{data.molecules}m-{data.conformers}c-{data.mmff_steps}s-{data.max_atoms}a-"
+            f"{data.rattle:g}r-seed{data.label_seed}.extxyz")
+    path = Path(data.cache_dir) / name
+    if not path.is_file():
+        _, skipped = label_file(nci_smiles_path(), path, options=options, limit=data.molecules,
+                                workers=2, show_progress=True)
+        print(f"labelled {path} ({len(skipped)} molecules skipped)", file=sys.stderr)
+    return path
+
+
+def load_structures(data: MoleculeData, source: str) -> list[Structure]:
+    path = nci_dataset(data) if source == "nci" else Path(source)
+    result = read_structures(path, skip_bad=data.skip_bad, energy_key=data.energy_key, energy_unit=data.energy_unit)
+    for message in result.skipped:
+        print(f"warning: skipped {message}", file=sys.stderr)
+    if result.skipped:
+        print(f"warning: {len(result.skipped)} bad records skipped", file=sys.stderr)
+    return result.structures
+
+
+def molecule_split(
+    structures: list[Structure], *, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[Structure]]:
+    """Split by molecule: every conformer of a molecule lands in the same split."""
+    molecules = sorted({s.molecule for s in structures})
+    if len(molecules) < 3:
+        raise UserError(f"only {len(molecules)} distinct molecules; a train/val/test split by molecule needs >= 3")
+    random.Random(seed).shuffle(molecules)
+    n_val = max(1, round(val_fraction * len(molecules)))
+    n_test = max(1, round(test_fraction * len(molecules)))
+    if n_val + n_test >= len(molecules):
+        raise UserError(f"{len(molecules)} molecules are too few for val_fraction/test_fraction; give more data")
+    test, val = set(molecules[:n_test]), set(molecules[n_test:n_test + n_val])
+    groups: dict[str, list[Structure]] = {"train": [], "val": [], "test": []}
+    for s in structures:
+        groups["test" if s.molecule in test else "val" if s.molecule in val else "train"].append(s)
+    return groups
+
+
+def fingerprint(structures: list[Structure]) -> str:
+    digest = hashlib.sha256()
+    for s in structures:
+        digest.update(s.molecule.encode())
+        digest.update(np.ascontiguousarray(s.positions, dtype=np.float64).tobytes())
+        digest.update(repr(s.energy).encode())
+    return digest.hexdigest()[:16]
+
+
+def check_elements(structures: list[Structure], elements: list[int], *, where: str) -> None:
+    """UserError naming the first record with an element the model was not trained on."""
+    from ase.data import chemical_symbols
+
+    known = set(elements)
+    for s in structures:
+        unknown = sorted(set(s.numbers.tolist()) - known)
+        if unknown:
+            names = ", ".join(chemical_symbols[z] for z in unknown)
+            trained = " ".join(chemical_symbols[z] for z in sorted(known))
+            raise UserError(f"{where}: record {s.name} has element(s) {names} that the model never saw "
+                            f"(trained on {trained}); remove the record or retrain")
+
+
+# --- the task ------------------------------------------------------------------------------------
+
+
+class EnergyForceTask(Task):
+    monitor = "energy_mae_eV"
+    monitor_mode = "min"
+    demo_output_name = "predictions.extxyz"
+
+    def __init__(self, *, loss: LossConfig | None = None) -> None:
+        self.loss_config = loss or LossConfig()
+
+    def load_splits(self, recipe: MoleculeRecipe, *, source: str | None = None) -> Splits:
+        data = recipe.data
+        source = source or data.source
+        structures = load_structures(data, source)
+        missing = next((s for s in structures if s.energy is None), None)
+        if missing is not None:
+            raise UserError(f"{source}: record {missing.name} has no energy; training needs an energy per "
+                            "structure (extxyz energy=, an SDF energy property or --set data.energy_key=NAME)")
+        groups = molecule_split(structures, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+                                seed=data.label_seed)
+        elements = sorted({int(z) for s in groups["train"] for z in s.numbers})
+        return Splits(
+            train=StructureDataset(groups["train"]), val=StructureDataset(groups["val"]),
+            test=StructureDataset(groups["test"]),
+            info={"source": source, "elements": elements, "max_atoms": max(len(s) for s in structures),
+                  "molecules": {k: len({s.molecule for s in v}) for k, v in groups.items()},
+                  "structures": {k: len(v) for k, v in groups.items()}},
+            fingerprint=fingerprint(structures),
+        )
+
+    def build_model(self, recipe: MoleculeRecipe, info: dict[str, Any]) -> nn.Module:
+        return build_model(recipe.model)
+
+    def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
+        """Per-element reference energies by least squares of energy on element counts, and the scale."""
+        structures: list[Structure] = splits.train.structures
+        elements = splits.info["elements"]
+        counts = np.array([[np.sum(s.numbers == z) for z in elements] for s in structures], dtype=np.float64)
+        energies = np.array([s.energy for s in structures], dtype=np.float64)
+        # A small ridge keeps the fit defined when element counts are collinear (e.g. C and H in alkanes).
+        ridge = 1e-6 * np.eye(len(elements))
+        weights = np.linalg.solve(counts.T @ counts + ridge, counts.T @ energies)
+        residual = energies - counts @ weights
+        forces = [s.forces for s in structures if s.forces is not None]
+        scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else float(residual.std())
+        model.element_energy.zero_()
+        model.element_energy[torch.tensor(elements)] = torch.tensor(weights, dtype=torch.float32)
+        model.scale.fill_(max(scale, 1e-6))
+
+    def collate(self, items: list[Any]) -> dict[str, Tensor]:
+        return collate(items)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        core: EnergyModel = getattr(model, "module", model)  # DDP wraps the model
+        cfg = self.loss_config
+        positions, reference_forces = batch["positions"], batch["forces"]
+        if model.training and cfg.rotate:
+            rotation = random_rotations(len(positions), device=positions.device)
+            positions = positions @ rotation.transpose(1, 2)
+            reference_forces = reference_forces @ rotation.transpose(1, 2)
+        energy, forces = model(batch["numbers"], positions, batch["valid"])
+        valid = batch["valid"]
+        scale = core.scale
+        energy_loss = (((energy - batch["energy"]) / scale) ** 2).mean()
+        mask = (valid & batch["has_forces"].unsqueeze(1)).unsqueeze(-1)
+        force_error = ((forces - reference_forces) / scale) ** 2 * mask
+        force_loss = force_error.sum() / (3 * mask.sum()).clamp(min=1)
+        loss = cfg.energy_weight * energy_loss + cfg.force_weight * force_loss
+        reference_energy = (core.element_energy[batch["numbers"]] * valid).sum(1)
+        outputs = {"energy": energy.detach(), "forces": forces.detach(), "reference_energy": reference_energy}
+        if not model.training:
+            outputs.update(rotation_errors(model, batch, energy, forces))
+        return loss, outputs
+
+    def metrics(self, info: dict[str, Any]) -> Metrics:
+        return EnergyForceMetrics()
+
+    def predict(
+        self,
+        model: nn.Module,
+        *,
+        recipe: MoleculeRecipe,
+        info: dict[str, Any],
+        input_path: Path,
+        output_path: Path,
+        device: torch.device,
+        plot: bool = False,
+        skip_bad: bool = False,
+    ) -> list[Path]:
+        """Energies (eV) and forces (eV/Å) for every structure of `input_path`, as extended XYZ or CSV."""
+        if output_path.suffix.lower() not in (".extxyz", ".xyz", ".csv"):
+            raise UserError(f"--output {output_path}: give an .extxyz, .xyz or .csv path")
+        result = read_structures(input_path, skip_bad=skip_bad, energy_key=recipe.data.energy_key,
+                                 energy_unit=recipe.data.energy_unit)
+        for message in result.skipped:
+            print(f"warning: skipped {message}", file=sys.stderr)
+        check_elements(result.structures, info["elements"], where=str(input_path))
+        predicted = predict_structures(model, result.structures, device=device)
+        written = [write_structures(output_path, predicted)]
+        if plot:
+            written.append(parity_plot(result.structures, predicted, output_path.with_suffix(".png")))
+        return written
+
+    def evaluation_plot(
+        self, model: nn.Module, dataset: Dataset, info: dict[str, Any], *, path: Path, batch_size: int,
+        device: torch.device,
+    ) -> Path:
+        structures = dataset.structures
+        return parity_plot(structures, predict_structures(model, structures, device=device, batch_size=batch_size),
+                           path)
+
+    def demo_input(self, recipe: MoleculeRecipe, info: dict[str, Any], workdir: Path) -> Path:
+        """The test split (molecules the model never trained on), as extended XYZ."""
+        return write_extxyz(workdir / "demo_input.extxyz", self.load_splits(recipe).test.structures)
+
+
+def rotation_errors(
+    model: nn.Module, batch: dict[str, Tensor], energy: Tensor, forces: Tensor
+) -> dict[str, Tensor]:
+    """Run the model on randomly rotated copies: |E(Rx) - E(x)| (B,) eV and sum over atoms of
+    |F(Rx) - R F(x)| (B,) eV/Å. Rotations come from a fixed seed, so evaluation is repeatable."""
+    positions = batch["positions"]
+    generator = torch.Generator().manual_seed(1234)
+    rotation = random_rotations(len(positions), generator=generator, device=positions.device)
+    rotated_energy, rotated_forces = model(batch["numbers"], positions @ rotation.transpose(1, 2), batch["valid"])
+    expected = forces @ rotation.transpose(1, 2)
+    return {
+        "rotation_energy_change": (rotated_energy - energy).abs().detach(),
+        "equivariance_error": ((rotated_forces - expected).norm(dim=-1) * batch["valid"]).sum(1).detach(),
+    }
+
+
+def predict_structures(
+    model: nn.Module, structures: list[Structure], *, device: torch.device, batch_size: int = 32
+) -> list[Structure]:
+    """Copies of `structures` carrying the model's energy and forces."""
+    from panformer.engine.trainer import to_device
+
+    model.eval()
+    out = []
+    for start in range(0, len(structures), batch_size):
+        chunk = structures[start:start + batch_size]
+        batch = to_device(collate(chunk), device)
+        with torch.no_grad():
+            energy, forces = model(batch["numbers"], batch["positions"], batch["valid"])
+        for i, s in enumerate(chunk):
+            out.append(Structure(s.numbers, s.positions, float(energy[i]), forces[i, :len(s)].double().cpu().numpy(),
+                                 molecule=s.molecule, name=s.name, info=dict(s.info)))
+    return out
+
+
+def parity_plot(reference: list[Structure], predicted: list[Structure], path: Path) -> Path:
+    """Predicted vs reference energy per atom and force components (or the energy histogram without labels)."""
+    plt = pyplot()
+    labelled = [(r, p) for r, p in zip(reference, predicted, strict=True) if r.energy is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    if labelled:
+        ref_e = np.array([r.energy / len(r) for r, _ in labelled])
+        pred_e = np.array([p.energy / len(p) for _, p in labelled])
+        axes[0].scatter(ref_e, pred_e, s=6)
+        lo, hi = min(ref_e.min(), pred_e.min()), max(ref_e.max(), pred_e.max())
+        axes[0].plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        axes[0].set_xlabel("reference energy (eV/atom)")
+        axes[0].set_ylabel("predicted energy (eV/atom)")
+        axes[0].set_title(f"energy MAE {1000 * np.abs(ref_e - pred_e).mean():.1f} meV/atom")
+    else:
+        axes[0].hist([p.energy for p in predicted], bins=30)
+        axes[0].set_xlabel("predicted energy (eV)")
+    with_forces = [(r, p) for r, p in zip(reference, predicted, strict=True) if r.forces is not None]
+    if with_forces:
+        ref_f = np.concatenate([r.forces.ravel() for r, _ in with_forces])
+        pred_f = np.concatenate([p.forces.ravel() for _, p in with_forces])
+        axes[1].scatter(ref_f, pred_f, s=2, alpha=0.4)
+        lo, hi = min(ref_f.min(), pred_f.min()), max(ref_f.max(), pred_f.max())
+        axes[1].plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        axes[1].set_xlabel("reference force component (eV/Å)")
+        axes[1].set_ylabel("predicted (eV/Å)")
+        axes[1].set_title(f"force MAE {np.abs(ref_f - pred_f).mean():.3f} eV/Å")
+    else:
+        axes[1].axis("off")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+class MoleculesDomain(Domain):
+    name = "molecules"
+    recipe_type = MoleculeRecipe
+    cli_app = "panformer.molecules.cli:app"
+
+    def task(self, recipe: Recipe) -> Task:
+        return EnergyForceTask(loss=recipe.model.loss)

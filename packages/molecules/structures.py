@@ -1,0 +1,304 @@
+"""Structures (atoms, positions, energy, forces) and the readers and writers for the usual file formats.
+
+Readers: SDF/MOL (RDKit; energies and forces from SD properties), XYZ / extended XYZ and anything
+`ase.io.read` understands (energies and forces from the calculator results or `atoms.info`), and SMILES
+lists (for `label`). Units are converted on read: inside Panformer everything is eV, Å and eV/Å.
+
+A bad record (no 3-D coordinates, unknown element, a force array of the wrong shape) raises a
+`UserError` naming the file and record, or with `skip_bad=True` is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from panformer.engine.errors import UserError
+from panformer.engine.files import atomic_path
+from panformer.molecules.units import energy_factor
+
+SDF_SUFFIXES = (".sdf", ".mol", ".sd")
+SMILES_SUFFIXES = (".smi", ".smiles")
+MAX_Z = 118
+
+# SD properties that hold an energy, with their unit (checked in this order).
+SDF_ENERGY_PROPERTIES: dict[str, str] = {
+    "energy_eV": "eV",
+    "energy_kcal_mol": "kcal/mol",
+    "MMFF94_energy_kcal_mol": "kcal/mol",
+    # Schrödinger MacroModel (RDKit's bundled egfr.sdf / cdk2.sdf): kJ/mol.
+    "r_mmffld_Potential_Energy-OPLS_2005": "kJ/mol",
+}
+# SD properties that hold forces as 3N whitespace-separated numbers, with their unit.
+SDF_FORCE_PROPERTIES: dict[str, str] = {"forces_eV_A": "eV", "forces_kcal_mol_A": "kcal/mol"}
+
+
+@dataclass
+class Structure:
+    """One conformer. numbers (N,) atomic numbers; positions (N, 3) Å; energy eV; forces (N, 3) eV/Å.
+
+    `molecule` groups conformers of one molecule (splits never separate them); `name` names the
+    record in messages and outputs.
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    energy: float | None = None
+    forces: np.ndarray | None = None
+    molecule: str = ""
+    name: str = ""
+    info: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+
+@dataclass
+class ReadResult:
+    structures: list[Structure]
+    skipped: list[str]  # one message per skipped record
+
+
+class BadRecord(Exception):
+    """A record that cannot be used; the message says why (without the file name)."""
+
+
+def check_structure(s: Structure) -> Structure:
+    """Raise BadRecord unless `s` is usable: known elements, finite coordinates, matching forces."""
+    n = len(s.numbers)
+    if n == 0:
+        raise BadRecord("has no atoms")
+    if s.positions.shape != (n, 3) or not np.isfinite(s.positions).all():
+        raise BadRecord("has no finite 3-D coordinates")
+    if (s.numbers < 1).any() or (s.numbers > MAX_Z).any():
+        raise BadRecord("has an unknown element (atomic number outside 1..118)")
+    if s.energy is not None and not math.isfinite(s.energy):
+        raise BadRecord("has a non-finite energy")
+    if s.forces is not None:
+        if s.forces.shape != (n, 3):
+            raise BadRecord(f"has a force array of shape {tuple(s.forces.shape)} for {n} atoms; expected ({n}, 3)")
+        if not np.isfinite(s.forces).all():
+            raise BadRecord("has non-finite forces")
+    return s
+
+
+def _collect(
+    path: Path, records: Iterable[tuple[str, Structure | Exception]], *, skip_bad: bool
+) -> ReadResult:
+    good, skipped = [], []
+    for name, item in records:
+        try:
+            if isinstance(item, Exception):
+                raise item
+            good.append(check_structure(item))
+        except BadRecord as err:
+            if not skip_bad:
+                raise UserError(f"{path}: record {name} {err}; fix it or pass --skip-bad") from None
+            skipped.append(f"{path}: record {name} {err}")
+    if not good:
+        why = f" ({skipped[0]})" if skipped else ""
+        raise UserError(f"{path}: no usable structures{why}; check the file")
+    return ReadResult(good, skipped)
+
+
+# --- SDF / MOL ----------------------------------------------------------------------------------------
+
+
+def _sdf_records(path: Path, energy_key: str | None, energy_unit: str | None) -> Iterable[tuple[str, Structure | Exception]]:
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")  # RDKit prints parse problems itself; we report them in one line
+    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
+    for index in range(len(supplier)):
+        mol = supplier[index]
+        name = f"#{index + 1}"
+        if mol is None:
+            yield name, BadRecord("is not a valid MOL block")
+            continue
+        title = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
+        name = f"#{index + 1}" + (f" ({title})" if title else "")
+        if mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D():
+            yield name, BadRecord("has no 3-D coordinates (a 2-D or coordinate-free record)")
+            continue
+        numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)
+        positions = np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64)
+        props = mol.GetPropsAsDict(includePrivate=False)
+        try:
+            energy = _sdf_energy(props, energy_key, energy_unit)
+            forces = _sdf_forces(props, len(numbers))
+        except BadRecord as err:
+            yield name, err
+            continue
+        molecule = str(props.get("molecule_id", title or f"record{index + 1}"))
+        yield name, Structure(numbers, positions, energy, forces, molecule=molecule,
+                              name=title or f"record{index + 1}")
+
+
+def _sdf_energy(props: dict, key: str | None, unit: str | None) -> float | None:
+    candidates = {key: unit or "eV"} if key else SDF_ENERGY_PROPERTIES
+    for prop, prop_unit in candidates.items():
+        if prop in props:
+            try:
+                return float(props[prop]) * energy_factor(prop_unit)
+            except ValueError:
+                raise BadRecord(f"has a non-numeric energy property <{prop}>") from None
+    return None
+
+
+def _sdf_forces(props: dict, n: int) -> np.ndarray | None:
+    for prop, unit in SDF_FORCE_PROPERTIES.items():
+        if prop in props:
+            try:
+                values = np.array(str(props[prop]).split(), dtype=np.float64)
+            except ValueError:
+                raise BadRecord(f"has a non-numeric force property <{prop}>") from None
+            if values.size != 3 * n:
+                raise BadRecord(f"has {values.size} force values in <{prop}> for {n} atoms; expected {3 * n}")
+            return values.reshape(n, 3) * energy_factor(unit)
+    return None
+
+
+# --- ASE (XYZ, extended XYZ, ...) ------------------------------------------------------------------
+
+
+def _ase_records(path: Path, energy_unit: str | None) -> Iterable[tuple[str, Structure | Exception]]:
+    import ase.io
+
+    try:
+        frames = ase.io.read(str(path), index=":")
+    except Exception as err:  # ASE raises many types for malformed files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: cannot read it as a structure file ({first}); check the format") from None
+    factor = energy_factor(energy_unit or "eV")
+    for index, atoms in enumerate(frames):
+        name = f"#{index + 1}"
+        info = {k: str(v) for k, v in atoms.info.items() if isinstance(v, (str, int, float))}
+        energy = forces = None
+        results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+        if "energy" in results:
+            energy = float(results["energy"]) * factor
+        elif "energy" in atoms.info:
+            energy = float(atoms.info["energy"]) * factor
+        raw_forces = results.get("forces", atoms.arrays.get("forces"))
+        if raw_forces is not None:
+            forces = np.asarray(raw_forces, dtype=np.float64) * factor
+        numbers = np.asarray(atoms.numbers, dtype=np.int64)
+        # Without an id, group by formula: conformers of one molecule can never straddle a split.
+        molecule = str(atoms.info.get("molecule_id", atoms.get_chemical_formula()))
+        yield name, Structure(numbers, np.asarray(atoms.positions, dtype=np.float64), energy, forces,
+                              molecule=molecule, name=str(atoms.info.get("name", f"{path.stem}-{index + 1}")),
+                              info=info)
+
+
+def read_structures(
+    path: Path, *, skip_bad: bool = False, energy_key: str | None = None, energy_unit: str | None = None
+) -> ReadResult:
+    """Every structure of an SDF/MOL file or an ASE-readable file (XYZ, extended XYZ, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; give an .sdf, .mol, .xyz or .extxyz file")
+    if path.suffix.lower() in SMILES_SUFFIXES:
+        raise UserError(f"{path} is a SMILES list (no coordinates); turn it into structures with `label` first")
+    if path.suffix.lower() in SDF_SUFFIXES:
+        records = _sdf_records(path, energy_key, energy_unit)
+    else:
+        records = _ase_records(path, energy_unit)
+    return _collect(path, records, skip_bad=skip_bad)
+
+
+# --- SMILES lists ------------------------------------------------------------------------------------
+
+
+def read_smiles(path: Path) -> list[tuple[str, str]]:
+    """(id, SMILES) per line of a SMILES list: `SMILES [id]` separated by whitespace or a comma.
+
+    A first line whose first field is `smiles` is a header. Blank lines and `#` comments are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; give a SMILES list (.smi) or an .sdf file")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text SMILES list; give one SMILES per line") from None
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        fields = line.replace(",", " ").split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if number == 1 and fields[0].lower() == "smiles":
+            continue
+        entries.append((fields[1] if len(fields) > 1 else f"line{number}", fields[0]))
+    if not entries:
+        raise UserError(f"{path} holds no SMILES; give one SMILES per line")
+    return entries
+
+
+# --- writers ------------------------------------------------------------------------------------------
+
+
+def to_atoms(s: Structure, *, energy: float | None = None, forces: np.ndarray | None = None):
+    """An ase.Atoms with the energy and forces attached (a single-point calculator)."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = Atoms(numbers=s.numbers, positions=s.positions)
+    # "energy" in info would shadow the calculator's energy when the file is read back.
+    extra = {k: v for k, v in s.info.items() if k != "energy"}
+    atoms.info.update({"molecule_id": s.molecule, "name": s.name, **extra})
+    energy = s.energy if energy is None else energy
+    forces = s.forces if forces is None else forces
+    results = {}
+    if energy is not None:
+        results["energy"] = float(energy)
+    if forces is not None:
+        results["forces"] = np.asarray(forces)
+    if results:
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def write_extxyz(path: Path, structures: Sequence[Structure]) -> Path:
+    """Extended XYZ with energies (eV) and forces (eV/Å), written atomically."""
+    import ase.io
+
+    buffer = io.StringIO()
+    ase.io.write(buffer, [to_atoms(s) for s in structures], format="extxyz")
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(buffer.getvalue())
+    return Path(path)
+
+
+def write_csv(path: Path, structures: Sequence[Structure]) -> Path:
+    """One row per atom: structure, molecule, atom, element, x/y/z (Å), energy_eV of the structure, fx/fy/fz (eV/Å)."""
+    from ase.data import chemical_symbols
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["structure", "name", "molecule", "atom", "element", "x", "y", "z", "energy_eV",
+                     "fx_eV_A", "fy_eV_A", "fz_eV_A"])
+    for index, s in enumerate(structures):
+        forces = s.forces if s.forces is not None else np.full((len(s), 3), np.nan)
+        for atom, (z, pos, force) in enumerate(zip(s.numbers, s.positions, forces, strict=True)):
+            writer.writerow([index, s.name, s.molecule, atom, chemical_symbols[int(z)],
+                             *(f"{v:.6f}" for v in pos), f"{s.energy:.6f}" if s.energy is not None else "",
+                             *(f"{v:.6f}" for v in force)])
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(buffer.getvalue())
+    return Path(path)
+
+
+def write_structures(path: Path, structures: Sequence[Structure]) -> Path:
+    """Extended XYZ (.xyz/.extxyz) or CSV (.csv), chosen by the suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".xyz", ".extxyz"):
+        return write_extxyz(path, structures)
+    if suffix == ".csv":
+        return write_csv(path, structures)
+    raise UserError(f"--output {path}: give an .extxyz, .xyz or .csv path")
