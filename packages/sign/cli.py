@@ -48,10 +48,12 @@ app = build_cli(domain, predict=predict)
 def extract(
     source: Annotated[Path, typer.Argument(help="a video file or a folder of videos")],
     output: Annotated[Path, typer.Option(help="folder for one <video>.parquet per video (ASL-Signs schema)")],
-    models: Annotated[Path | None, typer.Option(help="folder with hand_landmarker.task and pose_landmarker_*.task")] = None,
+    models: Annotated[Path | None, typer.Option(
+        help="folder with hand_landmarker.task and pose_landmarker_*.task, or holistic_landmarker.task "
+        "[default: the official files, downloaded once into ~/.cache/panformer/mediapipe and checksummed]")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="videos processed in parallel [default: CPU cores]")] = None,
 ) -> None:
-    """Extract MediaPipe hand and pose landmarks from every frame of each video."""
+    """Extract MediaPipe hand and pose (or holistic) landmarks from every frame of each video."""
     from panformer.sign.extract import extract_all
 
     started = time.perf_counter()

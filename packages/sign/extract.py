@@ -1,8 +1,9 @@
-"""Video -> landmark Parquet with the MediaPipe Tasks hand and pose landmarkers (VIDEO running mode).
+"""Video -> landmark Parquet with the MediaPipe Tasks landmarkers (VIDEO running mode).
 
-Every frame of a video is run through both landmarkers; one ASL-Signs Parquet file is written per video
-(hands not seen are NaN rows). Videos are processed in parallel, one process each.
-Hands are labelled as MediaPipe reports them (its handedness assumes a mirrored, selfie-style image).
+Every frame of a video is run through the hand and pose landmarkers, or through the holistic one (face,
+pose and hands) when its `.task` file is given; one ASL-Signs Parquet file is written per video (parts
+not seen are NaN rows). Videos are processed in parallel, one process each. Hands are labelled as
+MediaPipe reports them (the hand landmarker's handedness assumes a mirrored, selfie-style image).
 """
 
 from __future__ import annotations
@@ -18,45 +19,53 @@ from pathlib import Path
 import numpy as np
 
 from panformer.engine.errors import UserError
-from panformer.sign.landmarks import Landmarks, write_landmarks
+from panformer.sign.landmarks import PART_SIZES, Landmarks, write_landmarks
+from panformer.sign.task_files import OFFICIAL, cache_dir, cached_task_file
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 HAND_MODEL = "hand_landmarker.task"
 POSE_MODELS = ("pose_landmarker_full.task", "pose_landmarker_heavy.task", "pose_landmarker_lite.task")
-MODEL_URLS = {
-    HAND_MODEL: "https://storage.googleapis.com/mediapipe-models/hand_landmarker/hand_landmarker/float16/latest/"
-    "hand_landmarker.task",
-    POSE_MODELS[0]: "https://storage.googleapis.com/mediapipe-models/pose_landmarker/pose_landmarker_full/float16/"
-    "latest/pose_landmarker_full.task",
-}
-CACHE_ENV = "PANFORMER_CACHE"
+HOLISTIC_MODEL = "holistic_landmarker.task"
+# The ASL-Signs schema keeps the 468 face-mesh points; newer face models add 10 iris points after them.
+FACE_POINTS = PART_SIZES["face"]
 
 
 class ExtractionWarning(UserWarning):
     """A video gave a result, but a partial one (no hands, or no person at all)."""
 
 
-def model_cache_dir() -> Path:
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "panformer")
-    return root / "mediapipe"
-
-
 @dataclass(frozen=True)
 class ModelFiles:
-    hand: Path
-    pose: Path
+    """The landmarkers to run: the holistic one when given (face, pose and both hands in one model),
+    else the hand and pose landmarkers."""
+
+    hand: Path | None = None
+    pose: Path | None = None
+    holistic: Path | None = None
 
 
 def find_models(models_dir: Path | None = None) -> ModelFiles:
-    """The hand and pose `.task` files in `models_dir` (else the cache); a one-line error if absent."""
-    folder = Path(models_dir) if models_dir is not None else model_cache_dir()
+    """The `.task` files in `models_dir` as they are; without it, the verified official files of the cache
+    (downloaded once: see `panformer.sign.task_files`). A one-line error if something is missing."""
+    if models_dir is None:
+        folder = cache_dir()
+        holistic = folder / HOLISTIC_MODEL
+        if holistic.is_file():
+            return ModelFiles(holistic=cached_task_file(HOLISTIC_MODEL, folder=folder))
+        return ModelFiles(hand=cached_task_file(HAND_MODEL, folder=folder),
+                          pose=cached_task_file(POSE_MODELS[0], folder=folder))
+    folder = Path(models_dir)
+    if not folder.is_dir():
+        raise UserError(f"--models {folder}: not a folder; give the folder holding the MediaPipe .task files")
+    if (folder / HOLISTIC_MODEL).is_file():
+        return ModelFiles(holistic=folder / HOLISTIC_MODEL)
     hand = folder / HAND_MODEL
     pose = next((folder / name for name in POSE_MODELS if (folder / name).is_file()), None)
     if not hand.is_file() or pose is None:
         missing = [n for n in (HAND_MODEL, POSE_MODELS[0]) if not (folder / n).is_file()]
-        urls = " and ".join(MODEL_URLS[n] for n in missing if n in MODEL_URLS)
+        urls = " and ".join(OFFICIAL[n].url for n in missing)
         raise UserError(f"MediaPipe model files missing in {folder}: download {urls} into {folder} "
-                        "(or pass --models DIR)")
+                        f"(or put {HOLISTIC_MODEL} there)")
     return ModelFiles(hand=hand, pose=pose)
 
 
@@ -74,31 +83,73 @@ def _quiet_native_logs() -> Iterator[None]:
         os.close(devnull)
 
 
-def _landmarkers(models: ModelFiles):
-    from mediapipe.tasks.python import BaseOptions, vision
-
-    hands = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=str(models.hand)), running_mode=vision.RunningMode.VIDEO,
-        num_hands=2,
-    ))
-    pose = vision.PoseLandmarker.create_from_options(vision.PoseLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=str(models.pose)), running_mode=vision.RunningMode.VIDEO,
-        num_poses=1,
-    ))
-    return hands, pose
-
-
 def _points(landmarks) -> np.ndarray:
     return np.array([(p.x, p.y, p.z) for p in landmarks], np.float32)
 
 
+class HandAndPoseDetector:
+    """The hand landmarker (two hands) and the pose landmarker (one person), frame by frame."""
+
+    def __init__(self, models: ModelFiles) -> None:
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        video = vision.RunningMode.VIDEO
+        self.hands = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(models.hand)), running_mode=video, num_hands=2,
+        ))
+        self.pose = vision.PoseLandmarker.create_from_options(vision.PoseLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(models.pose)), running_mode=video, num_poses=1,
+        ))
+
+    def detect(self, image, stamp_ms: int) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        hand_result = self.hands.detect_for_video(image, stamp_ms)
+        for points, handedness in zip(hand_result.hand_landmarks, hand_result.handedness, strict=True):
+            found.setdefault(f"{handedness[0].category_name.lower()}_hand", _points(points))
+        pose_result = self.pose.detect_for_video(image, stamp_ms)
+        if pose_result.pose_landmarks:
+            found["pose"] = _points(pose_result.pose_landmarks[0])
+        return found
+
+    def close(self) -> None:
+        self.hands.close()
+        self.pose.close()
+
+
+class HolisticDetector:
+    """The holistic landmarker: face mesh, pose and both hands of one person, frame by frame."""
+
+    def __init__(self, models: ModelFiles) -> None:
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self.landmarker = vision.HolisticLandmarker.create_from_options(vision.HolisticLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(models.holistic)), running_mode=vision.RunningMode.VIDEO,
+        ))
+
+    def detect(self, image, stamp_ms: int) -> dict[str, np.ndarray]:
+        return holistic_parts(self.landmarker.detect_for_video(image, stamp_ms))
+
+    def close(self) -> None:
+        self.landmarker.close()
+
+
+def holistic_parts(result) -> dict[str, np.ndarray]:
+    """A HolisticLandmarkerResult -> {part: (N, 3)} for the parts it found (face cut to the 468 mesh points)."""
+    found: dict[str, np.ndarray] = {}
+    for part, landmarks in (("face", result.face_landmarks), ("left_hand", result.left_hand_landmarks),
+                            ("pose", result.pose_landmarks), ("right_hand", result.right_hand_landmarks)):
+        if landmarks:
+            found[part] = _points(landmarks)[: FACE_POINTS if part == "face" else None]
+    return found
+
+
 def _detect_frames(capture, models: ModelFiles, fps: float) -> list[dict[str, np.ndarray]]:
-    """Per frame: {"left_hand" | "right_hand": (21, 3), "pose": (33, 3)} for what the landmarkers saw."""
+    """Per frame: {"face" | "left_hand" | "right_hand" | "pose": (N, 3)} for what the landmarkers saw."""
     import cv2
     import mediapipe as mp
 
     frames: list[dict[str, np.ndarray]] = []
-    hands, pose = _landmarkers(models)
+    detector = HolisticDetector(models) if models.holistic is not None else HandAndPoseDetector(models)
     try:
         while True:
             ok, bgr = capture.read()
@@ -106,17 +157,9 @@ def _detect_frames(capture, models: ModelFiles, fps: float) -> list[dict[str, np
                 break
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             stamp = round(len(frames) * 1000 / fps)  # VIDEO mode needs increasing timestamps
-            found: dict[str, np.ndarray] = {}
-            hand_result = hands.detect_for_video(image, stamp)
-            for points, handedness in zip(hand_result.hand_landmarks, hand_result.handedness, strict=True):
-                found.setdefault(f"{handedness[0].category_name.lower()}_hand", _points(points))
-            pose_result = pose.detect_for_video(image, stamp)
-            if pose_result.pose_landmarks:
-                found["pose"] = _points(pose_result.pose_landmarks[0])
-            frames.append(found)
+            frames.append(detector.detect(image, stamp))
     finally:
-        hands.close()
-        pose.close()
+        detector.close()
     return frames
 
 
@@ -138,7 +181,8 @@ def extract_video_landmarks(video: Path, *, models_dir: Path | None = None, mode
         capture.release()
     if not frames:
         raise UserError(f"{video}: no frames could be decoded; not a video or an empty one")
-    landmarks = Landmarks.missing(len(frames))
+    parts = ("face", "left_hand", "pose", "right_hand") if models.holistic is not None else ("left_hand", "pose", "right_hand")
+    landmarks = Landmarks.missing(len(frames), parts)
     for t, found in enumerate(frames):
         for part, points in found.items():
             landmarks.parts[part][t] = points
