@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -165,6 +166,9 @@ def build_cli(domain: Domain, *, predict: Callable[..., None] | None = None) -> 
                 loaded.task, loaded.model, splits.test, loaded.info, batch_size=loaded.recipe.train.batch_size,
                 device=dev, precision=loaded.recipe.train.precision, metrics=loaded.task.test_metrics(loaded.info),
             )
+            metrics |= loaded.task.evaluation_extras(
+                loaded.model, recipe=loaded.recipe, info=loaded.info, splits=splits, device=dev
+            )
             if plot is not None:
                 if plot.suffix != ".png":
                     raise UserError(f"--plot {plot}: give a .png path")
@@ -176,7 +180,7 @@ def build_cli(domain: Domain, *, predict: Callable[..., None] | None = None) -> 
                     raise UserError(f"--plot: the {domain.name} task has no evaluation plot")
                 typer.echo(f"plot: {written}", err=True)
             if json_:
-                typer.echo(json.dumps(metrics))
+                typer.echo(json.dumps({k: v if math.isfinite(v) else None for k, v in metrics.items()}))
             else:
                 for key, value in metrics.items():
                     typer.echo(f"{key:>16}  {value:.4f}")

@@ -98,6 +98,13 @@ class Task(ABC):
         slower ones (perceptual speech scores, say) that would cost too much every epoch."""
         return self.metrics(info)
 
+    def evaluation_extras(
+        self, model: nn.Module, *, recipe: Recipe, info: dict[str, Any], splits: Splits, device: torch.device
+    ) -> dict[str, float]:
+        """Scores beyond the per-batch metrics, added by `evaluate --checkpoint` (once, not every epoch):
+        e.g. metrics of samples a generative model draws, or its sampling speed."""
+        return {}
+
     def batch_size_of(self, batch: Any) -> int:
         first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()))
         return int(first.shape[0])

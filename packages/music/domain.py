@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from panformer.engine.config import Recipe, StrictModel
 from panformer.engine.domain import Domain, Metrics, Splits, Task
@@ -159,6 +160,9 @@ class MusicTask(Task):
     monitor_mode = "min"
     demo_output_name = "continuation.mid"
 
+    def __init__(self, recipe: MusicRecipe | None = None) -> None:
+        self.recipe = recipe  # the generation settings `evaluation_plot` samples with
+
     def load_splits(self, recipe: MusicRecipe, *, source: str | None = None) -> Splits:
         data = recipe.data
         source = source or data.source
@@ -233,6 +237,28 @@ class MusicTask(Task):
 
     def metrics(self, info: dict[str, Any]) -> Metrics:
         return FieldNLL(info["fields"], unigram_logprobs=info.get("unigram_logprobs"))
+
+    def evaluation_extras(self, model: nn.Module, *, recipe: MusicRecipe, info: dict[str, Any], splits: Splits,
+                          device: torch.device) -> dict[str, float]:
+        """MMT checkpoints: musical metrics of generated pieces next to the test pieces', and sampling speed
+        with and without the KV cache (`panformer.music.evaluation`)."""
+        if info["representation"] != "mmt":
+            return {}
+        from panformer.music.evaluation import music_evaluation
+
+        return music_evaluation(model, recipe, info, splits.test.pieces, device=device)
+
+    def evaluation_plot(self, model: nn.Module, dataset: Dataset, info: dict[str, Any], *, path: Path,
+                        batch_size: int, device: torch.device) -> Path | None:
+        """A piano roll of one piece generated unconditionally (its MIDI beside it)."""
+        if self.recipe is None:
+            return None
+        written = self.predict(model, recipe=self.recipe, info=info, input_path=None,
+                               output_path=path.with_suffix(".mid"), device=device, plot=True)
+        png = written[-1]
+        if png != path:
+            png.replace(path)
+        return path
 
     @torch.no_grad()
     def predict(
@@ -355,7 +381,8 @@ class MusicDomain(Domain):
     cli_app = "panformer.music.cli:app"
 
     def task(self, recipe: Recipe) -> Task:
-        return MusicTask()
+        assert isinstance(recipe, MusicRecipe)
+        return MusicTask(recipe)
 
 
 __all__ = ["MusicDomain", "MusicRecipe", "MusicTask", "parse_instruments"]
