@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from panformer.music.midi import write_midi
 from panformer.music.representation import Note
+from tests.cli import cli_of
 
+cli = cli_of("panformer.music.cli")
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    # One math thread per subprocess: on a shared 2-core box OpenMP spin-waiting costs more than it gains.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([sys.executable, "-m", "panformer.music.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def grid_notes() -> list[Note]:

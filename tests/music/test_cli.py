@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from panformer.music.midi import read_midi
-from tests.music.helpers import assert_user_error, cli, write_prompt
+from tests.cli import assert_user_error
+from tests.music.helpers import cli, write_prompt
 
 TINY_RECIPE = """\
 description: tiny MMT for the tests

