@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 import panformer
 from panformer.engine.errors import UserError
@@ -56,31 +55,29 @@ class Checkpoint:
         return self.config["domain"]
 
 
-def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared storage; clone to contiguous, detached CPU tensors.
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-
-
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A name-keyed optimizer state dict -> (tensors for safetensors, the rest for JSON)."""
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
-    for idx, slots in state["state"].items():
-        plain["state"][str(idx)] = {}
-        for name, value in slots.items():
+    for param, slots in state["state"].items():
+        plain["state"][param] = {}
+        for slot, value in slots.items():
             if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{name}"] = value.detach().to("cpu").contiguous()
+                tensors[f"optim::{param}::{slot}"] = value.detach().to("cpu").contiguous()
             else:
-                plain["state"][str(idx)][name] = value
+                plain["state"][param][slot] = value
     return tensors, plain
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in plain["state"].items()}
+def optimizer_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
+    """The name-keyed optimizer state dict saved by `save_checkpoint`, from `load_training_state`'s parts."""
+    saved = plain["optimizer"]
+    state: dict[str, dict[str, Any]] = {param: dict(slots) for param, slots in saved["state"].items()}
     for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    return {"state": state, "param_groups": plain["param_groups"]}
+        if key.startswith("optim::"):
+            _, param, slot = key.split("::")
+            state.setdefault(param, {})[slot] = value
+    return {"state": state, "param_groups": saved["param_groups"]}
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -127,19 +124,20 @@ def checkpoint_config(
 def save_checkpoint(
     folder: Path,
     *,
-    model: nn.Module,
+    weights: dict[str, torch.Tensor],
     config: dict[str, Any],
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer_state: dict[str, Any] | None = None,
     scheduler: Any = None,
     progress: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one checkpoint folder atomically. With an optimizer, also the state needed to resume."""
+    """Write one checkpoint folder atomically: `weights` (full, by name; see `panformer.engine.parallel`)
+    and the config; with `optimizer_state` (name-keyed, full) also what is needed to resume."""
     with atomic_path(folder) as tmp:
         tmp.mkdir()
-        save_file(_state_dict_for_save(model), tmp / MODEL_FILE)
+        save_file(weights, tmp / MODEL_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
-        if optimizer is not None:
-            optim_tensors, optim_plain = _flatten_optimizer(optimizer.state_dict())
+        if optimizer_state is not None:
+            optim_tensors, optim_plain = _flatten_optimizer(optimizer_state)
             rng_tensors, rng_plain = rng_state()
             save_file({**optim_tensors, **rng_tensors}, tmp / STATE_TENSORS)
             state = {
@@ -212,9 +210,3 @@ def load_training_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str
     except (OSError, json.JSONDecodeError, SafetensorError) as err:
         raise UserError(f"cannot resume from {folder}: training state unreadable ({err})") from None
     return tensors, state
-
-
-def restore_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]
-) -> None:
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))

@@ -44,6 +44,9 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_workers: int = Field(0, ge=0)
     keep_checkpoints: int = Field(2, ge=1)
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: replicate the model (DDP) or shard it (FSDP2)"
+    )
 
 
 class Recipe(StrictModel):

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (
     DataLoader,
     Dataset,
@@ -41,6 +40,14 @@ from panformer.engine.distributed import (
 from panformer.engine.domain import Domain, Metrics, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import write_text_atomic
+from panformer.engine.parallel import (
+    full_model_state,
+    full_optimizer_state,
+    gradient_sync,
+    load_full_model_state,
+    load_full_optimizer_state,
+    wrap_for_training,
+)
 from panformer.engine.runlog import RunLog, console, progress_bar
 
 SINGLE_PROCESS = DistInfo()
@@ -225,15 +232,10 @@ class Trainer:
         if len(splits.train) == 0:
             raise UserError("the training split is empty; check --data")
         model = task.build_model(self.recipe, splits.info).to(device)
-        optimizer = build_optimizer(model, cfg)
         steps_per_epoch = math.ceil(
             len(make_loader(task, splits.train, batch_size=cfg.batch_size, shuffle=True, dist_info=dist_info))
             / cfg.grad_accum
         )
-        schedule = warmup_cosine(
-            cfg.epochs * steps_per_epoch, warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         config = ckpt.checkpoint_config(
             domain=domain.name,
             recipe=self.recipe.model_dump(mode="json"),
@@ -243,6 +245,7 @@ class Trainer:
         )
 
         start_epoch, step, best, best_epoch, bad_epochs = 0, 0, None, -1, 0
+        latest = None
         if resume:
             latest = ckpt.read_pointer(self.checkpoints, "LATEST")
             if latest is None:
@@ -250,24 +253,28 @@ class Trainer:
             saved = ckpt.load_checkpoint(latest, domain=domain.name)
             if saved.config["data_fingerprint"] != splits.fingerprint:
                 raise UserError(f"--resume {self.run_dir}: the data differ from the run's (fingerprint mismatch)")
-            model.load_state_dict(saved.weights)
+            model.load_state_dict(saved.weights)  # full weights, before any sharding
+        else:
+            task.fit_statistics(model, splits)
+        # The optimizer comes after wrapping: FSDP2 replaces the parameters by sharded ones.
+        train_model = wrap_for_training(model, strategy=cfg.distributed, dist_info=dist_info, device=device)
+        optimizer = build_optimizer(model, cfg)
+        schedule = warmup_cosine(
+            cfg.epochs * steps_per_epoch, warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        if latest is not None:
             tensors, state = ckpt.load_training_state(latest)
-            ckpt.restore_optimizer(optimizer, tensors, state)
+            load_full_optimizer_state(model, optimizer, ckpt.optimizer_state(tensors, state))
             scheduler.load_state_dict(state["scheduler"])
             ckpt.set_rng_state(tensors, state["rng"])
             progress = state["progress"]
             start_epoch, step = progress["epoch"] + 1, progress["step"]
             best, best_epoch, bad_epochs = progress["best"], progress["best_epoch"], progress["bad_epochs"]
-        else:
-            task.fit_statistics(model, splits)
         if not resume and main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "recipe.yaml", recipe_to_yaml(self.recipe))
         barrier(dist_info)
-
-        train_model: nn.Module = model
-        if dist_info.enabled:
-            train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.compile:
             train_model = torch.compile(train_model)
 
@@ -296,17 +303,20 @@ class Trainer:
                     best, best_epoch, bad_epochs = val, epoch, 0
                 else:
                     bad_epochs += 1
+                # Gathering full state is collective (FSDP2): every rank takes part, rank 0 writes.
+                weights = full_model_state(model)
+                optimizer_state = full_optimizer_state(model, optimizer)
                 if main:
                     if improved:
                         folder = ckpt.save_checkpoint(
-                            self.checkpoints / f"best-{epoch:04d}", model=model,
+                            self.checkpoints / f"best-{epoch:04d}", weights=weights,
                             config={**config, "epoch": epoch, "step": step, "val_metrics": val},
                         )
                         ckpt.set_pointer(self.checkpoints, "BEST", folder.name)
                     folder = ckpt.save_checkpoint(
-                        self.checkpoints / f"epoch-{epoch:04d}", model=model,
+                        self.checkpoints / f"epoch-{epoch:04d}", weights=weights,
                         config={**config, "epoch": epoch, "step": step, "val_metrics": val},
-                        optimizer=optimizer, scheduler=scheduler,
+                        optimizer_state=optimizer_state, scheduler=scheduler,
                         progress={"epoch": epoch, "step": step, "best": best,
                                   "best_epoch": best_epoch, "bad_epochs": bad_epochs},
                     )
@@ -326,9 +336,10 @@ class Trainer:
                     break
         log.close()
 
+        barrier(dist_info)  # rank 0 has written the BEST pointer
         best_folder = ckpt.read_pointer(self.checkpoints, "BEST")
         assert best_folder is not None
-        model.load_state_dict(ckpt.load_checkpoint(best_folder).weights)
+        load_full_model_state(model, ckpt.load_checkpoint(best_folder).weights)
         test = evaluate_model(
             task, model, splits.test, splits.info,
             batch_size=cfg.batch_size, device=device, precision=cfg.precision, metrics=task.test_metrics(splits.info),
@@ -357,6 +368,9 @@ class Trainer:
     ) -> tuple[float, int]:
         cfg = self.cfg
         model.train()
+        if dist_info.enabled:
+            # Ranks must draw different augmentations and dynamic mixtures, reproducibly: (seed, epoch, rank).
+            seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + 7_919 * dist_info.rank)
         loader = make_loader(
             self.task, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
             epoch=epoch, dist_info=dist_info, num_workers=cfg.num_workers,
@@ -366,9 +380,7 @@ class Trainer:
         for i, batch in enumerate(loader):
             batch = to_device(batch, device)
             last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
-            # Skip DDP's gradient all-reduce on micro-batches that do not step.
-            sync = contextlib.nullcontext() if last_micro or not dist_info.enabled else model.no_sync()
-            with sync:
+            with gradient_sync(model, enabled=last_micro or not dist_info.enabled):
                 with autocast(device, cfg.precision):
                     loss, _ = self.task.loss(model, batch)
                 if not torch.isfinite(loss):

@@ -10,6 +10,11 @@ from torch import nn
 
 from panformer.engine import checkpoint as ckpt
 from panformer.engine.errors import UserError
+from panformer.engine.parallel import (
+    full_model_state,
+    full_optimizer_state,
+    load_full_optimizer_state,
+)
 
 
 def model() -> nn.Module:
@@ -26,23 +31,24 @@ def test_round_trip_with_optimizer_state(tmp_path):
     opt = torch.optim.AdamW(m.parameters(), lr=0.1)
     m(torch.randn(2, 3)).sum().backward()
     opt.step()
-    folder = ckpt.save_checkpoint(tmp_path / "epoch-0000", model=m, config=config(), optimizer=opt,
-                                  progress={"epoch": 0})
+    folder = ckpt.save_checkpoint(tmp_path / "epoch-0000", weights=full_model_state(m), config=config(),
+                                  optimizer_state=full_optimizer_state(m, opt), progress={"epoch": 0})
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json", "model.safetensors", "state.json", "state.safetensors"]
     loaded = ckpt.load_checkpoint(folder)
     for k, v in m.state_dict().items():
         assert torch.equal(loaded.weights[k], v)
-    opt2 = torch.optim.AdamW(model().parameters(), lr=0.1)
+    m2 = model()
+    opt2 = torch.optim.AdamW(m2.parameters(), lr=0.1)
     tensors, state = ckpt.load_training_state(folder)
-    ckpt.restore_optimizer(opt2, tensors, state)
+    load_full_optimizer_state(m2, opt2, ckpt.optimizer_state(tensors, state))
     for a, b in zip(opt.state.values(), opt2.state.values(), strict=True):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
 
 
 def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     m = model()
-    first = ckpt.save_checkpoint(tmp_path / "epoch-0000", model=m, config=config())
+    first = ckpt.save_checkpoint(tmp_path / "epoch-0000", weights=full_model_state(m), config=config())
     ckpt.set_pointer(tmp_path, "LATEST", first.name)
 
     def crash(*args, **kwargs):
@@ -50,7 +56,7 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_checkpoint(tmp_path / "epoch-0001", model=m, config=config())
+        ckpt.save_checkpoint(tmp_path / "epoch-0001", weights=full_model_state(m), config=config())
     assert not (tmp_path / "epoch-0001").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries left
     assert ckpt.read_pointer(tmp_path, "LATEST") == first
@@ -59,11 +65,11 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_overwriting_a_folder_is_atomic(tmp_path, monkeypatch):
     m = model()
-    folder = ckpt.save_checkpoint(tmp_path / "best", model=m, config=config())
+    folder = ckpt.save_checkpoint(tmp_path / "best", weights=full_model_state(m), config=config())
     before = (folder / ckpt.MODEL_FILE).read_bytes()
     monkeypatch.setattr(ckpt, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(tmp_path / "best", model=m, config=config())
+        ckpt.save_checkpoint(tmp_path / "best", weights=full_model_state(m), config=config())
     assert (folder / ckpt.MODEL_FILE).read_bytes() == before
 
 
@@ -77,6 +83,6 @@ def test_pickle_file_is_refused(tmp_path):
 
 
 def test_checkpoint_of_another_domain_is_refused(tmp_path):
-    folder = ckpt.save_checkpoint(tmp_path / "c", model=model(), config=config())
+    folder = ckpt.save_checkpoint(tmp_path / "c", weights=full_model_state(model()), config=config())
     with pytest.raises(UserError, match="'toy' domain"):
         ckpt.load_checkpoint(folder, domain="speech")
