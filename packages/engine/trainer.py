@@ -228,7 +228,12 @@ class Trainer:
     ) -> FitResult:
         cfg, domain, task, main = self.cfg, self.domain, self.task, dist_info.is_main
         seed_everything(cfg.seed)
+        # Rank 0 first: it builds whatever the data cache lacks; the other ranks then read it.
+        if not main:
+            barrier(dist_info)
         splits: Splits = task.load_splits(self.recipe, source=source)
+        if main:
+            barrier(dist_info)
         if len(splits.train) == 0:
             raise UserError("the training split is empty; check --data")
         model = task.build_model(self.recipe, splits.info).to(device)
