@@ -24,6 +24,7 @@ from shared_attention.masks import (
     SlidingWindow,
 )
 from shared_attention.positions import ALiBi, CoPE, LearnedAbsolute, NoPosition, RoPE, Sinusoidal
+from shared_attention.quantized_cache import KVPrecision, QuantizedKVCache, quantized_caches
 from shared_attention.score_mods import (
     Bias,
     Compose,
@@ -62,12 +63,14 @@ __all__ = [
     "ForgetGate",
     "GatedLocalGlobalAttention",
     "KVCache",
+    "KVPrecision",
     "KeyPadding",
     "LearnedAbsolute",
     "LinearAttention",
     "Mask",
     "Neighborhood",
     "NoPosition",
+    "QuantizedKVCache",
     "RelativeBias",
     "RoPE",
     "SameColumn",
@@ -89,6 +92,7 @@ __all__ = [
     "explain_case",
     "masks",
     "positions",
+    "quantized_caches",
     "score_mods",
     "variants",
 ]

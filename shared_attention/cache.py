@@ -5,6 +5,9 @@
 cached. Masks align queries to the end of the keys (see ``masks.py``), so ``Causal()`` is right for
 the prompt (L == Lk) and for each decoded token (L < Lk).
 
+``QuantizedKVCache`` (``quantized_cache.py``) has the same interface and keeps keys and values as
+int8 / int4 / int2 codes, at a precision chosen per layer.
+
 Legend: B batch, Hkv key/value heads, T capacity (max_len), D head dim, Dv value head dim.
 """
 
@@ -40,6 +43,11 @@ class KVCache:
     def offset(self) -> int:
         """Position of the next token: the number of tokens cached so far."""
         return self.length
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the key and value buffers (the whole capacity, as allocated)."""
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values))
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append k (B, Hkv, L, D) and v (B, Hkv, L, Dv); return every cached key and value so far."""

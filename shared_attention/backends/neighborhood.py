@@ -1,0 +1,62 @@
+"""The neighborhood backend: 1-D and 2-D ``Neighborhood`` masks on the
+``panformer::neighborhood_attention_2d`` op (Triton kernels over a tiled token order on CUDA, forward
+and backward; reference math elsewhere; a 1-D grid runs as one row of a 2-D one).
+
+It takes self-attention over a whole grid (Lq == Lk == the grid's cells) with a 1-D or 2-D
+``Neighborhood`` mask and no score mod. The kernels are checked against the oracle in Triton's
+interpreter but have not yet run on a GPU, so automatic dispatch still prefers Flex there (rank 20,
+behind Flex's 12) until a GPU benchmark shows the kernel ahead; ``backend="neighborhood"`` picks it.
+On CPU the op runs the materialised reference math, reached only by name as well.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import torch
+
+from shared_attention.dispatch import Case
+from shared_attention.masks import Neighborhood
+
+
+@cache
+def _triton_available() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return f"Triton unavailable ({error})"
+    return None
+
+
+class NeighborhoodBackend:
+    name = "neighborhood"
+
+    def supports(self, case: Case) -> str | None:
+        mask = case.mask
+        if not isinstance(mask, Neighborhood) or len(mask.grid) not in (1, 2):
+            return "takes only a 1-D or 2-D Neighborhood mask"
+        if case.score_mod is not None:
+            return "no score mods"
+        if not case.q_len == case.kv_len == math.prod(mask.grid):
+            return f"needs self-attention over the whole grid ({math.prod(mask.grid)} tokens)"
+        if case.head_dim != case.v_dim or case.head_dim > 256:
+            return f"needs equal key and value head dims up to 256, got {case.head_dim}/{case.v_dim}"
+        if case.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return f"dtype {case.dtype} not supported"
+        if case.device_type == "cuda":
+            return _triton_available()
+        if case.device_type != "cpu":
+            return f"no neighborhood op on {case.device_type}"
+        return None
+
+    def rank(self, case: Case) -> float:
+        # CUDA: the Triton kernel, behind Flex until measured on a GPU. CPU: reference math, by name only.
+        return 20.0 if case.device_type == "cuda" else 60.0
+
+    def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
+        from panformer_kernels.neighborhood_attention import neighborhood_attention
+
+        return neighborhood_attention(
+            q, k, v, grid=mask.grid, kernel_size=mask.kernel_size, dilation=mask.dilation, scale=scale
+        )
