@@ -22,6 +22,7 @@ SHRINK = {
     "music": ["data.cache_dir={tmp}/music", "data.max_pieces=10"],
     "graphs": ["data.synthetic_size=48"],
     "molecules": ["data.cache_dir={tmp}/molecules", "data.molecules=24"],
+    "relational": ["data.demo_customers=150", "pretrain.steps=5"],
 }
 
 
