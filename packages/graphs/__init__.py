@@ -1,5 +1,6 @@
 """Graphs: GPS-style graph transformers for static graphs, SAG-ViT image patch graphs and Todyformer-style
-dynamic-graph link prediction, all on the shared attention core."""
+dynamic-graph link prediction and flow-graph intrusion detection (self-supervised anomaly scores and a classifier),
+all on the shared attention core."""
 
 import warnings
 

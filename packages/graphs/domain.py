@@ -7,7 +7,7 @@ from typing import Any
 from panformer.engine.config import Recipe
 from panformer.engine.domain import Domain, Task
 from panformer.engine.errors import UserError
-from panformer.graphs.flows import FlowRecipe, IntrusionDetectionTask
+from panformer.graphs.flows import FlowRecipe, IntrusionDetectionTask, flow_task
 from panformer.graphs.images import ImageClassificationTask, ImageGraphRecipe
 from panformer.graphs.static import (
     GraphClassificationTask,
@@ -39,4 +39,6 @@ class GraphsDomain(Domain):
         return TASKS[task][0]
 
     def task(self, recipe: Recipe) -> Task:
+        if isinstance(recipe, FlowRecipe):  # classifier, pretrained classifier or anomaly scores
+            return flow_task(recipe)
         return TASKS[recipe.task][1]()

@@ -1,4 +1,5 @@
-"""Flow-graph intrusion detection: NetFlow records as edges between hosts, classified per flow.
+"""Flow-graph intrusion detection: NetFlow records as edges between hosts; self-supervised edge representation
+learning, anomaly scores, and a per-flow classifier when labels exist (after GraphIDS).
 
 Data: a NetFlow CSV in the NF-UNSW-NB15 / NF-CSE-CIC-IDS2018 layout (`IPV4_SRC_ADDR`, `IPV4_DST_ADDR`, numeric
 flow features such as `IN_BYTES`, `OUT_PKTS`, `FLOW_DURATION_MILLISECONDS`, ..., and `Label` 0/1; an `Attack`
@@ -6,9 +7,17 @@ column is kept for reports only) or `synthetic:flows`, a seeded generator with i
 Flows are cut, in file (time) order, into windows; each window is a host graph whose edges are its flows
 (as in E-GraphSAGE / GraphIDS). Windows are split chronologically into train/val/test.
 
-Model: flow features -> edge embeddings; hosts start as the mean of their outgoing and incoming flows; layers of
-local message passing over flows (torch_geometric GINEConv, edge-aware) and global attention over the hosts
-of the window (shared_attention); each flow is scored from [source host, destination host, flow].
+Model: flow features -> edge embeddings; hosts start as the mean of their outgoing and incoming flows plus their
+fan-out/fan-in counts; layers of local message passing over flows (torch_geometric GINEConv, edge-aware) and
+global attention over the hosts of the window (shared_attention); each flow is represented by [source host,
+destination host, flow]. Objectives (`model.objective`):
+
+- `reconstruct` (self-supervised): a random share of the flows is hidden behind a mask token; their features and
+  their hosts' fan-out/fan-in counts are reconstructed from the host graph as Gaussians (predicted mean and
+  variance); the anomaly score of a flow is its negative log-likelihood while hidden. Labels never train it;
+  checkpoints are selected on the validation reconstruction error; validation labels only choose the threshold.
+- `classify`: attack logits per flow (binary cross-entropy), optionally after `pretrain.epochs` of the masked
+  reconstruction on all training windows, and with only `data.label_fraction` of the windows labelled.
 
 Legend: E flows in a window, N hosts, F flow features, D width.
 """
@@ -16,6 +25,7 @@ Legend: E flows in a window, N hosts, F flow features, D width.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +44,7 @@ from panformer.engine.files import atomic_path
 from shared_attention import Attention
 
 SRC, DST, LABEL = "IPV4_SRC_ADDR", "IPV4_DST_ADDR", "Label"
+HOST_STATS = 4  # see host_statistics
 IDENTIFIERS = {SRC, DST, LABEL, "Attack", "L4_SRC_PORT", "L4_DST_PORT", "FLOW_START_MILLISECONDS",
                "FLOW_END_MILLISECONDS"}
 
@@ -46,16 +57,31 @@ class FlowData(StrictModel):
     window: int = Field(1000, ge=50, description="flows per host graph")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="windows after training, chronologically")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="the last windows")
+    label_fraction: float = Field(1.0, gt=0, le=1, description="classify: share of training windows whose labels "
+                                  "the classifier sees (the rest serve self-supervised pretraining only)")
+    train_on: Literal["all", "benign"] = Field("all", description="reconstruct: learn from all training flows "
+                                               "(labels unused) or from benign ones only (GraphIDS' setting)")
 
 
 class FlowModelConfig(StrictModel):
     name: Literal["flowgraph"] = "flowgraph"
+    objective: Literal["classify", "reconstruct"] = Field(
+        "classify", description="classify: supervised attack logits; reconstruct: self-supervised masked flow "
+        "reconstruction, the anomaly score is the reconstruction error (labels only pick the threshold)")
     dim: int = Field(48, ge=8)
     depth: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
     attention: bool = Field(True, description="global attention over the hosts of a window")
     use_hosts: bool = Field(True, description="false: score flows from their own features only (a baseline)")
+    mask_ratio: float = Field(0.25, gt=0, le=0.5, description="share of flows hidden per reconstruction step")
     dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class PretrainConfig(StrictModel):
+    """Self-supervised masked flow reconstruction of the encoder before supervised training (classify)."""
+
+    epochs: int = Field(0, ge=0, description="0: no pretraining")
+    lr: float = Field(3e-3, gt=0)
 
 
 class FlowRecipe(Recipe):
@@ -65,6 +91,7 @@ class FlowRecipe(Recipe):
     task: Literal["intrusion-detection"] = "intrusion-detection"
     data: FlowData = FlowData()
     model: FlowModelConfig = FlowModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -177,8 +204,15 @@ def windows_of(table: pd.DataFrame, features: list[str], size: int) -> list[Flow
 
 
 class WindowDataset(Dataset):
-    def __init__(self, windows: list[FlowWindow]) -> None:
+    """Host-graph windows; `unlabelled` ones (training only) serve the self-supervised pretraining alone."""
+
+    def __init__(self, windows: list[FlowWindow], *, unlabelled: list[FlowWindow] | None = None) -> None:
         self.windows = windows
+        self.unlabelled = unlabelled or []
+
+    @property
+    def all_windows(self) -> list[FlowWindow]:
+        return self.windows + self.unlabelled
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -187,23 +221,46 @@ class WindowDataset(Dataset):
         return self.windows[i]
 
 
+def host_statistics(edge_index: Tensor, num_hosts: int) -> Tensor:
+    """(N, 4) log1p of flows sent, flows received, distinct peers sent to, distinct peers received from:
+    the fan-out and fan-in that mean aggregation alone cannot see."""
+    src, dst = edge_index
+    pairs = torch.unique(edge_index, dim=1)
+    counts = [torch.bincount(i, minlength=num_hosts) for i in (src, dst, pairs[0], pairs[1])]
+    return torch.log1p(torch.stack(counts, 1).float())
+
+
 def collate_windows(items: list[FlowWindow]) -> dict[str, Tensor]:
     """Windows side by side: hosts padded to the largest window (B, N), flows concatenated with offsets."""
     width = max(w.num_hosts for w in items)
     valid = torch.zeros(len(items), width, dtype=torch.bool)
+    stats = torch.zeros(len(items), width, HOST_STATS)
     edges = []
     for b, w in enumerate(items):
         valid[b, : w.num_hosts] = True
+        stats[b, : w.num_hosts] = host_statistics(w.edge_index, w.num_hosts)
         edges.append(w.edge_index + b * width)
     return {"features": torch.cat([w.features for w in items]), "edge_index": torch.cat(edges, 1), "valid": valid,
-            "target": torch.cat([w.labels for w in items])}
+            "host_stats": stats.view(-1, HOST_STATS), "target": torch.cat([w.labels for w in items])}
+
+
+def benign_only(window: FlowWindow) -> FlowWindow:
+    """The window without its attack flows (hosts kept; the ones only attacks touched become isolated)."""
+    keep = window.labels == 0
+    return FlowWindow(window.features[keep], window.edge_index[:, keep], window.num_hosts, window.labels[keep])
 
 
 # --- model ---------------------------------------------------------------------------------------
 
 
 class FlowGraphModel(nn.Module):
-    """Flow logits (E,) from a batch of host graphs (see `collate_windows`)."""
+    """A flow-graph encoder with two heads: attack logits (E,) and masked flow reconstruction (E, 2T): mean and
+    log-variance of the T = F + 2 * 4 targets (the flow's F features, both hosts' fan-out/fan-in counts).
+
+    Each flow is represented by [source host, destination host, flow] (E, 3D). For reconstruction, hidden flows
+    enter the graph as a learned mask token, so only their endpoints and the rest of the window describe them.
+    `threshold` is the decision threshold on the output score, chosen on validation for anomaly scores.
+    """
 
     def __init__(self, *, in_features: int, dim: int = 48, depth: int = 2, num_heads: int = 4, attention: bool = True,
                  use_hosts: bool = True, dropout: float = 0.1) -> None:
@@ -213,25 +270,35 @@ class FlowGraphModel(nn.Module):
         self.use_hosts = use_hosts
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("std", torch.ones(in_features))
+        self.register_buffer("threshold", torch.zeros(()))
         self.edge = nn.Sequential(nn.Linear(in_features, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.mask_token = nn.Parameter(torch.zeros(dim))
         self.host_out, self.host_in = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.host_stats = nn.Linear(HOST_STATS, dim)
         self.local = nn.ModuleList(GINEConv(nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim)),
                                             edge_dim=dim, train_eps=True) for _ in range(depth))
         self.local_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
         self.attention = nn.ModuleList(Attention(dim, num_heads, dropout=dropout) for _ in range(depth)) if attention else None
         self.attention_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
         self.head = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, 1))
+        self.decoder = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, 2 * (in_features + 2 * HOST_STATS)))
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def standardise(self, features: Tensor) -> Tensor:
+        return (features - self.mean) / self.std
+
+    def encode(self, batch: dict[str, Tensor], *, hidden: Tensor | None = None) -> Tensor:
+        """Flow representations (E, 3D); flows where `hidden` (E,) is true enter as the mask token."""
         from torch_geometric.utils import scatter
 
         valid, edge_index = batch["valid"], batch["edge_index"]
         b, n = valid.shape
-        e = self.edge((batch["features"] - self.mean) / self.std)  # (E, D)
+        e = self.edge(self.standardise(batch["features"]))  # (E, D)
+        if hidden is not None:
+            e = torch.where(hidden[:, None], self.mask_token.to(e.dtype).expand_as(e), e)
         src, dst = edge_index
-        # Hosts start as the mean of what they send and what they receive.
+        # Hosts start as the mean of what they send and what they receive, plus their fan-out and fan-in.
         h = self.host_out(scatter(e, src, 0, dim_size=b * n, reduce="mean")) + \
-            self.host_in(scatter(e, dst, 0, dim_size=b * n, reduce="mean"))
+            self.host_in(scatter(e, dst, 0, dim_size=b * n, reduce="mean")) + self.host_stats(batch["host_stats"])
         both = torch.cat([edge_index, edge_index.flip(0)], 1)
         e_both = torch.cat([e, e])
         for i, conv in enumerate(self.local):
@@ -242,21 +309,102 @@ class FlowGraphModel(nn.Module):
                 h = x.reshape(b * n, -1)
         if not self.use_hosts:
             h = torch.zeros_like(h)
-        return self.head(torch.cat([h[src], h[dst], e], -1))[:, 0]
+        return torch.cat([h[src], h[dst], e], -1)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Attack logits (E,)."""
+        return self.head(self.encode(batch))[:, 0]
+
+    def reconstruction_error(self, batch: dict[str, Tensor], hidden: Tensor) -> Tensor:
+        """Reconstruction error (E,) of every flow with the `hidden` flows masked: the Gaussian negative
+        log-likelihood (per target, without constants) of its standardised features and its two hosts' fan-out
+        and fan-in counts, under a predicted mean and variance. The learned variance lets inherently noisy
+        targets (bytes of a failed connection) count less than precise ones (a client's fan-out)."""
+        mean, log_var = self.decoder(self.encode(batch, hidden=hidden)).float().chunk(2, -1)
+        stats = batch["host_stats"]
+        src, dst = batch["edge_index"]
+        target = torch.cat([self.standardise(batch["features"]), stats[src], stats[dst]], -1)
+        log_var = log_var.clamp(-6, 6)
+        return 0.5 * ((mean - target).pow(2) * torch.exp(-log_var) + log_var).mean(-1)
+
+    def anomaly_scores(self, batch: dict[str, Tensor], *, mask_ratio: float) -> Tensor:
+        """(E,) reconstruction error of each flow while it is hidden: flows are dealt into ceil(1 / mask_ratio)
+        fixed groups and each group is hidden in turn, so every score comes from the flow's context alone."""
+        rounds = math.ceil(1 / mask_ratio)
+        count = batch["features"].shape[0]
+        generator = torch.Generator().manual_seed(0)  # the same groups every time: scores are deterministic
+        group = (torch.randperm(count, generator=generator) % rounds).to(batch["features"].device)
+        scores = torch.zeros(count, device=group.device)
+        for r in range(rounds):
+            hidden = group == r
+            scores = torch.where(hidden, self.reconstruction_error(batch, hidden), scores)
+        return scores
+
+
+def masked_reconstruction_loss(model: FlowGraphModel, batch: dict[str, Tensor], mask_ratio: float) -> Tensor:
+    """The self-supervised objective: hide a random `mask_ratio` of the flows, reconstruct their features."""
+    count = batch["features"].shape[0]
+    hidden = torch.rand(count, device=batch["features"].device) < mask_ratio
+    hidden[torch.randint(count, (1,))] = True  # never an empty mask
+    return model.reconstruction_error(batch, hidden)[hidden].mean()
+
+
+def pretrain_encoder(model: FlowGraphModel, splits: Splits, cfg: PretrainConfig, *, mask_ratio: float,
+                     batch_size: int, seed: int) -> float:
+    """Masked flow reconstruction on the training windows (labels unused); keeps the weights of the epoch with
+    the lowest validation reconstruction error and returns that error."""
+    from panformer.engine.runlog import progress_bar
+    from panformer.engine.trainer import to_device
+
+    device = model.mean.device
+    loader = torch.utils.data.DataLoader(WindowDataset(splits.train.all_windows), batch_size=batch_size, shuffle=True, collate_fn=collate_windows,
+                                         generator=torch.Generator().manual_seed(seed))
+    val_loader = torch.utils.data.DataLoader(splits.val, batch_size=batch_size, collate_fn=collate_windows)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    best, best_state = math.inf, None
+    with progress_bar(enabled=True) as bar:
+        task = bar.add_task("graphs pretrain", total=cfg.epochs * len(loader), status="")
+        for epoch in range(cfg.epochs):
+            model.train()
+            for batch in loader:
+                loss = masked_reconstruction_loss(model, to_device(batch, device), mask_ratio)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                loss = loss.detach()
+                bar.update(task, advance=1, status=f"epoch {epoch}  reconstruction {loss.item():.4f}")
+            model.eval()
+            with torch.no_grad():
+                errors = [model.anomaly_scores(to_device(b, device), mask_ratio=mask_ratio) for b in val_loader]
+            val = float(torch.cat(errors).mean())
+            if val < best:
+                best, best_state = val, {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bar.update(task, status=f"epoch {epoch}  val reconstruction {val:.4f} (best {best:.4f})")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return best
 
 
 # --- metrics -------------------------------------------------------------------------------------
 
 
 class DetectionMetrics(Metrics):
-    """Per-flow attack detection: accuracy, macro F1, attack precision/recall/F1, ROC-AUC, PR-AUC."""
+    """Per-flow attack detection: accuracy, macro F1, attack precision/recall/F1, ROC-AUC, PR-AUC.
 
-    def __init__(self) -> None:
+    Outputs are (scores (E,), the model's threshold buffer); a flow is flagged when its score reaches the
+    threshold. With `calibrate` (validation of anomaly scores) the threshold that maximises the attack F1 on
+    these flows is written into the buffer, so the checkpoint selected on validation carries it to test."""
+
+    def __init__(self, *, calibrate: bool = False) -> None:
+        self.calibrate = calibrate
         self.scores: list[Tensor] = []
         self.labels: list[Tensor] = []
+        self.threshold: Tensor | None = None
 
-    def update(self, batch: dict[str, Tensor], outputs: Tensor) -> None:
-        self.scores.append(outputs.detach().float().cpu())
+    def update(self, batch: dict[str, Tensor], outputs: tuple[Tensor, Tensor]) -> None:
+        scores, self.threshold = outputs
+        self.scores.append(scores.detach().float().cpu())
         self.labels.append(batch["target"].cpu())
 
     def compute(self) -> dict[str, float]:
@@ -269,7 +417,10 @@ class DetectionMetrics(Metrics):
         )
 
         score, label = torch.cat(self.scores).numpy(), torch.cat(self.labels).numpy()
-        pred = (score > 0).astype(np.int64)
+        assert self.threshold is not None
+        if self.calibrate:
+            self.threshold.fill_(best_f1_threshold(score, label))
+        pred = (score >= float(self.threshold)).astype(np.int64)
         both = len(np.unique(label)) == 2
         return {
             "accuracy": float((pred == label).mean()),
@@ -282,10 +433,48 @@ class DetectionMetrics(Metrics):
         }
 
 
-# --- task ----------------------------------------------------------------------------------------
+def best_f1_threshold(score: np.ndarray, label: np.ndarray) -> float:
+    """The score threshold (flag score >= t) with the best attack F1; without attacks, just above every score."""
+    from sklearn.metrics import precision_recall_curve
+
+    if label.max(initial=0) == 0:
+        return float(np.nextafter(score.max(), np.inf))
+    precision, recall, thresholds = precision_recall_curve(label, score)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def isolation_forest_scores(splits: Splits, *, host_statistics_too: bool = False, seed: int = 0) -> dict[str, float]:
+    """The classic unsupervised baseline: scikit-learn's IsolationForest fitted on the training flows (labels
+    unused), threshold chosen on validation, test flows scored. Inputs: the flow features, and with
+    `host_statistics_too` also both hosts' fan-out/fan-in counts (the graph seen as tabular features)."""
+    from sklearn.ensemble import IsolationForest
+
+    def table(windows: list[FlowWindow]) -> tuple[np.ndarray, np.ndarray]:
+        rows = []
+        for w in windows:
+            stats = host_statistics(w.edge_index, w.num_hosts)
+            extra = [stats[w.edge_index[0]], stats[w.edge_index[1]]] if host_statistics_too else []
+            rows.append(torch.cat([w.features, *extra], 1))
+        return torch.cat(rows).numpy(), torch.cat([w.labels for w in windows]).numpy()
+
+    forest = IsolationForest(n_estimators=200, random_state=seed).fit(table(splits.train.all_windows)[0])
+    threshold = torch.zeros(())
+    scores: dict[str, float] = {}
+    for dataset, calibrate in ((splits.val, True), (splits.test, False)):
+        x, y = table(dataset.windows)
+        metrics = DetectionMetrics(calibrate=calibrate)
+        metrics.update({"target": torch.from_numpy(y)}, (torch.from_numpy(-forest.score_samples(x)), threshold))
+        scores = metrics.compute()
+    return scores
+
+
+# --- tasks ---------------------------------------------------------------------------------------
 
 
 class IntrusionDetectionTask(Task):
+    """Supervised per-flow attack classification (optionally after self-supervised pretraining)."""
+
     monitor = "macro_f1"
     monitor_mode = "max"
 
@@ -308,11 +497,21 @@ class IntrusionDetectionTask(Task):
             raise UserError(f"--data {source}: {len(table)} flows make {n} windows of {data.window}; "
                             "lower data.window to get train, validation and test windows")
         train, val, test = windows[: n - n_test - n_val], windows[n - n_test - n_val : n - n_test], windows[n - n_test :]
-        info = {"task": "intrusion-detection", "source": source, "features": features, "window": data.window,
+        train_set = self._training_windows(recipe, train)
+        info = {"task": "intrusion-detection", "objective": recipe.model.objective, "source": source,
+                "features": features, "window": data.window,
                 "split_windows": {"train": len(train), "val": len(val), "test": len(test)},
+                "labelled_train_windows": len(train_set.windows),
                 "attack_rate": float(table[LABEL].mean())}
         digest = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()[:16]
-        return Splits(WindowDataset(train), WindowDataset(val), WindowDataset(test), info=info, fingerprint=digest)
+        return Splits(train_set, WindowDataset(val), WindowDataset(test), info=info, fingerprint=digest)
+
+    def _training_windows(self, recipe: FlowRecipe, train: list[FlowWindow]) -> WindowDataset:
+        """Labels kept on an evenly spread `label_fraction` of the windows; the rest go to pretraining only."""
+        count = max(1, round(recipe.data.label_fraction * len(train)))
+        keep = set(np.linspace(0, len(train) - 1, count).round().astype(int).tolist())
+        return WindowDataset([w for i, w in enumerate(train) if i in keep],
+                             unlabelled=[w for i, w in enumerate(train) if i not in keep])
 
     def build_model(self, recipe: FlowRecipe, info: dict[str, Any]) -> nn.Module:
         cfg = recipe.model
@@ -321,7 +520,7 @@ class IntrusionDetectionTask(Task):
                               dropout=cfg.dropout)
 
     def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
-        x = torch.cat([w.features for w in splits.train.windows])
+        x = torch.cat([w.features for w in splits.train.all_windows])
         model.mean.copy_(x.mean(0))
         model.std.copy_(x.std(0).clamp(min=1e-3))
 
@@ -331,17 +530,26 @@ class IntrusionDetectionTask(Task):
     def batch_size_of(self, batch: dict[str, Tensor]) -> int:
         return int(batch["target"].shape[0])
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Any]:
         logits = model(batch).float()
-        return nn.functional.binary_cross_entropy_with_logits(logits, batch["target"].float()), logits.detach()
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch["target"].float())
+        return loss, (logits.detach(), model.threshold)
 
     def metrics(self, info: dict[str, Any]) -> Metrics:
         return DetectionMetrics()
 
+    def scores(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Per-flow output of `predict`: the attack probability."""
+        return torch.sigmoid(model(batch).float())
+
+    def score_threshold(self, model: nn.Module) -> float:
+        return 0.5
+
     @torch.no_grad()
     def predict(self, model: nn.Module, *, recipe: FlowRecipe, info: dict[str, Any], input_path: Path,
                 output_path: Path, device: torch.device, plot: bool = False) -> list[Path]:
-        """Per flow (file order): `flow, src, dst, attack_probability, predicted` (1 = attack)."""
+        """Per flow (file order): `flow, src, dst, <score>, predicted` (1 = attack); the score is the attack
+        probability (classify) or the anomaly score (reconstruct)."""
         from panformer.engine.trainer import to_device
 
         if output_path.suffix.lower() != ".csv":
@@ -351,12 +559,12 @@ class IntrusionDetectionTask(Task):
             if not pd.api.types.is_numeric_dtype(table[column]) or table[column].isna().any():
                 raise UserError(f"{input_path}: column {column} must be numeric with no empty values")
         model.eval()
-        probs = []
-        for window in windows_of(table, info["features"], info["window"]):
-            probs.append(torch.sigmoid(model(to_device(collate_windows([window]), device)).float()).cpu())
-        p = torch.cat(probs).numpy()
+        scores = [self.scores(model, to_device(collate_windows([window]), device)).cpu()
+                  for window in windows_of(table, info["features"], info["window"])]
+        p = torch.cat(scores).numpy()
+        name = "attack_probability" if info.get("objective", "classify") == "classify" else "anomaly_score"
         out = pd.DataFrame({"flow": np.arange(len(table)), "src": table[SRC].astype(str), "dst": table[DST].astype(str),
-                            "attack_probability": p.round(6), "predicted": (p > 0.5).astype(int)})
+                            name: p.round(6), "predicted": (p >= self.score_threshold(model)).astype(int)})
         with atomic_path(output_path) as tmp:
             out.to_csv(tmp, index=False)
         return [output_path]
@@ -389,3 +597,59 @@ class IntrusionDetectionTask(Task):
         with atomic_path(path) as tmp:
             table.drop(columns=[LABEL, "Attack"], errors="ignore").to_csv(tmp, index=False)
         return path
+
+
+class PretrainedIntrusionDetectionTask(IntrusionDetectionTask):
+    """Classify, after `pretrain.epochs` of masked flow reconstruction on all training windows."""
+
+    def __init__(self, recipe: FlowRecipe) -> None:
+        self.recipe = recipe
+
+    def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
+        super().fit_statistics(model, splits)
+        cfg = self.recipe
+        pretrain_encoder(model, splits, cfg.pretrain, mask_ratio=cfg.model.mask_ratio,
+                         batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+
+
+class AnomalyDetectionTask(IntrusionDetectionTask):
+    """Self-supervised: masked flow reconstruction, anomaly score = reconstruction error of a hidden flow.
+
+    Labels never train the model; checkpoints are selected on the validation reconstruction error (label-free)
+    and validation labels, where present, only choose the score threshold."""
+
+    monitor = "loss"
+    monitor_mode = "min"
+
+    def __init__(self, recipe: FlowRecipe) -> None:
+        self.mask_ratio = recipe.model.mask_ratio
+
+    def _training_windows(self, recipe: FlowRecipe, train: list[FlowWindow]) -> WindowDataset:
+        return WindowDataset([benign_only(w) for w in train] if recipe.data.train_on == "benign" else train)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Any]:
+        if model.training:
+            return masked_reconstruction_loss(model, batch, self.mask_ratio), None
+        scores = model.anomaly_scores(batch, mask_ratio=self.mask_ratio)
+        return scores.mean(), (scores, model.threshold)
+
+    def metrics(self, info: dict[str, Any]) -> Metrics:
+        return DetectionMetrics(calibrate=True)
+
+    def test_metrics(self, info: dict[str, Any]) -> Metrics:
+        return DetectionMetrics()
+
+    def scores(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model.anomaly_scores(batch, mask_ratio=self.mask_ratio)
+
+    def score_threshold(self, model: nn.Module) -> float:
+        return float(model.threshold)
+
+
+def flow_task(recipe: FlowRecipe) -> IntrusionDetectionTask:
+    """The task for a flow recipe: anomaly scores, or a classifier (pretrained first when asked)."""
+    if recipe.model.objective == "reconstruct":
+        return AnomalyDetectionTask(recipe)
+    if recipe.pretrain.epochs > 0:
+        return PretrainedIntrusionDetectionTask(recipe)
+    return IntrusionDetectionTask()

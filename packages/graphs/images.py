@@ -101,12 +101,13 @@ def resnet_trunk(weights: str | None) -> nn.ModuleDict:
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"model.backbone_weights {path} does not exist; give a ResNet-18 state dict on disk")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        if path.suffix != ".safetensors":
+            # Checkpoints are never unpickled: a .pth file must be converted once by its owner.
+            raise UserError(f"model.backbone_weights {path}: give a .safetensors file (convert a .pth once with "
+                            "safetensors.torch.save_file(torch.load(...), 'resnet18.safetensors'))")
+        from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_file(str(path))
         missing = net.load_state_dict(state, strict=False).missing_keys
         if any(k.startswith(("conv1", "layer1", "layer2")) for k in missing):
             raise UserError(f"model.backbone_weights {path}: not a ResNet-18 state dict (missing {missing[0]})")

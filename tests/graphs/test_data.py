@@ -112,7 +112,7 @@ def test_every_graphs_recipe_validates():
     from tests.graphs.helpers import DOMAIN
 
     recipes = list_recipes("graphs")
-    assert {"demo", "sbm", "karate", "triangles", "digits-sagvit", "temporal-link", "flows"} <= recipes.keys()
+    assert {"demo", "sbm", "karate", "triangles", "digits-sagvit", "temporal-link", "flows", "flows-anomaly"} <= recipes.keys()
     for name in recipes:
         assert load_recipe(DOMAIN.recipe_type_for, "graphs", name).description
 
