@@ -27,6 +27,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
+from hardware import cpu_name  # apps/bench/hardware.py: run as a script, this folder is on sys.path
 
 from panformer.engine.config import load_recipe
 from panformer.engine.trainer import Trainer
@@ -51,15 +52,6 @@ STATIC_MODELS = ["gps", "gcn", "gin", "gat", "pyg-gps"]
 LABELS = {"gps": "ours: GPS (shared_attention)", "gcn": "PyG GCN", "gin": "PyG GIN", "gat": "PyG GAT",
           "pyg-gps": "PyG GPSConv"}
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def fit(recipe: str, overrides: list[str], seed: int) -> tuple[dict[str, float], float]:

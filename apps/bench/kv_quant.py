@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hardware import cpu_name  # apps/bench/hardware.py: run as a script, this folder is on sys.path
 from torch import Tensor, nn
 
 from panformer.engine.cli import load_model
@@ -94,15 +95,6 @@ def sample_speed(model: CompoundTransformer, make_caches, info: dict, *, events:
         del model.new_caches
     return (len(result.codes) - result.prompt_length) / result.seconds, result.codes
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown model"
 
 
 def first_difference(a: np.ndarray, b: np.ndarray) -> str:

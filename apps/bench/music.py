@@ -23,6 +23,7 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 import torch
+from hardware import cpu_name  # apps/bench/hardware.py: run as a script, this folder is on sys.path
 
 from panformer.engine.config import load_recipe
 from panformer.engine.files import write_text_atomic
@@ -116,15 +117,6 @@ def cache_speedup(events: int) -> tuple[float, float, bool]:
     assert len(cached.codes) == events
     return cached.seconds, plain.seconds, bool(np.array_equal(cached.codes, plain.codes))
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown model"
 
 
 def main() -> None:
