@@ -95,7 +95,7 @@ def test_predict_continues_a_prompt(trained):
     assert set(before) <= set(after) and len(after) > len(before)  # the prompt is kept, then continued
     assert max(n.beat for n in after) < 4 + 8
     assert {n.instrument for n in after} <= {n.instrument for n in before}
-    assert "SoundFont" in result.stderr or out.with_suffix(".wav").is_file()
+    assert out.with_suffix(".wav").is_file()  # a SoundFont's instruments, else the built-in synthesiser
 
 
 def test_bad_input_is_one_line_and_exit_2(trained):
