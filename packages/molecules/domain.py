@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -26,6 +27,7 @@ from panformer.molecules.label import LabelOptions, label_file, nci_smiles_path
 from panformer.molecules.metrics import EnergyForceMetrics
 from panformer.molecules.model import (
     CoordinateTransformer,
+    DistanceBiasOptions,
     EnergyModel,
     SchNetModel,
     random_rotations,
@@ -62,8 +64,13 @@ class MoleculeData(StrictModel):
 
 
 class LossConfig(StrictModel):
+    """Energy errors are divided by the training set's residual-energy std per molecule, force errors by its
+    force RMS, so both terms start near one and the weights say what matters."""
+
     energy_weight: float = Field(1.0, ge=0)
     force_weight: float = Field(10.0, ge=0)
+    energy_loss: Literal["mse", "huber"] = Field(
+        "mse", description="huber: quadratic within one std, linear beyond (strained conformers weigh less)")
     rotate: bool = Field(True, description="random rotation of each training structure (augmentation)")
 
 
@@ -75,8 +82,14 @@ class CoordFormerConfig(StrictModel):
     depth: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     mlp_ratio: float = Field(2.0, gt=0)
-    coordinate_embedding: Literal["fourier", "linear"] = "fourier"
+    coordinate_embedding: Literal["fourier", "random-fourier", "mlp", "linear"] = Field(
+        "fourier", description="fourier: per-axis sin/cos; random-fourier: sin/cos along random directions; "
+        "mlp or linear on centred xyz")
     distance_bias: bool = Field(False, description="ablation: a learned distance-based attention bias")
+    distance_rbf: int = Field(16, ge=2, description="distance bias: Gaussian radial functions")
+    distance_cutoff: float = Field(8.0, gt=0, description="distance bias: the last radial centre (Å)")
+    distance_hidden: int = Field(0, ge=0, description="distance bias: MLP width from radial functions to heads "
+                                 "(0: linear)")
     forces: Literal["direct", "conservative"] = "direct"
     loss: LossConfig = LossConfig()
 
@@ -108,8 +121,10 @@ def build_model(cfg: CoordFormerConfig | SchNetConfig) -> EnergyModel:
     if isinstance(cfg, SchNetConfig):
         return SchNetModel(hidden=cfg.hidden, filters=cfg.filters, interactions=cfg.interactions,
                            gaussians=cfg.gaussians, cutoff=cfg.cutoff)
+    bias = DistanceBiasOptions(num_rbf=cfg.distance_rbf, cutoff=cfg.distance_cutoff, hidden=cfg.distance_hidden)
     return CoordinateTransformer(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-                                 coordinate_embedding=cfg.coordinate_embedding, distance_bias=cfg.distance_bias,
+                                 coordinate_embedding=cfg.coordinate_embedding,
+                                 distance_bias=bias if cfg.distance_bias else False,
                                  forces=cfg.forces)
 
 
@@ -248,7 +263,8 @@ class EnergyForceTask(Task):
         return build_model(recipe.model)
 
     def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
-        """Per-element reference energies by least squares of energy on element counts, and the scale."""
+        """Per-element reference energies by least squares of energy on element counts, and the scales: force
+        RMS (eV/Å), the per-atom energy unit (eV) and the residual energy std per molecule (eV)."""
         structures: list[Structure] = splits.train.structures
         elements = splits.info["elements"]
         counts = np.array([[np.sum(s.numbers == z) for z in elements] for s in structures], dtype=np.float64)
@@ -262,6 +278,10 @@ class EnergyForceTask(Task):
         model.element_energy.zero_()
         model.element_energy[torch.tensor(elements)] = torch.tensor(weights, dtype=torch.float32)
         model.scale.fill_(max(scale, 1e-6))
+        # The per-atom energy unit is force RMS x 1 Å, so that -dE/dx of order-one outputs is of order one.
+        # (The per-atom residual std, ~0.1 eV here, was tried: energies then learned more slowly on validation.)
+        model.energy_scale.fill_(max(scale, 1e-6))
+        model.energy_norm.fill_(max(float(residual.std()), 1e-6))
 
     def collate(self, items: list[Any]) -> dict[str, Tensor]:
         return collate(items)
@@ -277,7 +297,11 @@ class EnergyForceTask(Task):
         energy, forces = model(batch["numbers"], positions, batch["valid"])
         valid = batch["valid"]
         scale = core.scale
-        energy_loss = (((energy - batch["energy"]) / scale) ** 2).mean()
+        energy_error = (energy - batch["energy"]) / core.energy_norm
+        if cfg.energy_loss == "huber":
+            energy_loss = F.huber_loss(energy_error, torch.zeros_like(energy_error), delta=1.0)
+        else:
+            energy_loss = (energy_error ** 2).mean()
         mask = (valid & batch["has_forces"].unsqueeze(1)).unsqueeze(-1)
         force_error = ((forces - reference_forces) / scale) ** 2 * mask
         force_loss = force_error.sum() / (3 * mask.sum()).clamp(min=1)

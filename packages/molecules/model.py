@@ -1,8 +1,9 @@
 """Energy-and-force models: the graph-free coordinate transformer and the SchNet baseline.
 
 Both predict a molecule's energy as per-element reference energies (fitted by least squares on the
-training set) plus a learned part in units of `scale` (the training set's force RMS), and forces either
-conservatively, F = -dE/dx by autograd, or (coordinate transformer only) from a direct per-atom head.
+training set) plus a learned per-atom part in units of `energy_scale` (the training set's force RMS
+times 1 Å), and forces either conservatively, F = -dE/dx by autograd, or (coordinate
+transformer only) from a direct per-atom head in units of `scale` (the training set's force RMS).
 
 Legend: B molecules, N atoms (padded), D width, H heads, K radial basis functions.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
@@ -22,6 +24,7 @@ from shared_attention import Attention, Bias
 
 MAX_Z = 118
 ForceMode = Literal["direct", "conservative"]
+CoordinateEmbedding = Literal["fourier", "random-fourier", "mlp", "linear"]
 
 
 def centred(positions: Tensor, valid: Tensor) -> Tensor:
@@ -39,8 +42,9 @@ def _full(x: Tensor) -> Tensor:
 class EnergyModel(nn.Module):
     """Reference energies, the energy scale and the force path shared by every model here.
 
-    Subclasses implement `features(numbers, positions, valid) -> (per-atom energy (B, N), direct forces
-    (B, N, 3) or None)`, both in units of `scale`.
+    Subclasses implement `features(numbers, positions, valid) -> (per-atom energy (B, N) in units of
+    `energy_scale`, direct forces (B, N, 3) in units of `scale`, or None)`, so the networks see targets of
+    order one. `energy_norm` (eV per molecule) only normalises the energy loss.
     """
 
     def __init__(self, *, forces: ForceMode) -> None:
@@ -48,7 +52,16 @@ class EnergyModel(nn.Module):
         self.force_mode = forces
         # Fitted by the task's fit_statistics on the training split (saved with the weights).
         self.register_buffer("element_energy", torch.zeros(MAX_Z + 1))
-        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("scale", torch.ones(()))  # force scale, eV/Å
+        self.register_buffer("energy_scale", torch.ones(()))  # eV per atom
+        self.register_buffer("energy_norm", torch.ones(()))  # eV per molecule
+        self._register_load_state_dict_pre_hook(self._fill_old_scales)
+
+    def _fill_old_scales(self, state_dict, prefix, *args) -> None:
+        # Checkpoints from before the energy scales existed used the force scale for both.
+        for name in ("energy_scale", "energy_norm"):
+            if prefix + "scale" in state_dict and prefix + name not in state_dict:
+                state_dict[prefix + name] = state_dict[prefix + "scale"].clone()
 
     def features(self, numbers: Tensor, positions: Tensor, valid: Tensor) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
@@ -63,7 +76,7 @@ class EnergyModel(nn.Module):
                 positions = positions.detach().requires_grad_(True)
             per_atom, direct = self.features(numbers, positions, valid)
             reference = self.element_energy[numbers] * valid
-            energy = (_full(per_atom) * valid).sum(1) * self.scale + reference.sum(1)
+            energy = (_full(per_atom) * valid).sum(1) * self.energy_scale + reference.sum(1)
             if conservative:
                 # create_graph only in training: the force loss then backpropagates through the gradient.
                 (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=self.training)
@@ -95,16 +108,48 @@ class FourierCoordinates(nn.Module):
         return self.proj(torch.cat([xyz, angles.sin(), angles.cos()], dim=-1))
 
 
-class DistanceBias(nn.Module):
-    """Pairwise distances -> an additive attention bias (B, H, N, N) from K Gaussian radial functions."""
+class RandomFourierCoordinates(nn.Module):
+    """xyz (B, N, 3) Å -> (B, N, D): sin/cos of projections on F fixed random directions (isotropic, unlike
+    the per-axis `FourierCoordinates`), with frequencies log-spread over wavelengths 0.5 to 32 Å."""
 
-    def __init__(self, num_heads: int, *, num_rbf: int = 16, cutoff: float = 8.0) -> None:
+    def __init__(self, dim: int, *, num_features: int = 64, min_wavelength: float = 0.5,
+                 max_wavelength: float = 32.0, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        directions = F.normalize(torch.randn(3, num_features, generator=generator), dim=0)
+        wavelengths = torch.logspace(math.log10(min_wavelength), math.log10(max_wavelength), num_features)
+        # Saved with the weights (persistent), so a checkpoint does not depend on the generator.
+        self.register_buffer("projection", directions * (2 * math.pi / wavelengths))
+        self.proj = nn.Linear(3 + 2 * num_features, dim)
+
+    def forward(self, xyz: Tensor) -> Tensor:
+        angles = xyz @ self.projection  # (B, N, F)
+        return self.proj(torch.cat([xyz, angles.sin(), angles.cos()], dim=-1))
+
+
+def coordinate_embedding_module(kind: CoordinateEmbedding, dim: int) -> nn.Module:
+    """The continuous embedding of centred xyz (B, N, 3) -> (B, N, D)."""
+    if kind == "fourier":
+        return FourierCoordinates(dim)
+    if kind == "random-fourier":
+        return RandomFourierCoordinates(dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(3, dim), nn.SiLU(), nn.Linear(dim, dim))
+    return nn.Linear(3, dim)
+
+
+class DistanceBias(nn.Module):
+    """Pairwise distances -> an additive attention bias (B, H, N, N) from K Gaussian radial functions,
+    mapped to one bias per head by a linear layer or (hidden > 0) a small MLP."""
+
+    def __init__(self, num_heads: int, *, num_rbf: int = 16, cutoff: float = 8.0, hidden: int = 0) -> None:
         super().__init__()
         self.register_buffer("centres", torch.linspace(0.0, cutoff, num_rbf), persistent=False)
         self.width = cutoff / num_rbf
-        self.proj = nn.Linear(num_rbf, num_heads)
-        nn.init.zeros_(self.proj.weight)  # start as plain attention
-        nn.init.zeros_(self.proj.bias)
+        last = nn.Linear(hidden or num_rbf, num_heads)
+        nn.init.zeros_(last.weight)  # start as plain attention
+        nn.init.zeros_(last.bias)
+        self.proj = nn.Sequential(nn.Linear(num_rbf, hidden), nn.SiLU(), last) if hidden else last
 
     def forward(self, xyz: Tensor) -> Tensor:
         delta = xyz.unsqueeze(2) - xyz.unsqueeze(1)  # (B, N, N, 3)
@@ -114,17 +159,32 @@ class DistanceBias(nn.Module):
         return self.proj(rbf).permute(0, 3, 1, 2)
 
 
+@dataclass(frozen=True)
+class DistanceBiasOptions:
+    """The distance-bias ablation: K radial functions up to `cutoff` Å, an MLP of width `hidden` (0: linear)."""
+
+    num_rbf: int = 16
+    cutoff: float = 8.0
+    hidden: int = 0
+
+
 class Block(nn.Module):
     """Pre-norm transformer block over atoms: self-attention (shared_attention) and an MLP."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float, distance_bias: bool) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, *, mlp_ratio: float, distance_bias: DistanceBiasOptions | None
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.bias = DistanceBias(num_heads) if distance_bias else None
+        self.bias = (
+            DistanceBias(num_heads, num_rbf=distance_bias.num_rbf, cutoff=distance_bias.cutoff,
+                         hidden=distance_bias.hidden)
+            if distance_bias is not None else None
+        )
 
     def forward(self, x: Tensor, *, xyz: Tensor, valid: Tensor, backend: str) -> Tensor:
         score_mod = Bias(self.bias(xyz)) if self.bias is not None else None
@@ -143,15 +203,17 @@ class CoordinateTransformer(EnergyModel):
         depth: int = 4,
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
-        coordinate_embedding: Literal["fourier", "linear"] = "fourier",
-        distance_bias: bool = False,
+        coordinate_embedding: CoordinateEmbedding = "fourier",
+        distance_bias: bool | DistanceBiasOptions = False,
         forces: ForceMode = "direct",
     ) -> None:
         super().__init__(forces=forces)
+        if distance_bias is True:
+            distance_bias = DistanceBiasOptions()
         self.atom_embedding = nn.Embedding(MAX_Z + 1, dim, padding_idx=0)
-        self.coordinates = FourierCoordinates(dim) if coordinate_embedding == "fourier" else nn.Linear(3, dim)
+        self.coordinates = coordinate_embedding_module(coordinate_embedding, dim)
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio=mlp_ratio, distance_bias=distance_bias) for _ in range(depth)
+            Block(dim, num_heads, mlp_ratio=mlp_ratio, distance_bias=distance_bias or None) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
         self.energy_head = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))

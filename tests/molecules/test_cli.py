@@ -99,7 +99,7 @@ def test_calculator_forces_are_minus_the_energy_gradient_and_relax_lowers_the_en
         assert forces[atom, axis] == pytest.approx(-(plus - minus) / (2 * h), rel=2e-2, abs=2e-3)
     one = write_extxyz(run / "one.extxyz", [s])
     result = cli("relax", str(one), "--checkpoint", str(run / "run"), "--output", str(run / "relaxed.extxyz"),
-                 "--trajectory", str(run / "traj.extxyz"), "--steps", "15")
+                 "--trajectory", str(run / "traj.extxyz"), "--steps", "15", "--fmax", "1e-4")
     assert result.returncode == 0, result.stderr
     (final,) = read_structures(run / "relaxed.extxyz").structures
     frames = read_structures(run / "traj.extxyz").structures

@@ -39,8 +39,11 @@ def _batch(structures):
 @pytest.mark.parametrize("cfg", [
     CoordFormerConfig(dim=32, depth=2, forces="conservative"),
     CoordFormerConfig(dim=32, depth=2, forces="conservative", distance_bias=True),
+    CoordFormerConfig(dim=32, depth=1, forces="conservative", coordinate_embedding="random-fourier",
+                      distance_bias=True, distance_rbf=8, distance_hidden=8),
+    CoordFormerConfig(dim=32, depth=1, forces="conservative", coordinate_embedding="mlp"),
     SchNetConfig(hidden=16, filters=16, interactions=2),
-], ids=["coordformer", "distance-bias", "schnet"])
+], ids=["coordformer", "distance-bias", "random-fourier-mlp-bias", "mlp-embedding", "schnet"])
 def test_conservative_forces_match_finite_differences_of_the_energy(cfg):
     torch.manual_seed(0)
     model = build_model(cfg).double().eval()
@@ -91,11 +94,33 @@ def test_fit_statistics_recovers_per_element_reference_energies():
         assert float(model.element_energy[z]) == pytest.approx(w, rel=1e-4)
     rms = np.sqrt(np.mean(np.concatenate([s.forces for s in structures]) ** 2))
     assert float(model.scale) == pytest.approx(rms, rel=1e-5)
+    assert float(model.energy_scale) == pytest.approx(rms, rel=1e-5)  # force RMS x 1 Å
+    # Energies are exactly additive here, so the residual std per molecule falls to its floor.
+    assert float(model.energy_norm) < 1e-3
+
+
+def test_energy_norm_is_the_residual_std_per_molecule():
+    structures = _molecules(12, seed=4)
+    splits = Splits(StructureDataset(structures), StructureDataset([]), StructureDataset([]),
+                    info={"elements": [1, 6, 8]}, fingerprint="x")
+    model = build_model(CoordFormerConfig(dim=16, depth=1))
+    EnergyForceTask().fit_statistics(model, splits)
+    reference = np.array([float(model.element_energy[torch.as_tensor(s.numbers)].sum()) for s in structures])
+    residual = np.array([s.energy for s in structures]) - reference
+    assert float(model.energy_norm) == pytest.approx(residual.std(), rel=1e-4)
+
+
+def test_checkpoints_without_energy_scales_still_load():
+    model = build_model(CoordFormerConfig(dim=16, depth=1))
+    state = {k: v for k, v in model.state_dict().items() if k not in ("energy_scale", "energy_norm")}
+    state["scale"] = torch.tensor(2.5)
+    model.load_state_dict(state)
+    assert float(model.energy_scale) == float(model.energy_norm) == 2.5
 
 
 def test_training_step_reduces_the_loss_and_eval_reports_rotation_errors():
     torch.manual_seed(0)
-    task = EnergyForceTask(loss=LossConfig(rotate=False))
+    task = EnergyForceTask(loss=LossConfig(rotate=False, energy_loss="huber"))
     structures = _molecules(4)
     splits = Splits(StructureDataset(structures), StructureDataset([]), StructureDataset([]),
                     info={"elements": [1, 6, 8]}, fingerprint="x")
