@@ -116,6 +116,21 @@ def evaluate_seeds(
     }
 
 
+def run_predict(
+    domain: Domain, *, checkpoint: Path, input_path: Path | None, output_path: Path, device: str, **options: Any
+) -> None:
+    """`predict`'s body for every domain: load the checkpoint, let the task write its outputs (with the
+    domain's own `options`), print the paths written."""
+    dev = select_device(device)
+    loaded = load_model(domain, checkpoint, dev)
+    written = loaded.task.predict(
+        loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=input_path, output_path=output_path,
+        device=dev, **options,
+    )
+    for path in written:
+        typer.echo(str(path))
+
+
 def build_cli(domain: Domain, *, predict: Callable[..., None] | None = None) -> typer.Typer:
     """The contract's commands for `domain`. A domain whose `predict` takes more options passes its
     own command function (same core options, plus its own) as `predict`."""
@@ -206,14 +221,7 @@ def build_cli(domain: Domain, *, predict: Callable[..., None] | None = None) -> 
         """Predict on new data and write the results."""
         if not input.exists():
             raise UserError(f"--input {input} does not exist")
-        dev = select_device(device)
-        loaded = load_model(domain, checkpoint, dev)
-        written = loaded.task.predict(
-            loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=input, output_path=output,
-            device=dev, plot=plot,
-        )
-        for path in written:
-            typer.echo(str(path))
+        run_predict(domain, checkpoint=checkpoint, input_path=input, output_path=output, device=device, plot=plot)
 
     app.command(name="predict")(predict or default_predict)
 

@@ -12,9 +12,8 @@ from typing import Annotated
 
 import typer
 
-from panformer.engine.cli import build_cli, load_model, user_errors_exit_2
+from panformer.engine.cli import build_cli, run_predict, user_errors_exit_2
 from panformer.engine.errors import UserError
-from panformer.engine.trainer import select_device
 from panformer.molecules.domain import MoleculesDomain
 
 domain = MoleculesDomain()
@@ -32,14 +31,8 @@ def predict(
     """Predict energies and forces for every structure of a file."""
     if not input.exists():
         raise UserError(f"--input {input} does not exist")
-    dev = select_device(device)
-    loaded = load_model(domain, checkpoint, dev)
-    written = loaded.task.predict(
-        loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=input, output_path=output, device=dev,
-        plot=plot, skip_bad=skip_bad,
-    )
-    for path in written:
-        typer.echo(str(path))
+    run_predict(domain, checkpoint=checkpoint, input_path=input, output_path=output, device=device,
+                plot=plot, skip_bad=skip_bad)
 
 
 app = build_cli(domain, predict=predict)

@@ -9,9 +9,8 @@ from typing import Annotated
 
 import typer
 
-from panformer.engine.cli import build_cli, load_model, user_errors_exit_2
+from panformer.engine.cli import build_cli, run_predict, user_errors_exit_2
 from panformer.engine.errors import UserError
-from panformer.engine.trainer import select_device
 from panformer.music.domain import MusicDomain
 
 domain = MusicDomain()
@@ -34,14 +33,8 @@ def predict(
     """Generate music as MIDI: unconditional, with --instruments, or continuing --prompt FILE.mid."""
     if input is not None and not input.exists():
         raise UserError(f"--prompt {input} does not exist")
-    dev = select_device(device)
-    loaded = load_model(domain, checkpoint, dev)
-    written = loaded.task.predict(
-        loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=input, output_path=output, device=dev,
-        plot=plot, instruments=instruments, bars=bars, audio=audio, seed=seed, temperature=temperature, top_p=top_p,
-    )
-    for path in written:
-        typer.echo(str(path))
+    run_predict(domain, checkpoint=checkpoint, input_path=input, output_path=output, device=device,
+                plot=plot, instruments=instruments, bars=bars, audio=audio, seed=seed, temperature=temperature, top_p=top_p)
 
 
 app = build_cli(domain, predict=predict)

@@ -11,9 +11,8 @@ from typing import Annotated
 
 import typer
 
-from panformer.engine.cli import build_cli, load_model, user_errors_exit_2
+from panformer.engine.cli import build_cli, run_predict, user_errors_exit_2
 from panformer.engine.errors import UserError
-from panformer.engine.trainer import select_device
 from panformer.sign.domain import SignDomain
 
 domain = SignDomain()
@@ -30,14 +29,8 @@ def predict(
     """Classify landmark files or videos; write the top-k signs with probabilities."""
     if not input.exists():
         raise UserError(f"--input {input} does not exist")
-    dev = select_device(device)
-    loaded = load_model(domain, checkpoint, dev)
-    written = loaded.task.predict(
-        loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=input, output_path=output, device=dev,
-        models_dir=models,
-    )
-    for path in written:
-        typer.echo(str(path))
+    run_predict(domain, checkpoint=checkpoint, input_path=input, output_path=output, device=device,
+                models_dir=models)
 
 
 app = build_cli(domain, predict=predict)

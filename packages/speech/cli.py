@@ -12,10 +12,9 @@ from typing import Annotated
 
 import typer
 
-from panformer.engine.cli import build_cli, load_model, user_errors_exit_2
+from panformer.engine.cli import build_cli, run_predict, user_errors_exit_2
 from panformer.engine.config import load_recipe
 from panformer.engine.errors import UserError
-from panformer.engine.trainer import select_device
 from panformer.speech.domain import SeparationRecipe, SpeechDomain
 from panformer.speech.scoring import SAMPLES_SOURCE, resolve_samples, score_folders
 from panformer.speech.synth import CorpusSpec, build_corpus
@@ -36,14 +35,8 @@ def predict(
     """Separate a file or folder of mixtures into one file per speaker (any rate/channels in, model rate out)."""
     if not input.exists():
         raise UserError(f"--input {input} does not exist")
-    dev = select_device(device)
-    loaded = load_model(domain, checkpoint, dev)
-    written = loaded.task.predict(
-        loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=input, output_path=output, device=dev,
-        plot=plot, num_speakers=num_speakers, chunk_seconds=chunk_seconds,
-    )
-    for path in written:
-        typer.echo(str(path))
+    run_predict(domain, checkpoint=checkpoint, input_path=input, output_path=output, device=device,
+                plot=plot, num_speakers=num_speakers, chunk_seconds=chunk_seconds)
 
 
 app = build_cli(domain, predict=predict)
