@@ -1,4 +1,5 @@
-"""Running a domain's CLI in a subprocess, and checking the one-line bad-input contract (exit code 2)."""
+"""Running a domain's CLI in a subprocess or in this process, and checking the one-line bad-input contract
+(exit code 2)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -31,5 +33,14 @@ def assert_one_line_error(exit_code: int, stderr: str, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
-def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert_one_line_error(result.returncode, result.stderr, *needles)
+def invoke(app: Any, *args: str) -> Any:
+    """The Typer `app` in this process (no interpreter start-up), for quick error paths: .exit_code, .stderr."""
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_user_error(result: Any, *needles: str) -> None:
+    """The contract for a subprocess result (`returncode`) or an in-process one (`exit_code`)."""
+    code = result.returncode if isinstance(result, subprocess.CompletedProcess) else result.exit_code
+    assert_one_line_error(code, result.stderr, *needles)

@@ -6,7 +6,8 @@ import json
 
 import pandas as pd
 
-from tests.graphs.helpers import assert_user_error, cli, cli_inprocess
+from tests.cli import assert_user_error
+from tests.graphs.helpers import cli, cli_inprocess
 
 RECIPE = """
 description: tiny cycles run for the CLI test
@@ -50,5 +51,5 @@ def test_train_evaluate_predict(tmp_path):
     (graphs / "nodes.csv").write_text("graph,id,f0,f1\na,0,1,2\n")
     (graphs / "edges.csv").write_text("graph,src,dst\na,0,0\n")
     bad = cli_inprocess("predict", "--checkpoint", str(run), "--input", str(graphs), "--output", str(tmp_path / "bad.csv"))
-    assert_user_error(bad.exit_code, bad.stderr, "nodes.csv", "feature column")
+    assert_user_error(bad, "nodes.csv", "feature column")
     assert not (tmp_path / "bad.csv").exists()

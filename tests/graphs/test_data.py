@@ -11,7 +11,8 @@ from panformer.engine.errors import UserError
 from panformer.graphs.data import load_pyg, load_source, read_csv_folder
 from panformer.graphs.synthetic import cycles, triangles
 from panformer.graphs.temporal import read_temporal_csv, synthetic_temporal
-from tests.graphs.helpers import assert_user_error, cli_inprocess
+from tests.cli import assert_user_error
+from tests.graphs.helpers import cli_inprocess
 
 
 def write(folder: Path, nodes: str, edges: str) -> Path:
@@ -94,16 +95,16 @@ def test_synthetic_sets_have_the_structure_they_promise():
 
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
     result = cli_inprocess("train", "--recipe", "demo", "--data", "pyg:NoSuchDataset", "--out", str(tmp_path / "r"))
-    assert_user_error(result.exit_code, result.stderr, "pyg:NoSuchDataset")
+    assert_user_error(result, "pyg:NoSuchDataset")
     folder = write(tmp_path / "g", "id,a,label\nx,1,c\ny,2,d\n", "src,dst\nx,q\n")
     result = cli_inprocess("train", "--recipe", "sbm", "--data", str(folder), "--out", str(tmp_path / "r2"))
-    assert_user_error(result.exit_code, result.stderr, "edges.csv", "unknown nodes")
+    assert_user_error(result, "edges.csv", "unknown nodes")
     events = tmp_path / "events.csv"
     events.write_text("src,dst,t\na,b,2\nb,c,1\n")
     result = cli_inprocess("train", "--recipe", "temporal-link", "--data", str(events), "--out", str(tmp_path / "r3"))
-    assert_user_error(result.exit_code, result.stderr, "timestamps go backwards")
+    assert_user_error(result, "timestamps go backwards")
     result = cli_inprocess("train", "--recipe", "demo", "--set", "task=molecules", "--out", str(tmp_path / "r4"))
-    assert_user_error(result.exit_code, result.stderr, "not a graphs task")
+    assert_user_error(result, "not a graphs task")
     assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()
 
 

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from panformer.molecules.structures import Structure, write_extxyz
+from tests.cli import cli_of
 
 # Small, MMFF-typable molecules (with H: 6 to 20 atoms) for fast labelling.
 SMILES = ["CCO", "CC(=O)O", "c1ccccc1O", "CCN(C)C", "OCCO", "CC(C)=O", "NCC(=O)O", "c1ccncc1", "CCOC", "CS(C)=O"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    # One math thread per subprocess: on a shared 2-core box OpenMP spin-waiting costs more than it gains.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([sys.executable, "-m", "panformer.molecules.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
+cli = cli_of("panformer.molecules.cli")
 
-
-def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def write_smiles(path: Path, smiles: list[str]) -> Path:

@@ -16,7 +16,8 @@ from panformer.engine.cli import load_model
 from panformer.engine.config import list_recipes, load_recipe
 from panformer.molecules.domain import MoleculeRecipe, MoleculesDomain
 from panformer.molecules.structures import Structure, read_structures, write_extxyz
-from tests.molecules.helpers import SMILES, assert_user_error, cli, water, write_smiles
+from tests.cli import assert_user_error
+from tests.molecules.helpers import SMILES, cli, water, write_smiles
 
 RECIPE = """
 description: tiny test recipe

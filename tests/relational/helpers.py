@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
-
-from typer.testing import CliRunner
 
 from panformer.relational.cli import app
 from panformer.relational.demo import ensure_demo_database
+from tests.cli import cli_of, invoke
 
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    # One math thread per subprocess: on a shared 2-core box OpenMP spin-waiting costs more than it gains.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([sys.executable, "-m", "panformer.relational.cli", *args], capture_output=True,
-                          text=True, timeout=600, env=env)
+cli = cli_of("panformer.relational.cli")
 
 
 def cli_inprocess(*args: str):
     """The same CLI in this process (fast, for bad input and small verbs): .exit_code, .stdout, .stderr."""
-    return CliRunner().invoke(app, list(args))
+    return invoke(app, *args)
 
 
-def assert_user_error(result, *needles: str) -> None:
-    code = getattr(result, "returncode", getattr(result, "exit_code", None))
-    assert code == 2, (code, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def small_shop(folder: Path, *, customers: int = 80, seed: int = 0) -> Path:

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from panformer.engine.errors import UserError
-from tests.relational.helpers import assert_user_error, cli, cli_inprocess, small_shop
+from tests.cli import assert_user_error
+from tests.relational.helpers import cli, cli_inprocess, small_shop
 
 TINY_RECIPE = """\
 description: tiny relational transformer for the tests

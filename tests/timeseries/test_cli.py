@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from panformer.timeseries.data import aeon_data_dir
+from tests.cli import assert_user_error
 
 BIN = Path(sys.executable).parent
 TEST_TS = aeon_data_dir() / "BasicMotions" / "BasicMotions_TEST.ts"
@@ -28,13 +29,6 @@ def run_dir(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr
     return out
 
-
-def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_train_writes_a_run_folder(run_dir):

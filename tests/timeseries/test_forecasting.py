@@ -12,8 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import Result
-from typer.testing import CliRunner
 
 from panformer.engine.config import validate_recipe
 from panformer.engine.errors import UserError
@@ -30,6 +28,7 @@ from panformer.timeseries.forecasting import forecast_outputs
 from panformer.timeseries.models.encoder_decoder import EncoderDecoderForecaster
 from panformer.timeseries.models.patchtst import PatchTST
 from panformer.timeseries.windows import chronological_split, make_forecast_splits, window_starts
+from tests.cli import assert_user_error, invoke
 
 BIN = Path(sys.executable).parent
 
@@ -188,17 +187,6 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300, env=env)
 
 
-def cli_here(*args: str) -> Result:
-    """The same Typer app in this process (no interpreter start-up), for the quick error paths."""
-    return CliRunner().invoke(app, list(args))
-
-
-def assert_user_error(result: Result, *needles: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +233,7 @@ def test_predict_writes_forecasts_with_intervals_and_plots(run_dir, wide_csv, tm
         result = cli(*args)
         assert result.returncode == 0, result.stderr
     else:
-        result = cli_here(*args)
+        result = invoke(app, *args)
         assert result.exit_code == 0, result.output
     frame = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
     assert len(frame) == 2 * 2 * 12  # series x variables x horizon
@@ -260,20 +248,20 @@ def test_predict_writes_forecasts_with_intervals_and_plots(run_dir, wide_csv, tm
 def test_predict_bad_inputs_are_exit_2(run_dir, tmp_path):
     ragged = tmp_path / "ragged.csv"
     ragged.write_text("id,time,load,temp\nnorth,1,2,3\nnorth,2,3\n")
-    assert_user_error(cli_here("predict", "--checkpoint", str(run_dir), "--input", str(ragged),
+    assert_user_error(invoke(app, "predict", "--checkpoint", str(run_dir), "--input", str(ragged),
                           "--output", str(tmp_path / "p.csv")), str(ragged), "line 3")
     short = tmp_path / "short.csv"
     pd.DataFrame({"time": range(5), "load": range(5), "temp": range(5)}).to_csv(short, index=False)
-    assert_user_error(cli_here("predict", "--checkpoint", str(run_dir), "--input", str(short),
+    assert_user_error(invoke(app, "predict", "--checkpoint", str(run_dir), "--input", str(short),
                           "--output", str(tmp_path / "p.csv")), "needs the last 24")
     other = tmp_path / "other.csv"
     pd.DataFrame({"time": range(30), "power": range(30)}).to_csv(other, index=False)
-    assert_user_error(cli_here("predict", "--checkpoint", str(run_dir), "--input", str(other),
+    assert_user_error(invoke(app, "predict", "--checkpoint", str(run_dir), "--input", str(other),
                           "--output", str(tmp_path / "p.csv")), "variables ['power']")
     assert not (tmp_path / "p.csv").exists()
 
 
 def test_train_with_a_horizon_longer_than_the_series_is_exit_2(tmp_path):
-    result = cli_here("train", "--recipe", "forecast-airline", "--set", "data.horizon=200",
+    result = invoke(app, "train", "--recipe", "forecast-airline", "--set", "data.horizon=200",
                  "--set", "data.val_steps=200", "--set", "data.test_steps=200", "--out", str(tmp_path / "r"))
     assert_user_error(result, "aeon:Airline", "has 144 steps")
