@@ -80,7 +80,8 @@ class Task(ABC):
     def build_model(self, recipe: Recipe, info: dict[str, Any]) -> nn.Module: ...
 
     def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
-        """Fit data-derived buffers of a new model on the training split (not called on resume)."""
+        """Prepare a new model on the training split before the loop: data-derived buffers, or a
+        self-supervised pretraining stage (relational, graphs' flows). Not called on resume."""
         return None  # most tasks fit nothing beyond what `load_splits` puts in `info`
 
     def collate(self, items: list[Any]) -> Any:
