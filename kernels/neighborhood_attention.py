@@ -5,29 +5,18 @@ Tokens of an (n_h, n_w) grid arrive in raster order (q (B, H, L, D), L = n_h * n
 its dilation group nearest to it, the window shifted inward at the borders (NAT / NATTEN).
 
 Implementations: on CUDA the Triton kernels of ``triton_neighborhood_attention`` (forward and
-backward) run over a *tiled* token order: the tokens are gathered tile by tile (tiles of
-``tile`` = (8, 8) cells), so a query tile's neighbourhoods lie in a few key tiles; outputs are
-scattered back to raster order. Elsewhere the reference math (the dense neighbourhood mask and a
+backward), which read 2-D tiles of tokens straight from raster order, so a tile of queries walks
+only the small rectangle of keys its windows cover. Elsewhere the reference math (the dense neighbourhood mask and a
 materialised softmax) runs, forward and backward. The op returns the output and the log-sum-exp of
 each query's scores, which the backward op uses.
 
-Legend: B batch, H query heads, Hkv key/value heads (H % Hkv == 0), L tokens, Lt tokens in tiled
-order (the grid padded to whole tiles), D head dim.
+Legend: B batch, H query heads, Hkv key/value heads (H % Hkv == 0), L tokens, D head dim.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
-
-DEFAULT_TILE = (8, 8)
-
-
-def default_tile(grid) -> tuple[int, int]:
-    """Cells per tile: 8 x 8 on a 2-D grid, a run of 64 on a 1-D one (a grid of one row)."""
-    return (1, 64) if grid[0] == 1 else DEFAULT_TILE
 
 
 def neighborhood_mask_2d(
@@ -81,68 +70,31 @@ def _reference_backward(grad_out, q, k, v, out, lse, grid, kernel_size, dilation
 
 
 # --------------------------------------------------------------------------------------------
-# Tiled token order
-
-
-@functools.cache
-def _tiled_indices(grid: tuple[int, int], tile: tuple[int, int], device: str) -> tuple[Tensor, Tensor]:
-    """(gather (Lt,), scatter (L,)): raster index of each tiled slot (L for a padded cell), and the
-    tiled slot of each raster index."""
-    (n_h, n_w), (t_h, t_w) = grid, tile
-    tiles_h, tiles_w = -(-n_h // t_h), -(-n_w // t_w)
-    slot = torch.arange(tiles_h * tiles_w * t_h * t_w)
-    tile_index, within = slot // (t_h * t_w), slot % (t_h * t_w)
-    row = tile_index // tiles_w * t_h + within // t_w
-    col = tile_index % tiles_w * t_w + within % t_w
-    real = (row < n_h) & (col < n_w)
-    gather = torch.where(real, row * n_w + col, n_h * n_w)
-    scatter = torch.empty(n_h * n_w, dtype=torch.long)
-    scatter[gather[real]] = slot[real]
-    return gather.to(device), scatter.to(device)
-
-
-def to_tiled(x: Tensor, grid: tuple[int, int], tile: tuple[int, int] = DEFAULT_TILE) -> Tensor:
-    """x (B, H, L, D) raster -> (B * H, Lt, D) tiled, padded cells zero."""
-    gather, _ = _tiled_indices(tuple(grid), tuple(tile), str(x.device))
-    padded = torch.cat((x, x.new_zeros(*x.shape[:2], 1, x.shape[3])), dim=2)
-    return padded[:, :, gather].flatten(0, 1).contiguous()
-
-
-def from_tiled(x: Tensor, heads: int, grid: tuple[int, int], tile: tuple[int, int] = DEFAULT_TILE) -> Tensor:
-    """x (B * H, Lt, D) tiled -> (B, H, L, D) raster (padded cells dropped)."""
-    _, scatter = _tiled_indices(tuple(grid), tuple(tile), str(x.device))
-    return x[:, scatter].unflatten(0, (-1, heads))
+# Triton (CUDA)
 
 
 def triton_neighborhood_attention_2d(
-    q: Tensor, k: Tensor, v: Tensor, *, grid, kernel_size, dilation, scale: float, tile=DEFAULT_TILE
+    q: Tensor, k: Tensor, v: Tensor, *, grid, kernel_size, dilation, scale: float, config: dict | None = None
 ) -> tuple[Tensor, Tensor]:
-    """The Triton forward on raster-order tensors: (out (B, H, L, D), lse fp32 (B, H, L))."""
+    """The Triton forward: (out (B, H, L, D), lse fp32 (B, H, L))."""
     from panformer_kernels.triton_neighborhood_attention import neighborhood_forward
 
-    heads, tile = q.shape[1], tuple(tile or default_tile(grid))
-    out, lse = neighborhood_forward(
-        to_tiled(q, grid, tile), to_tiled(k, grid, tile), to_tiled(v, grid, tile), heads=heads,
-        grid=tuple(grid), kernel_size=tuple(kernel_size), dilation=tuple(dilation), scale=scale, tile=tuple(tile),
+    return neighborhood_forward(
+        q, k, v, grid=tuple(grid), kernel_size=tuple(kernel_size), dilation=tuple(dilation), scale=scale, config=config
     )
-    return from_tiled(out, heads, grid, tile), from_tiled(lse[..., None], heads, grid, tile)[..., 0]
 
 
 def triton_neighborhood_attention_2d_backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *, grid, kernel_size,
-    dilation, scale: float, tile=None,
+    dilation, scale: float, config: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The Triton backward on raster-order tensors: dq, dk, dv."""
+    """The Triton backward: dq, dk, dv."""
     from panformer_kernels.triton_neighborhood_attention import neighborhood_backward
 
-    heads, kv_heads, tile = q.shape[1], k.shape[1], tuple(tile or default_tile(grid))
-    tiled = [to_tiled(t, grid, tile) for t in (grad_out, q, k, v, out)]
-    lse_tiled = to_tiled(lse[..., None], grid, tile)[..., 0].contiguous()
-    dq, dk, dv = neighborhood_backward(
-        *tiled, lse_tiled, heads=heads, grid=tuple(grid), kernel_size=tuple(kernel_size),
-        dilation=tuple(dilation), scale=scale, tile=tuple(tile),
+    return neighborhood_backward(
+        grad_out, q, k, v, out, lse, grid=tuple(grid), kernel_size=tuple(kernel_size), dilation=tuple(dilation),
+        scale=scale, config=config,
     )
-    return from_tiled(dq, heads, grid, tile), from_tiled(dk, kv_heads, grid, tile), from_tiled(dv, kv_heads, grid, tile)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +115,7 @@ def _neighborhood_attention_2d_cuda(q, k, v, grid, kernel_size, dilation, scale)
 
 @_neighborhood_attention_2d.register_fake
 def _neighborhood_attention_2d_fake(q, k, v, grid, kernel_size, dilation, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)  # contiguous, as the kernels
 
 
 @torch.library.custom_op("panformer::neighborhood_attention_2d_backward", mutates_args=())
@@ -183,7 +135,7 @@ def _neighborhood_attention_2d_backward_cuda(grad_out, q, k, v, out, lse, grid, 
 
 @_neighborhood_attention_2d_backward.register_fake
 def _neighborhood_attention_2d_backward_fake(grad_out, q, k, v, out, lse, grid, kernel_size, dilation, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -227,9 +179,7 @@ def neighborhood_attention_2d(
     if q.shape[1] % k.shape[1] or k.shape != v.shape:
         raise ValueError(f"heads {q.shape[1]} must be a multiple of key/value heads {k.shape[1]}, and k, v alike")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    out, _ = torch.ops.panformer.neighborhood_attention_2d(
-        q.contiguous(), k.contiguous(), v.contiguous(), list(grid), list(kernel_size), list(dilation), scale
-    )
+    out, _ = torch.ops.panformer.neighborhood_attention_2d(q, k, v, list(grid), list(kernel_size), list(dilation), scale)
     return out
 
 

@@ -1,6 +1,6 @@
 """The panformer::neighborhood_attention_2d op: the Triton kernels (run by Triton's interpreter on CPU,
 TRITON_INTERPRET=1) and the op's CPU path against the core's reference oracle with a ``Neighborhood``
-mask, values and gradients in fp32; the tiled token order; dispatch routing on CUDA."""
+mask, values and gradients in fp32; dispatch routing on CUDA."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import pytest
 import torch
 
 from panformer_kernels.neighborhood_attention import (
-    from_tiled,
     neighborhood_attention_2d,
-    to_tiled,
     triton_neighborhood_attention_2d,
     triton_neighborhood_attention_2d_backward,
 )
@@ -36,6 +34,7 @@ CASES = [
     ((8, 8), 5, 2, 2, 1),
     ((6, 7), (3, 5), (1, 2), 2, 1),
     ((1, 40), (1, 7), (1, 2), 2, 1),  # a 1-D neighbourhood: one row
+    ((7, 9), (4, 2), 1, 2, 2),  # even kernel sizes: windows reach further on one side
 ]
 
 
@@ -44,16 +43,19 @@ def _pair(x):
 
 
 def check_triton_kernels(grid, kernel_size, dilation, heads, kv_heads) -> None:
-    """The Triton forward and backward (tiles of 4 x 4 cells, 1 x 16 on one row) against the oracle;
+    """The Triton forward and backward (query tiles of 4 x 4 cells and key blocks of 2 x 8, 1 x 16 on one
+    row; q and v given as transposed views, as a model's projections make them) against the oracle;
     raises on mismatch."""
     length = grid[0] * grid[1]
     q, k, v = qkv(1, heads, kv_heads, length, length, 16, requires_grad=True)
     mask = Neighborhood(grid, kernel_size, dilation)
     expected, expected_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
 
-    tile = (1, 16) if grid[0] == 1 else (4, 4)
-    options = dict(grid=grid, kernel_size=_pair(kernel_size), dilation=_pair(dilation), scale=16**-0.5, tile=tile)
-    out, lse = triton_neighborhood_attention_2d(q.detach(), k.detach(), v.detach(), **options)
+    one_row = grid[0] == 1
+    config = dict(tile=(1, 16) if one_row else (4, 4), block=(1, 16) if one_row else (2, 8), num_warps=4, num_stages=1)
+    options = dict(grid=grid, kernel_size=_pair(kernel_size), dilation=_pair(dilation), scale=16**-0.5, config=config)
+    strided = lambda t: t.detach().transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731  (B, L, H, D) memory
+    out, lse = triton_neighborhood_attention_2d(strided(q), k.detach(), strided(v), **options)
     assert_close(out, expected)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))  # as values_and_grads
     grads = triton_neighborhood_attention_2d_backward(weight, q.detach(), k.detach(), v.detach(), out, lse, **options)
@@ -86,18 +88,18 @@ def test_kernels_compile_for_hopper_without_a_gpu():
 
     from panformer_kernels import triton_neighborhood_attention as kernels
 
-    scalars = dict.fromkeys(("seq_len", "dim", "heads", "kv_group", "n_h", "n_w"), "i32") | {"scale": "fp32"}
-    shape = dict.fromkeys(("k_h", "k_w", "d_h", "d_w"), "i32")
-    meta = {"TILE_H": 8, "TILE_W": 8, "BLOCK_D": 64, "PRECISION": "tf32"}
+    ints = ("heads", "kv_group", "dim", "length", "n_h", "n_w", "k_h", "k_w", "d_h", "d_w", "tiles_r", "tiles_c")
+    strides = [f"s{t}{a}" for t in "qkv" for a in "bhl"]
+    scalars = dict.fromkeys((*ints, *strides), "i32") | {"scale_log2": "fp32"}
+    meta = {"TILE_H": 8, "TILE_W": 8, "BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_D": 64, "PRECISION": "tf32"}
     pointers = lambda *names: {n: "*fp32" if n in ("lse_ptr", "delta_ptr") else "*bf16" for n in names}  # noqa: E731
     signatures = {
-        kernels._neighborhood_forward_kernel: pointers("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
-        | scalars | {"tiles_w": "i32"} | shape,
-        kernels._neighborhood_backward_dq_kernel: pointers("q_ptr", "k_ptr", "v_ptr", "do_ptr", "lse_ptr", "delta_ptr", "dq_ptr")
-        | scalars | {"tiles_w": "i32"} | shape,
-        kernels._neighborhood_backward_dkdv_kernel: pointers(
+        kernels._forward_kernel: pointers("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr") | scalars,
+        kernels._backward_dq_kernel: pointers("q_ptr", "k_ptr", "v_ptr", "do_ptr", "lse_ptr", "delta_ptr", "dq_ptr")
+        | scalars,
+        kernels._backward_dkdv_kernel: pointers(
             "q_ptr", "k_ptr", "v_ptr", "do_ptr", "lse_ptr", "delta_ptr", "dk_ptr", "dv_ptr"
-        ) | scalars | {"tiles_h": "i32", "tiles_w": "i32"} | shape,
+        ) | scalars,
     }
     for fn, signature in signatures.items():
         # The signature in the kernel's argument order (the dicts above only name the types).
@@ -128,28 +130,19 @@ def test_op_registrations_pass_opcheck():
     )
 
 
-def test_tiled_order_round_trips_and_groups_tiles():
-    x = torch.arange(6 * 7, dtype=torch.float32).view(1, 1, 42, 1).expand(2, 3, 42, 4)
-    tiled = to_tiled(x, (6, 7), (4, 4))
-    assert tiled.shape == (6, 2 * 2 * 16, 4)  # 6 x 7 padded to 8 x 8 cells: 4 tiles of 16
-    # The first tile holds rows 0-3, columns 0-3 of the grid.
-    assert tiled[0, :16, 0].tolist() == [r * 7 + c for r in range(4) for c in range(4)]
-    assert torch.equal(from_tiled(tiled, 3, (6, 7), (4, 4)), x)
-
-
-def test_dispatch_keeps_the_unmeasured_kernel_behind_on_cuda():
+def test_dispatch_prefers_the_kernel_on_cuda_only():
     q, k, v = qkv(1, 2, 2, 64, 64, 16)
     mask = Neighborhood((8, 8), 3)
     case = make_case(q, k, v, mask=mask)
     on_cuda = explain(replace(case, device_type="cuda"))
-    assert on_cuda.rejected["neighborhood"].startswith("supported but ranked lower")  # eligible, ranked behind
+    assert on_cuda.chosen == "neighborhood"
     assert explain(case).chosen == "sdpa"  # CPU: the op would run the reference math
     padded = mask & KeyPadding(valid=torch.ones(1, 64, dtype=torch.bool))
     why = explain(replace(make_case(q, k, v, mask=padded), device_type="cuda"))
     assert why.chosen != "neighborhood" and "2-D Neighborhood" in why.rejected["neighborhood"]
     one_d = Neighborhood((64,), 5, 3)
     one_d_cuda = explain(replace(make_case(q, k, v, mask=one_d), device_type="cuda"))
-    assert one_d_cuda.rejected["neighborhood"].startswith("supported but ranked lower")
+    assert one_d_cuda.chosen == "neighborhood"
     three_d = explain(replace(make_case(q, k, v, mask=Neighborhood((4, 4, 4), 3)), device_type="cuda"))
     assert three_d.chosen != "neighborhood" and "1-D or 2-D" in three_d.rejected["neighborhood"]
     # By name on CPU: the op's reference path, through the core's attention(), 2-D and 1-D.
@@ -171,12 +164,11 @@ def test_cuda_kernel_matches_the_oracle(dtype):
     for t in (q, k, v):
         t.requires_grad_(True)
     expected, expected_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
-    actual, grads = values_and_grads(lambda *t: attention(*t, mask=mask), q, k, v)
+    actual, grads = values_and_grads(lambda *t: attention(*t, mask=mask, backend="neighborhood"), q, k, v)
     tol = dict(atol=5e-2, rtol=5e-2) if dtype == torch.bfloat16 else dict(atol=1e-4, rtol=1e-3)
     assert_close(actual.float(), expected.float(), **tol)
     for a, b in zip(grads, expected_grads, strict=True):
         assert_close(a.float(), b.float(), **tol)
-    assert explain(make_case(q, k, v, mask=mask)).chosen == "neighborhood"
 
 
 if __name__ == "__main__":  # run by the interpreter test above, in its own process
