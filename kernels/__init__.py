@@ -4,9 +4,9 @@
 with an optional per-step decay; Triton on CUDA, the chunked torch form (compiled on large inputs)
 elsewhere; forward and backward.
 
-``panformer::neighborhood_attention_2d``: 2-D (and, as one-row grids, 1-D) neighbourhood attention
-with kernel size and dilation; Triton over a tiled token order on CUDA, reference math elsewhere;
-forward and backward.
+``panformer::neighborhood_attention``: 1-D, 2-D and 3-D neighbourhood attention with kernel size,
+dilation and causal axes; Triton over tiles of the grid read from raster order on CUDA, reference
+math elsewhere; forward and backward.
 """
 
 from panformer_kernels.linear_attention import (
@@ -14,15 +14,11 @@ from panformer_kernels.linear_attention import (
     chunked_causal_linear_attention,
     naive_causal_linear_attention,
 )
-from panformer_kernels.neighborhood_attention import (
-    neighborhood_attention,
-    neighborhood_attention_2d,
-)
+from panformer_kernels.neighborhood_attention import neighborhood_attention
 
 __all__ = [
     "causal_linear_attention",
     "chunked_causal_linear_attention",
     "naive_causal_linear_attention",
     "neighborhood_attention",
-    "neighborhood_attention_2d",
 ]

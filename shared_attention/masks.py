@@ -187,23 +187,27 @@ class Neighborhood(Mask):
     Tokens are flattened row-major from ``grid`` (e.g. (height, width)). Along each axis of size
     n, with kernel size k and dilation d, a query attends the k keys of its own dilation group
     (same index mod d) nearest to it; at the borders the window shifts inward rather than shrinking,
-    so every query sees exactly prod(k) keys (when n >= k * d).
+    so every query sees exactly prod(k) keys (when n >= k * d). Along a ``causal`` axis (one flag,
+    or one per axis) it attends the k most recent keys of its group instead, itself included (fewer
+    at the start), as in NATTEN's causal neighbourhoods (e.g. time in a video).
     """
 
     grid: tuple[int, ...]
     kernel_size: tuple[int, ...] | int
     dilation: tuple[int, ...] | int = 1
+    causal: tuple[bool, ...] | bool = False
 
     def __post_init__(self):
         n = len(self.grid)
         if n not in (1, 2, 3):
             raise ValueError(f"Neighborhood grid must have 1-3 axes, got {self.grid}")
-        for name in ("kernel_size", "dilation"):
+        for name in ("kernel_size", "dilation", "causal"):
             value = getattr(self, name)
-            value = (value,) * n if isinstance(value, int) else tuple(value)
+            value = (value,) * n if isinstance(value, (int, bool)) else tuple(value)
             if len(value) != n:
                 raise ValueError(f"{name}={value} must have one entry per grid axis {self.grid}")
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "causal", tuple(bool(c) for c in self.causal))
         object.__setattr__(self, "grid", tuple(self.grid))
 
     @property
@@ -215,17 +219,21 @@ class Neighborhood(Mask):
         ok = torch.ones_like(q_idx == kv_idx)
         q_rest, kv_rest = q_idx, kv_idx
         # Walk axes from the last (fastest-varying) to the first.
-        for n, k, d in zip(
-            reversed(self.grid), reversed(self.kernel_size), reversed(self.dilation), strict=True
+        for n, k, d, causal in zip(
+            reversed(self.grid), reversed(self.kernel_size), reversed(self.dilation), reversed(self.causal), strict=True
         ):
             qi, ki = q_rest % n, kv_rest % n
             q_rest, kv_rest = q_rest // n, kv_rest // n
             group = qi % d
-            group_size = (n - group + d - 1) // d  # tokens in this dilation group along the axis
             q_g, k_g = qi // d, ki // d
-            start = (q_g - k // 2).clamp(min=0)
-            start = torch.minimum(start, (group_size - k).clamp(min=0))
-            ok = ok & (ki % d == group) & (k_g >= start) & (k_g < start + k)
+            if causal:
+                start, end = (q_g - k + 1).clamp(min=0), q_g + 1
+            else:
+                group_size = (n - group + d - 1) // d  # tokens in this dilation group along the axis
+                start = (q_g - k // 2).clamp(min=0)
+                start = torch.minimum(start, (group_size - k).clamp(min=0))
+                end = start + k
+            ok = ok & (ki % d == group) & (k_g >= start) & (k_g < end)
         return ok
 
 

@@ -47,6 +47,13 @@ def cases(length: int, window: int, grid: int, kernel: int) -> list[Case]:
             "sdpa dense mask",
             ("flex", "neighborhood"),
         ),
+        Case(
+            "3-D neighbourhood 3x7x7 on 16x32x32, causal in time",
+            16 * 32 * 32,
+            Neighborhood((16, 32, 32), (3, 7, 7), causal=(True, False, False)),
+            "sdpa dense mask",
+            ("flex", "neighborhood"),
+        ),
     ]
 
 
@@ -82,8 +89,8 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, iters
 def attended_pairs(case: Case, batch: int) -> int:
     if case.mask is None:
         return batch * case.length**2
-    if isinstance(case.mask, Neighborhood):  # every query sees exactly prod(kernel) keys
-        return batch * case.length * int(torch.tensor(case.mask.kernel_size).prod())
+    if isinstance(case.mask, Neighborhood):  # causal axes see fewer keys at the start: count them
+        return batch * int(case.mask.dense(case.length, case.length, device="cuda").sum())
     if isinstance(case.mask, SlidingWindow):
         w = case.mask.window
         return batch * sum(min(i + 1, w) for i in range(case.length))
@@ -128,8 +135,8 @@ def run_case(case: Case, args, dtype: torch.dtype, training: bool) -> dict:
     return row
 
 
-NEIGHBORHOOD_CONFIGS = [
-    dict(tile=t, block=b, num_warps=w, num_stages=st)
+NEIGHBORHOOD_CONFIGS = [  # (query tile, key block) in (depth, rows, columns) cells, warps, pipeline stages
+    dict(tile=(1, *t), block=(1, *b), num_warps=w, num_stages=st)
     for t, b, w, st in [
         ((8, 8), (8, 8), 4, 2), ((8, 8), (8, 8), 4, 1), ((8, 8), (4, 16), 4, 2), ((4, 16), (8, 8), 4, 2),
         ((4, 16), (4, 16), 4, 2), ((16, 4), (8, 8), 4, 2), ((8, 8), (16, 4), 4, 2),
@@ -147,7 +154,8 @@ def neighborhood_sweep(args, dtype: torch.dtype) -> list[str]:
     g = torch.Generator(device="cuda").manual_seed(0)
     shape = (args.batch, args.heads, args.grid**2, args.head_dim)
     q, k, v, grad_out = (torch.randn(shape, generator=g, device="cuda", dtype=dtype) for _ in range(4))
-    options = dict(grid=(args.grid, args.grid), kernel_size=(args.kernel,) * 2, dilation=(1, 1), scale=args.head_dim**-0.5)
+    options = dict(grid=(1, args.grid, args.grid), kernel_size=(1, args.kernel, args.kernel), dilation=(1, 1, 1),
+                   causal=(False, False, False), scale=args.head_dim**-0.5)
     flops = 4 * args.batch * args.heads * args.head_dim * args.grid**2 * args.kernel**2
     lines = ["", "## Neighbourhood kernel configurations (forward; backward = dq + dk/dv kernels)", "",
              "| query tile | key block | warps | stages | forward ms (TFLOP/s) | backward ms (TFLOP/s) |", "|---|---|---|---|---|---|"]

@@ -1,9 +1,9 @@
-"""The neighborhood backend: 1-D and 2-D ``Neighborhood`` masks on the
-``panformer::neighborhood_attention_2d`` op (Triton kernels over 2-D tiles of the grid on CUDA,
-forward and backward; reference math elsewhere; a 1-D grid runs as one row of a 2-D one).
+"""The neighborhood backend: 1-D, 2-D and 3-D ``Neighborhood`` masks (dilation, causal axes) on the
+``panformer::neighborhood_attention`` op (Triton kernels over tiles of the grid on CUDA, forward
+and backward; reference math elsewhere).
 
-It takes self-attention over a whole grid (Lq == Lk == the grid's cells) with a 1-D or 2-D
-``Neighborhood`` mask and no score mod. On CUDA it ranks ahead of Flex (11 vs 12): on an H200 it ran
+It takes self-attention over a whole grid (Lq == Lk == the grid's cells) with a ``Neighborhood``
+mask and no score mod. On CUDA it ranks ahead of Flex (11 vs 12): on an H200 it ran
 a 15 x 15 window on a 128 x 128 grid 3.2x faster than Flex forward, 1.7x forward + backward
 (apps/bench/results/speed-h200.md). On CPU the op runs the materialised reference math, reached
 only by name.
@@ -34,8 +34,8 @@ class NeighborhoodBackend:
 
     def supports(self, case: Case) -> str | None:
         mask = case.mask
-        if not isinstance(mask, Neighborhood) or len(mask.grid) not in (1, 2):
-            return "takes only a 1-D or 2-D Neighborhood mask"
+        if not isinstance(mask, Neighborhood):
+            return "takes only a Neighborhood mask"
         if case.score_mod is not None:
             return "no score mods"
         if not case.q_len == case.kv_len == math.prod(mask.grid):
@@ -58,5 +58,6 @@ class NeighborhoodBackend:
         from panformer_kernels.neighborhood_attention import neighborhood_attention
 
         return neighborhood_attention(
-            q, k, v, grid=mask.grid, kernel_size=mask.kernel_size, dilation=mask.dilation, scale=scale
+            q, k, v, grid=mask.grid, kernel_size=mask.kernel_size, dilation=mask.dilation, causal=mask.causal,
+            scale=scale,
         )

@@ -120,10 +120,13 @@ def test_document(data, batch, length, causal):
     )
 
 
-def natten_neighbours(n: int, k: int, d: int, i: int) -> set[int]:
-    """NATTEN's rule on one axis: the k nearest same-dilation-group indices, window clamped inside."""
+def natten_neighbours(n: int, k: int, d: int, i: int, causal: bool = False) -> set[int]:
+    """NATTEN's rule on one axis: the k nearest same-dilation-group indices, window clamped inside;
+    causal: the k most recent ones up to i."""
     group = [x for x in range(n) if x % d == i % d]
     pos = group.index(i)
+    if causal:
+        return set(group[max(0, pos - k + 1) : pos + 1])
     start = max(0, min(pos - k // 2, len(group) - k))
     return set(group[start : start + k])
 
@@ -134,16 +137,17 @@ def test_neighborhood(data, dims):
     grid = tuple(data.draw(st.lists(st.integers(1, 5), min_size=dims, max_size=dims)))
     kernel = tuple(data.draw(st.integers(1, 4)) for _ in grid)
     dilation = tuple(data.draw(st.integers(1, 2)) for _ in grid)
+    causal = tuple(data.draw(st.booleans()) for _ in grid)
     coords = list(itertools.product(*(range(n) for n in grid)))
 
     def rule(b, i, j):
         return all(
-            coords[j][a] in natten_neighbours(grid[a], kernel[a], dilation[a], coords[i][a])
+            coords[j][a] in natten_neighbours(grid[a], kernel[a], dilation[a], coords[i][a], causal[a])
             for a in range(dims)
         )
 
     length = len(coords)
-    check(Neighborhood(grid, kernel, dilation), brute(1, length, length, rule))
+    check(Neighborhood(grid, kernel, dilation, causal), brute(1, length, length, rule))
 
 
 def test_neighborhood_sees_full_window_at_borders():

@@ -1,9 +1,10 @@
-"""The panformer::neighborhood_attention_2d op: the Triton kernels (run by Triton's interpreter on CPU,
+"""The panformer::neighborhood_attention op: the Triton kernels (run by Triton's interpreter on CPU,
 TRITON_INTERPRET=1) and the op's CPU path against the core's reference oracle with a ``Neighborhood``
 mask, values and gradients in fp32; dispatch routing on CUDA."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -13,11 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from panformer_kernels.neighborhood_attention import (
-    neighborhood_attention_2d,
-    triton_neighborhood_attention_2d,
-    triton_neighborhood_attention_2d_backward,
-)
+from panformer_kernels.neighborhood_attention import as_three_axes, neighborhood_attention
 from shared_attention import KeyPadding, Neighborhood, attention
 from shared_attention.backends.reference import reference_attention
 from shared_attention.dispatch import explain
@@ -27,38 +24,43 @@ from .conftest import assert_close, qkv, values_and_grads
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-# (grid, kernel size, dilation, heads, kv heads): square and ragged grids (not whole tiles),
-# dilation, grouped-query heads.
+# (grid, kernel size, dilation, causal, heads, kv heads): square and ragged grids (not whole tiles),
+# dilation, grouped-query heads, 1-D and 3-D grids, causal axes, even kernel sizes.
 CASES = [
-    ((8, 8), 3, 1, 2, 2),
-    ((8, 8), 5, 2, 2, 1),
-    ((6, 7), (3, 5), (1, 2), 2, 1),
-    ((1, 40), (1, 7), (1, 2), 2, 1),  # a 1-D neighbourhood: one row
-    ((7, 9), (4, 2), 1, 2, 2),  # even kernel sizes: windows reach further on one side
+    ((8, 8), 3, 1, False, 2, 2),
+    ((8, 8), 5, 2, False, 2, 1),
+    ((6, 7), (3, 5), (1, 2), False, 2, 1),
+    ((40,), 7, 2, False, 2, 1),  # 1-D
+    ((7, 9), (4, 2), 1, False, 2, 2),  # even kernel sizes: windows reach further on one side
+    ((7, 6), (3, 3), (1, 2), (True, False), 2, 1),  # causal rows (e.g. time) with dilated columns
+    ((5, 4, 6), (3, 2, 3), (1, 1, 2), (True, False, False), 2, 1),  # 3-D, causal in time
+    ((4, 5, 3), 3, 1, False, 1, 1),  # 3-D, ragged against 4 x 4 x 4 tiles
 ]
 
 
-def _pair(x):
-    return (x, x) if isinstance(x, int) else tuple(x)
+def check_triton_kernels(grid, kernel_size, dilation, causal, heads, kv_heads) -> None:
+    """The Triton forward and backward (small tiles and blocks of other shapes than the tiles; q and v
+    given as transposed views, as a model's projections make them) against the oracle; raises on mismatch."""
+    from panformer_kernels.triton_neighborhood_attention import (
+        neighborhood_backward,
+        neighborhood_forward,
+    )
 
-
-def check_triton_kernels(grid, kernel_size, dilation, heads, kv_heads) -> None:
-    """The Triton forward and backward (query tiles of 4 x 4 cells and key blocks of 2 x 8, 1 x 16 on one
-    row; q and v given as transposed views, as a model's projections make them) against the oracle;
-    raises on mismatch."""
-    length = grid[0] * grid[1]
+    length = math.prod(grid)
     q, k, v = qkv(1, heads, kv_heads, length, length, 16, requires_grad=True)
-    mask = Neighborhood(grid, kernel_size, dilation)
+    mask = Neighborhood(grid, kernel_size, dilation, causal)
     expected, expected_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
 
-    one_row = grid[0] == 1
-    config = dict(tile=(1, 16) if one_row else (4, 4), block=(1, 16) if one_row else (2, 8), num_warps=4, num_stages=1)
-    options = dict(grid=grid, kernel_size=_pair(kernel_size), dilation=_pair(dilation), scale=16**-0.5, config=config)
+    grid3, kernel3, dilation3, causal3 = as_three_axes(grid, kernel_size, dilation, causal)
+    config = {1: dict(tile=(1, 1, 16), block=(1, 1, 16)), 2: dict(tile=(1, 4, 4), block=(1, 2, 8)),
+              3: dict(tile=(2, 2, 4), block=(4, 2, 2))}[len(grid)] | dict(num_warps=4, num_stages=1)
+    options = dict(grid=tuple(grid3), kernel_size=tuple(kernel3), dilation=tuple(dilation3), causal=tuple(causal3),
+                   scale=16**-0.5, config=config)
     strided = lambda t: t.detach().transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731  (B, L, H, D) memory
-    out, lse = triton_neighborhood_attention_2d(strided(q), k.detach(), strided(v), **options)
+    out, lse = neighborhood_forward(strided(q), k.detach(), strided(v), **options)
     assert_close(out, expected)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))  # as values_and_grads
-    grads = triton_neighborhood_attention_2d_backward(weight, q.detach(), k.detach(), v.detach(), out, lse, **options)
+    grads = neighborhood_backward(weight, q.detach(), k.detach(), v.detach(), out, lse, **options)
     for actual, wanted in zip(grads, expected_grads, strict=True):
         assert_close(actual, wanted)
 
@@ -78,7 +80,7 @@ def test_triton_kernels_match_the_oracle_in_the_interpreter():
 
 
 def test_kernels_compile_for_hopper_without_a_gpu():
-    """Triton lowers the three kernels to a cubin for sm_90 (bf16, 8 x 8 tiles, D=64): what the
+    """Triton lowers the three kernels to a cubin for sm_90 (bf16, 8 x 8 tiles, causal rows, D=64): what the
     interpreter cannot check (types, layouts, loops with run-time bounds) compiles."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("kernels are interpreted in this process")
@@ -88,10 +90,12 @@ def test_kernels_compile_for_hopper_without_a_gpu():
 
     from panformer_kernels import triton_neighborhood_attention as kernels
 
-    ints = ("heads", "kv_group", "dim", "length", "n_h", "n_w", "k_h", "k_w", "d_h", "d_w", "tiles_r", "tiles_c")
+    ints = ("heads", "kv_group", "dim", "length", "n_t", "n_h", "n_w", "k_t", "k_h", "k_w", "d_t", "d_h", "d_w",
+            "tiles_t", "tiles_r", "tiles_c")
     strides = [f"s{t}{a}" for t in "qkv" for a in "bhl"]
     scalars = dict.fromkeys((*ints, *strides), "i32") | {"scale_log2": "fp32"}
-    meta = {"TILE_H": 8, "TILE_W": 8, "BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_D": 64, "PRECISION": "tf32"}
+    meta = {"TILE_T": 1, "TILE_H": 8, "TILE_W": 8, "BLOCK_T": 1, "BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_D": 64,
+            "PRECISION": "tf32", "CAUSAL_T": False, "CAUSAL_H": True, "CAUSAL_W": False, "THREE_D": False}
     pointers = lambda *names: {n: "*fp32" if n in ("lse_ptr", "delta_ptr") else "*bf16" for n in names}  # noqa: E731
     signatures = {
         kernels._forward_kernel: pointers("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr") | scalars,
@@ -108,14 +112,15 @@ def test_kernels_compile_for_hopper_without_a_gpu():
         assert compiled.asm["cubin"], fn.__name__
 
 
-@pytest.mark.parametrize(("grid", "kernel_size", "dilation", "heads", "kv_heads"), CASES)
-def test_op_cpu_path_matches_the_oracle(grid, kernel_size, dilation, heads, kv_heads):
-    length = grid[0] * grid[1]
+@pytest.mark.parametrize(("grid", "kernel_size", "dilation", "causal", "heads", "kv_heads"), CASES)
+def test_op_cpu_path_matches_the_oracle(grid, kernel_size, dilation, causal, heads, kv_heads):
+    length = math.prod(grid)
     q, k, v = qkv(2, heads, kv_heads, length, length, 8, requires_grad=True)
-    mask = Neighborhood(grid, kernel_size, dilation)
+    mask = Neighborhood(grid, kernel_size, dilation, causal)
     expected, expected_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
     actual, grads = values_and_grads(
-        lambda *t: neighborhood_attention_2d(*t, grid=grid, kernel_size=kernel_size, dilation=dilation), q, k, v
+        lambda *t: neighborhood_attention(*t, grid=grid, kernel_size=kernel_size, dilation=dilation, causal=causal),
+        q, k, v,
     )
     assert_close(actual, expected)
     for a, b in zip(grads, expected_grads, strict=True):
@@ -125,7 +130,8 @@ def test_op_cpu_path_matches_the_oracle(grid, kernel_size, dilation, heads, kv_h
 def test_op_registrations_pass_opcheck():
     q, k, v = qkv(1, 2, 1, 20, 20, 8, requires_grad=True)
     torch.library.opcheck(
-        torch.ops.panformer.neighborhood_attention_2d.default, (q, k, v, [4, 5], [3, 3], [1, 2], 0.3),
+        torch.ops.panformer.neighborhood_attention.default,
+        (q, k, v, [1, 4, 5], [1, 3, 3], [1, 1, 2], [False, True, False], 0.3),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
 
@@ -139,15 +145,14 @@ def test_dispatch_prefers_the_kernel_on_cuda_only():
     assert explain(case).chosen == "sdpa"  # CPU: the op would run the reference math
     padded = mask & KeyPadding(valid=torch.ones(1, 64, dtype=torch.bool))
     why = explain(replace(make_case(q, k, v, mask=padded), device_type="cuda"))
-    assert why.chosen != "neighborhood" and "2-D Neighborhood" in why.rejected["neighborhood"]
+    assert why.chosen != "neighborhood" and "only a Neighborhood" in why.rejected["neighborhood"]
     one_d = Neighborhood((64,), 5, 3)
-    one_d_cuda = explain(replace(make_case(q, k, v, mask=one_d), device_type="cuda"))
-    assert one_d_cuda.chosen == "neighborhood"
-    three_d = explain(replace(make_case(q, k, v, mask=Neighborhood((4, 4, 4), 3)), device_type="cuda"))
-    assert three_d.chosen != "neighborhood" and "1-D or 2-D" in three_d.rejected["neighborhood"]
-    # By name on CPU: the op's reference path, through the core's attention(), 2-D and 1-D.
+    three_d = Neighborhood((4, 4, 4), 3, causal=(True, False, False))
+    for m in (one_d, three_d):
+        assert explain(replace(make_case(q, k, v, mask=m), device_type="cuda")).chosen == "neighborhood"
+    # By name on CPU: the op's reference path, through the core's attention(), 1-D to 3-D.
     q, k, v = qkv(1, 2, 1, 64, 64, 16, requires_grad=True)
-    for m in (mask, one_d):
+    for m in (mask, one_d, three_d):
         expected, expected_grads = values_and_grads(lambda *t, m=m: reference_attention(*t, mask=m), q, k, v)
         actual, grads = values_and_grads(lambda *t, m=m: attention(*t, mask=m, backend="neighborhood"), q, k, v)
         assert_close(actual, expected)
@@ -158,9 +163,17 @@ def test_dispatch_prefers_the_kernel_on_cuda_only():
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_kernel_matches_the_oracle(dtype):
-    mask = Neighborhood((24, 20), 7, (1, 2))  # 480 tokens, ragged against (8, 8) tiles
-    q, k, v = (t.to(dtype) for t in qkv(2, 4, 2, 480, 480, 64, device="cuda"))
+@pytest.mark.parametrize(
+    "mask",
+    [
+        Neighborhood((24, 20), 7, (1, 2)),  # 480 tokens, ragged against (8, 8) tiles
+        Neighborhood((6, 10, 8), (3, 5, 5), (1, 1, 2), causal=(True, False, False)),  # 3-D, causal time
+    ],
+    ids=["2d-dilated", "3d-causal"],
+)
+def test_cuda_kernel_matches_the_oracle(dtype, mask):
+    length = math.prod(mask.grid)
+    q, k, v = (t.to(dtype) for t in qkv(2, 4, 2, length, length, 64, device="cuda"))
     for t in (q, k, v):
         t.requires_grad_(True)
     expected, expected_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
