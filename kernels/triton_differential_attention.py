@@ -41,56 +41,14 @@ def _tile(desc, b, h, start, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _exp2_fma(x):
-    """2^x without the special-function unit (as FlashAttention-4 does): round x to an integer by
-    adding 1.5 * 2^23, a degree-3 polynomial for 2^f on [-1/2, 1/2] (relative error 1.7e-4, below
-    bf16's 3.9e-3), the integer shifted into the exponent bits. FMA and integer units only."""
-    x = tl.maximum(x, -127.0)  # 2^-127 comes out as exactly 0
-    t = x + 12582912.0
-    f = x - (t - 12582912.0)
-    poly = 1.0 + f * (0.69331872 + f * (0.24195324 + f * 0.05461723))
-    bits = poly.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _exp2_choice(x, block_index, FMA_EXP: tl.constexpr):
-    """2^x on the special-function unit (FMA_EXP 0), on the FMA units for every other block (1)
-    or always (2)."""
-    if FMA_EXP == 2:
-        p = _exp2_fma(x)
-    elif FMA_EXP == 1:
-        if block_index % 2 == 0:  # noqa: SIM108 (a run-time branch: Triton has no scalar ternary)
-            p = _exp2_fma(x)
-        else:
-            p = tl.math.exp2(x)
-    else:
-        p = tl.math.exp2(x)
-    return p
-
-
-@triton.jit
-def _online_softmax_step(
-    acc, row_sum, m, s, v, qk_scale, block_index, LAZY: tl.constexpr, FMA_EXP: tl.constexpr, PRECISION: tl.constexpr
-):
-    """One key block of one map: s (BLOCK_M, BLOCK_N) raw scores (masked ones -inf).
-
-    ``LAZY``: the running max moves only when a row's new max exceeds it by more than 8 (log2
-    units), so most blocks skip rescaling the accumulator (probabilities stay <= 2^8: exact in
-    fp32, and the final division cancels the common factor). ``FMA_EXP``: see ``_exp2_choice``."""
+def _online_softmax_step(acc, row_sum, m, s, v, qk_scale, PRECISION: tl.constexpr):
+    """One key block of one map: s (BLOCK_M, BLOCK_N) raw scores (masked ones -inf)."""
     row_max = tl.max(s, axis=1) * qk_scale
-    if LAZY:  # noqa: SIM108 (a constexpr branch, resolved at compile time)
-        m_new = tl.where(row_max > m + 8.0, row_max, m)
-    else:
-        m_new = tl.maximum(m, row_max)
-    p = _exp2_choice(s * qk_scale - m_new[:, None], block_index, FMA_EXP)
+    m_new = tl.maximum(m, row_max)
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m - m_new)
     row_sum = row_sum * alpha + tl.sum(p, axis=1)
-    if LAZY:
-        if tl.max(m_new - m, axis=0) > 0:
-            acc = acc * alpha[:, None]
-    else:
-        acc = acc * alpha[:, None]
+    acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
     return acc, row_sum, m_new
 
@@ -100,12 +58,9 @@ def _forward_block(
     acc1, acc2, l1, l2, m1, m2, q1, q2, k1_desc, k2_desc, v_desc, b, h,
     rows, lo, hi, seq_len, qk_scale,
     BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr, LAZY: tl.constexpr, FMA_EXP: tl.constexpr,
-    PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Key blocks [lo, hi): both online softmaxes; ``MASKED`` applies the causal and length masks.
-    ``FMA_EXP`` (16-bit inputs only): the second map's exponentials run on the FMA units on every
-    other key block (1) or on all of them (2), to balance them against the special-function unit."""
+    """Key blocks [lo, hi): both online softmaxes; ``MASKED`` applies the causal and length masks."""
     offs_n = tl.arange(0, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         k1 = _tile(k1_desc, b, h, start, BLOCK_N, BLOCK_DK)
@@ -122,10 +77,10 @@ def _forward_block(
         s2 = tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
         if MASKED:
             s1 = tl.where(visible, s1, float("-inf"))
-        acc1, l1, m1 = _online_softmax_step(acc1, l1, m1, s1, v, qk_scale, 0, LAZY, 0, PRECISION)
+        acc1, l1, m1 = _online_softmax_step(acc1, l1, m1, s1, v, qk_scale, PRECISION)
         if MASKED:
             s2 = tl.where(visible, s2, float("-inf"))
-        acc2, l2, m2 = _online_softmax_step(acc2, l2, m2, s2, v, qk_scale, start // BLOCK_N, LAZY, FMA_EXP, PRECISION)
+        acc2, l2, m2 = _online_softmax_step(acc2, l2, m2, s2, v, qk_scale, PRECISION)
     return acc1, acc2, l1, l2, m1, m2
 
 
@@ -134,7 +89,7 @@ def _differential_forward_kernel(
     q1_desc, q2_desc, k1_desc, k2_desc, v_desc, lam_ptr, o_ptr, o2_ptr, lse_ptr,
     heads, seq_len, dim_v, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    CAUSAL: tl.constexpr, LAZY: tl.constexpr, FMA_EXP: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # The longest (last, under the causal mask) query blocks are launched first.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -164,12 +119,12 @@ def _differential_forward_kernel(
     acc1, acc2, l1, l2, m1, m2 = _forward_block(
         acc1, acc2, l1, l2, m1, m2, q1, q2, k1_desc, k2_desc, v_desc, b, h,
         rows, 0, full_end, seq_len, qk_scale,
-        BLOCK_N, BLOCK_DK, BLOCK_DV, CAUSAL, False, LAZY, FMA_EXP, PRECISION,
+        BLOCK_N, BLOCK_DK, BLOCK_DV, CAUSAL, False, PRECISION,
     )
     acc1, acc2, l1, l2, m1, m2 = _forward_block(
         acc1, acc2, l1, l2, m1, m2, q1, q2, k1_desc, k2_desc, v_desc, b, h,
         rows, full_end, tail_end, seq_len, qk_scale,
-        BLOCK_N, BLOCK_DK, BLOCK_DV, CAUSAL, True, LAZY, FMA_EXP, PRECISION,
+        BLOCK_N, BLOCK_DK, BLOCK_DV, CAUSAL, True, PRECISION,
     )
     lam = tl.load(lam_ptr).to(tl.float32)
     out2 = acc2 / l2[:, None]
@@ -220,7 +175,7 @@ def _dkdv_block(
     dk1, dk2, dv, k1, k2, v, q1_desc, q2_desc, do_desc, stats_base, b, h,
     cols, lo, hi, seq_len, qk_scale, lam,
     BLOCK_M: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    MASKED: tl.constexpr, FMA_EXP: tl.constexpr, PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Query blocks [lo, hi) for one key block, transposed (keys as rows); ``MASKED``: causal.
     Query rows past the sequence read as zero (q, dO, D): they add nothing."""
@@ -236,9 +191,7 @@ def _dkdv_block(
         d1 = tl.load(stats_base + 2 * seq_len + rows, mask=in_rows, other=0.0)
         d2 = tl.load(stats_base + 3 * seq_len + rows, mask=in_rows, other=0.0)
         p1t = tl.math.exp2(tl.dot(k1, tl.trans(q1), input_precision=PRECISION) * qk_scale - lse1[None, :])
-        p2t = _exp2_choice(
-            tl.dot(k2, tl.trans(q2), input_precision=PRECISION) * qk_scale - lse2[None, :], start // BLOCK_M, FMA_EXP
-        )
+        p2t = tl.math.exp2(tl.dot(k2, tl.trans(q2), input_precision=PRECISION) * qk_scale - lse2[None, :])
         if MASKED:
             visible = cols[:, None] <= rows[None, :]
             p1t = tl.where(visible, p1t, 0.0)
@@ -257,7 +210,7 @@ def _differential_dkdv_kernel(
     q1_desc, q2_desc, k1_desc, k2_desc, v_desc, do_desc, lam_ptr, stats_ptr, dk1_ptr, dk2_ptr, dv_ptr,
     heads, seq_len, dim_qk, dim_v, qk_scale, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    CAUSAL: tl.constexpr, FMA_EXP: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -285,7 +238,7 @@ def _differential_dkdv_kernel(
         dk1, dk2, dv = _dkdv_block(
             dk1, dk2, dv, k1, k2, v, q1_desc, q2_desc, do_desc, stats_base, b, h,
             cols, start_n, diag_end, seq_len, qk_scale, lam,
-            BLOCK_M, BLOCK_DK, BLOCK_DV, True, FMA_EXP, PRECISION,
+            BLOCK_M, BLOCK_DK, BLOCK_DV, True, PRECISION,
         )
         lo = diag_end
     else:
@@ -293,7 +246,7 @@ def _differential_dkdv_kernel(
     dk1, dk2, dv = _dkdv_block(
         dk1, dk2, dv, k1, k2, v, q1_desc, q2_desc, do_desc, stats_base, b, h,
         cols, lo, padded, seq_len, qk_scale, lam,
-        BLOCK_M, BLOCK_DK, BLOCK_DV, False, FMA_EXP, PRECISION,
+        BLOCK_M, BLOCK_DK, BLOCK_DV, False, PRECISION,
     )
     # dk1, dk2 (B, H, L, Dk) and dv (B, H, L, Dv) are contiguous.
     in_cols = cols[:, None] < seq_len
@@ -310,7 +263,7 @@ def _dq_block(
     dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_desc, k2_desc, v_desc, b, h,
     rows, lo, hi, qk_scale, lam,
     BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    MASKED: tl.constexpr, FMA_EXP: tl.constexpr, PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Key blocks [lo, hi) for one query block; ``MASKED``: causal. Keys past the sequence read
     as zero (k, v): their dS multiplies a zero key row."""
@@ -320,9 +273,7 @@ def _dq_block(
         k2 = _tile(k2_desc, b, h, start, BLOCK_N, BLOCK_DK)
         v = _tile(v_desc, b, h, start, BLOCK_N, BLOCK_DV)
         p1 = tl.math.exp2(tl.dot(q1, tl.trans(k1), input_precision=PRECISION) * qk_scale - lse1[:, None])
-        p2 = _exp2_choice(
-            tl.dot(q2, tl.trans(k2), input_precision=PRECISION) * qk_scale - lse2[:, None], start // BLOCK_N, FMA_EXP
-        )
+        p2 = tl.math.exp2(tl.dot(q2, tl.trans(k2), input_precision=PRECISION) * qk_scale - lse2[:, None])
         if MASKED:
             visible = (start + offs_n)[None, :] <= rows[:, None]
             p1 = tl.where(visible, p1, 0.0)
@@ -340,7 +291,7 @@ def _differential_dq_kernel(
     q1_desc, q2_desc, k1_desc, k2_desc, v_desc, do_desc, lam_ptr, stats_ptr, dq1_ptr, dq2_ptr,
     heads, seq_len, dim_qk, qk_scale, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    CAUSAL: tl.constexpr, FMA_EXP: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -373,12 +324,12 @@ def _differential_dq_kernel(
     dq1, dq2 = _dq_block(
         dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_desc, k2_desc, v_desc, b, h,
         rows, 0, full_end, qk_scale, lam,
-        BLOCK_N, BLOCK_DK, BLOCK_DV, False, FMA_EXP, PRECISION,
+        BLOCK_N, BLOCK_DK, BLOCK_DV, False, PRECISION,
     )
     dq1, dq2 = _dq_block(
         dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, k1_desc, k2_desc, v_desc, b, h,
         rows, full_end, hi, qk_scale, lam,
-        BLOCK_N, BLOCK_DK, BLOCK_DV, True, FMA_EXP, PRECISION,
+        BLOCK_N, BLOCK_DK, BLOCK_DV, True, PRECISION,
     )
     dq_off = (bh * seq_len + rows)[:, None] * dim_qk + offs_dk[None, :]
     dq_mask = in_rows[:, None] & (offs_dk[None, :] < dim_qk)
@@ -417,18 +368,13 @@ def _descriptor(t: Tensor, rows: int, block_d: int) -> TensorDescriptor:
 
 def differential_forward(
     q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, lam: Tensor, *, causal: bool, scale: float,
-    block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 3, lazy: bool = False,
-    fma_exp: int = 0,
+    block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 3,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """q1, q2, k1, k2 (B, H, L, Dk), v (B, H, L, Dv), lam a 0-dim tensor ->
     out, out2 (B, H, L, Dv) in q's dtype and lse fp32 (B, H, 2, L).
 
-    ``lazy``: rescale the accumulators only when a row's max grows by more than 2^8; ``fma_exp``:
-    the second map's exponentials by polynomial on the FMA units on no key block (0), every other
-    one (1) or all (2) (for 16-bit inputs only: its 1.7e-4 relative error hides under their
-    rounding). Defaults from ``apps/bench/differential.py --sweep`` on an H200 (B=2, H=16, Dk=64,
-    Dv=128, bf16, causal): 64 x 64 tiles, 4 warps, 3 stages; both options measured slower there
-    (1.72 and 1.93 ms against 1.59 ms; apps/bench/results/differential-h200.md) and stay off.
+    Defaults from ``apps/bench/differential.py --sweep`` on an H200 (B=2, H=16, Dk=64, Dv=128,
+    bf16, causal): 64 x 64 tiles, 4 warps, 3 stages (apps/bench/results/differential-h200.md).
     """
     batch, heads, seq_len, dim_qk = q1.shape
     dim_v = v.shape[-1]
@@ -442,7 +388,7 @@ def differential_forward(
         _descriptor(k1, block_n, block_dk), _descriptor(k2, block_n, block_dk), _descriptor(v, block_n, block_dv),
         lam, out, out2, lse, heads, seq_len, dim_v, scale * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
-        CAUSAL=causal, LAZY=lazy, FMA_EXP=fma_exp, PRECISION=_precision(q1.dtype),
+        CAUSAL=causal, PRECISION=_precision(q1.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out, out2, lse
@@ -452,16 +398,14 @@ def differential_backward(
     grad_out: Tensor, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, lam: Tensor,
     out: Tensor, out2: Tensor, lse: Tensor, *, causal: bool, scale: float,
     block_m1: int = 32, block_n1: int = 64, block_m2: int = 128, block_n2: int = 64,
-    warps1: int = 4, warps2: int = 8, num_stages: int = 3, fma_exp: int = 0,
+    warps1: int = 4, warps2: int = 8, num_stages: int = 3,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``differential_forward``: dq1, dq2, dk1, dk2, dv and dlam (lam's shape).
 
     ``block_m1 x block_n1`` (``warps1``): the (query, key) tiles of the dk/dv kernel;
     ``block_m2 x block_n2`` (``warps2``): of the dq kernel (block_n1 a multiple of block_m1, block_m2
-    of block_n2, for the causal split); ``fma_exp`` as in ``differential_forward``, for the second
-    map's recomputed probabilities (measured slower: off). Defaults: tile sizes ptxas fits in
-    registers without spills for Dk=64, Dv=128 on sm_90, the fastest of
-    ``apps/bench/differential.py --sweep`` on an H200.
+    of block_n2, for the causal split). Defaults: tile sizes ptxas fits in registers without spills
+    for Dk=64, Dv=128 on sm_90, the fastest of ``apps/bench/differential.py --sweep`` on an H200.
     """
     batch, heads, seq_len, dim_qk = q1.shape
     dim_v = v.shape[-1]
@@ -480,8 +424,7 @@ def differential_backward(
     dq2, dk1, dk2 = torch.empty_like(dq1), torch.empty_like(dq1), torch.empty_like(dq1)
     dv = torch.empty(batch, heads, seq_len, dim_v, device=q1.device, dtype=v.dtype)
     meta = dict(
-        BLOCK_DK=block_dk, BLOCK_DV=block_dv, CAUSAL=causal, FMA_EXP=fma_exp, PRECISION=_precision(q1.dtype),
-        num_stages=num_stages,
+        BLOCK_DK=block_dk, BLOCK_DV=block_dv, CAUSAL=causal, PRECISION=_precision(q1.dtype), num_stages=num_stages,
     )
     _differential_dkdv_kernel[(triton.cdiv(seq_len, block_n1), batch * heads)](
         _descriptor(q1, block_m1, block_dk), _descriptor(q2, block_m1, block_dk),

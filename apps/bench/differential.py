@@ -132,26 +132,20 @@ def main_rows(args, device, dtype) -> list[tuple[str, bool, float, float]]:
     return rows
 
 
-FORWARD_CONFIGS = [  # block_m, block_n, num_warps, num_stages, lazy, fma_exp
-    (64, 64, 4, 3, False, 0),
-    (64, 64, 4, 3, True, 0),
-    (64, 64, 4, 3, True, 1),
-    (64, 64, 4, 3, True, 2),
-    (64, 64, 4, 3, False, 1),
-    (64, 64, 4, 4, True, 1),
-    (64, 64, 4, 2, True, 1),
-    (128, 64, 8, 3, True, 1),
+FORWARD_CONFIGS = [  # block_m, block_n, num_warps, num_stages
+    (64, 64, 4, 3),
+    (64, 64, 4, 4),
+    (64, 64, 4, 2),
+    (128, 64, 8, 3),
 ]
-BACKWARD_CONFIGS = [  # block_m1, block_n1, block_m2, block_n2, warps1, warps2, num_stages, fma_exp
-    (32, 64, 128, 64, 4, 8, 3, 0),
-    (32, 64, 128, 64, 4, 8, 3, 1),
-    (32, 64, 128, 64, 4, 8, 3, 2),
-    (64, 64, 128, 64, 4, 8, 3, 0),
-    (32, 64, 64, 64, 4, 4, 3, 0),
-    (32, 64, 128, 64, 4, 8, 4, 0),
+BACKWARD_CONFIGS = [  # block_m1, block_n1, block_m2, block_n2, warps1, warps2, num_stages
+    (32, 64, 128, 64, 4, 8, 3),
+    (64, 64, 128, 64, 4, 8, 3),
+    (32, 64, 64, 64, 4, 4, 3),
+    (32, 64, 128, 64, 4, 8, 4),
 ]
-FORWARD_KEYS = ("block_m", "block_n", "num_warps", "num_stages", "lazy", "fma_exp")
-BACKWARD_KEYS = ("block_m1", "block_n1", "block_m2", "block_n2", "warps1", "warps2", "num_stages", "fma_exp")
+FORWARD_KEYS = ("block_m", "block_n", "num_warps", "num_stages")
+BACKWARD_KEYS = ("block_m1", "block_n1", "block_m2", "block_n2", "warps1", "warps2", "num_stages")
 
 
 def sweep(args, device, dtype) -> tuple[list[tuple[str, float]], dict, dict]:
