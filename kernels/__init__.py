@@ -7,12 +7,17 @@ elsewhere; forward and backward.
 ``panformer::differential_attention``: fused differential attention (two softmax maps, one pass over
 the keys); Triton on CUDA, reference math elsewhere; forward and backward.
 
+``panformer::local_global_attention``: MossFormer's joint local (relu² within chunks) + global linear
+attention, non-causal and causal, optional key-padding mask; Triton on CUDA, chunked torch elsewhere;
+forward and backward.
+
 ``panformer::neighborhood_attention``: 1-D, 2-D and 3-D neighbourhood attention with kernel size,
 dilation and causal axes; Triton over tiles of the grid read from raster order on CUDA, reference
 math elsewhere; forward and backward.
 """
 
 from panformer_kernels.differential_attention import differential_attention, fused_kernel_supports
+from panformer_kernels.gated_attention import local_global_attention
 from panformer_kernels.linear_attention import (
     causal_linear_attention,
     chunked_causal_linear_attention,
@@ -25,6 +30,7 @@ __all__ = [
     "chunked_causal_linear_attention",
     "differential_attention",
     "fused_kernel_supports",
+    "local_global_attention",
     "naive_causal_linear_attention",
     "neighborhood_attention",
 ]

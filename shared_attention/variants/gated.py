@@ -17,7 +17,10 @@ Legend: B batch, L length, Z query/key width, E value width, g chunk size. One l
 over the previous chunks, divided by g (causal). FFConvM is norm -> linear -> SiLU -> depthwise
 conv (kernel 17, residual) -> dropout.
 
-The causal global part runs on the ``panformer::causal_linear_attention`` op: the op sums over
+On CUDA without dropout on the weights, the whole joint attention runs as the fused
+``panformer::local_global_attention`` op (1.5-2x torch.compile'd torch forward on an H200,
+apps/bench/results/gated-h200.md). Otherwise, the causal global part runs on the
+``panformer::causal_linear_attention`` op: the op sums over
 j <= i, so the chunk's own (j in chunk, j <= i) linear terms are subtracted in the local part,
 which already forms those scores. With ``causal=True`` the depthwise convolutions are made causal
 (left padding) so no future token leaks in; MossFormer itself is non-causal.
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from panformer_kernels import causal_linear_attention
+from panformer_kernels import causal_linear_attention, local_global_attention
 from shared_attention.positions import rotate
 
 
@@ -55,6 +58,12 @@ def gated_local_global_attention(
     since both branches share the scores); key_valid: bool (B, L), True = real token.
     Returns (B, L, E).
     """
+    no_dropout = dropout is None or not dropout.training or getattr(dropout, "p", 1.0) == 0.0
+    if value.is_cuda and no_dropout:
+        # The fused op (Triton): the (g, g) weights never reach memory; key_valid handled inside.
+        return local_global_attention(
+            quad_q, quad_k, lin_q, lin_k, value, chunk_size=chunk_size, causal=causal, key_valid=key_valid
+        )
     length = value.shape[1]
     g = chunk_size
     if key_valid is not None:
