@@ -60,7 +60,11 @@ def gated_local_global_attention(
     """
     no_dropout = dropout is None or not dropout.training or getattr(dropout, "p", 1.0) == 0.0
     if value.is_cuda and no_dropout:
-        # The fused op (Triton): the (g, g) weights never reach memory; key_valid handled inside.
+        # The fused op (Triton): the (g, g) weights never reach memory; key_valid handled inside. Under
+        # autocast the scaled q/k arrive in fp32 and value in bf16: run all in the precision the
+        # torch path's products would use.
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else value.dtype
+        quad_q, quad_k, lin_q, lin_k, value = (t.to(dtype) for t in (quad_q, quad_k, lin_q, lin_k, value))
         return local_global_attention(
             quad_q, quad_k, lin_q, lin_k, value, chunk_size=chunk_size, causal=causal, key_valid=key_valid
         )
