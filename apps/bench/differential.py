@@ -16,43 +16,18 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import (  # apps/bench/timing.py: run as a script, this folder is on sys.path
+    time_ms,
+)
 
 from panformer_kernels.differential_attention import differential_attention
 from shared_attention.masks import Causal
 from shared_attention.variants.differential import DifferentialAttention, lambda_init_for
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, iters: int = 10) -> float:
-    """Median time of ``fn`` in milliseconds (CUDA events on GPU, wall clock elsewhere)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def two_sdpa(q, k, v, lam, *, causal: bool):

@@ -14,13 +14,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import shlex
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timing import (  # apps/bench/timing.py (this folder is on sys.path)
+    time_interleaved,
+    time_ms,
+    triton_version,
+)
 
 from shared_attention import attention, explain
 from shared_attention.masks import Causal, Mask, Neighborhood, SlidingWindow
@@ -55,35 +59,6 @@ def cases(length: int, window: int, grid: int, kernel: int) -> list[Case]:
             ("flex", "neighborhood"),
         ),
     ]
-
-
-def _event_ms(fn: Callable[[], object]) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end)
-
-
-def time_ms(fn: Callable[[], object], *, warmup: int, iters: int) -> float:
-    """Median of ``iters`` CUDA-event timings after ``warmup`` calls (compiles happen there)."""
-    return time_interleaved({"fn": fn}, warmup=warmup, iters=iters)["fn"]
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int) -> dict[str, float]:
-    """Median CUDA-event time of each function, called in turn round after round (the order rotating), so
-    that clocks and caches treat every contender alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    torch.cuda.synchronize()
-    names = list(fns)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(iters):
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            times[name].append(_event_ms(fns[name]))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def attended_pairs(case: Case, batch: int) -> int:
@@ -131,7 +106,7 @@ def run_case(case: Case, args, dtype: torch.dtype, training: bool) -> dict:
         "flops": 4 * args.heads * args.head_dim * attended_pairs(case, args.batch) * (3.5 if training else 1.0),
     }
     with torch.set_grad_enabled(training):
-        row["times"] = time_interleaved(fns, warmup=args.warmup, iters=args.iters)
+        row["times"] = time_interleaved(fns, torch.device("cuda"), warmup=args.warmup, iters=args.iters)
     return row
 
 
@@ -162,10 +137,10 @@ def neighborhood_sweep(args, dtype: torch.dtype) -> list[str]:
     for config in NEIGHBORHOOD_CONFIGS:
         try:
             out, lse = neighborhood_forward(q, k, v, **options, config=config)
-            fwd = time_ms(lambda c=config: neighborhood_forward(q, k, v, **options, config=c), warmup=2, iters=args.iters)
+            fwd = time_ms(lambda c=config: neighborhood_forward(q, k, v, **options, config=c), torch.device("cuda"), warmup=2, iters=args.iters)
             bwd = time_ms(
                 lambda c=config, o=out, m=lse: neighborhood_backward(grad_out, q, k, v, o, m, **options, config=c),
-                warmup=2, iters=args.iters,
+                torch.device("cuda"), warmup=2, iters=args.iters,
             )
             cells = f"{fwd:.3f} ({flops / fwd / 1e9:.0f}) | {bwd:.3f} ({2.5 * flops / bwd / 1e9:.0f})"
         except Exception as error:  # e.g. out of shared memory for a large tile: the row says so
@@ -181,7 +156,7 @@ def render(rows: list[dict], args, command: str) -> str:
         "",
         f"- command: `{command}`",
         f"- GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
-        f"triton {_triton_version()}; date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"triton {triton_version()}; date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- B={args.batch}, H={args.heads}, D={args.head_dim}, {args.dtype}; median of {args.iters} CUDA-event "
         f"timings after {args.warmup} warm-up calls, contenders interleaved; cells: ms (effective TFLOP/s over attended pairs)",
         "- `auto / plain`: our dispatch's time over the plain PyTorch call's (below 1 = ours faster)",
@@ -202,15 +177,6 @@ def render(rows: list[dict], args, command: str) -> str:
             f"{cell('neighborhood')} | {cell('auto')} {row['choice']} | {t['auto'] / t[row['plain']]:.2f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return "absent"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,6 +63,21 @@ def assert_close(
     actual: torch.Tensor, expected: torch.Tensor, *, atol: float = ATOL, rtol: float = RTOL
 ) -> None:
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+
+
+def run_in_interpreter(module: str, *, expected_ok: int, timeout: int = 120) -> None:
+    """Run a test module's ``__main__`` block (its Triton kernels against the oracle, printing "ok ..."
+    per case) in a fresh process with TRITON_INTERPRET=1. Triton reads the variable when kernels are
+    decorated, and Inductor (torch.compile, used by other tests of the session) leaves Triton unable to
+    interpret afterwards: so a new process, with the variable set from the start, runs them on CPU."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("ok ") == expected_ok, result.stdout
 
 
 def values_and_grads(fn, q, k, v, *, seed: int = 7):

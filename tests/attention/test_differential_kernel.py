@@ -6,9 +6,6 @@ fp32 on CUDA."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +15,7 @@ from panformer_kernels.differential_attention import differential_attention, fus
 from shared_attention.masks import Causal
 from shared_attention.variants.differential import DifferentialAttention
 
-from .conftest import assert_close
+from .conftest import assert_close, run_in_interpreter
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -102,16 +99,7 @@ def check_triton_kernels(length: int, dim: int, causal: bool, growing: bool) -> 
 
 
 def test_triton_kernels_match_the_oracle_in_the_interpreter():
-    # Triton reads TRITON_INTERPRET when kernels are decorated (and torch.compile, used by other
-    # tests in this session, leaves Triton unable to interpret): a fresh process runs them on CPU.
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-m", __name__], env=env, capture_output=True, text=True, timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("ok ") == len(KERNEL_CASES), result.stdout
+    run_in_interpreter(__name__, expected_ok=len(KERNEL_CASES))
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -7,9 +7,6 @@ the CUDA kernels in bf16 on a GPU."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ import torch
 from panformer_kernels.gated_attention import local_global_attention
 from shared_attention.variants.gated import gated_local_global_attention_reference
 
-from .conftest import assert_close
+from .conftest import assert_close, run_in_interpreter
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -80,15 +77,7 @@ def check_triton_kernels(n, length, dim_z, dim_e, chunk, masked, causal, blocks)
 
 
 def test_triton_kernels_match_the_oracle_in_the_interpreter():
-    # A fresh process with TRITON_INTERPRET set before triton is imported (as the other kernel tests).
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-m", __name__], env=env, capture_output=True, text=True, timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("ok ") == len(CASES), result.stdout
+    run_in_interpreter(__name__, expected_ok=len(CASES))
 
 
 def test_kernels_compile_for_hopper_without_a_gpu():

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +17,7 @@ from shared_attention.backends.reference import reference_attention
 from shared_attention.dispatch import explain
 from shared_attention.functional import make_case
 
-from .conftest import assert_close, qkv, values_and_grads
+from .conftest import assert_close, qkv, run_in_interpreter, values_and_grads
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -66,17 +63,7 @@ def check_triton_kernels(grid, kernel_size, dilation, causal, heads, kv_heads) -
 
 
 def test_triton_kernels_match_the_oracle_in_the_interpreter():
-    # Triton reads TRITON_INTERPRET when kernels are decorated, and Inductor (torch.compile, used by
-    # other tests in this session) leaves Triton unable to interpret afterwards: a fresh process
-    # with the variable set from the start runs the kernels on CPU.
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-m", __name__], env=env, capture_output=True, text=True, timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("ok ") == len(CASES), result.stdout
+    run_in_interpreter(__name__, expected_ok=len(CASES))
 
 
 def test_kernels_compile_for_hopper_without_a_gpu():

@@ -1,0 +1,58 @@
+"""Timing helpers shared by the benchmark scripts (imported as ``from timing import ...``: a script's
+own folder is on ``sys.path``)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _once_ms(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type != "cuda":
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, iters: int = 10) -> float:
+    """Median time of ``fn`` in milliseconds after ``warmup`` calls (CUDA events on GPU, wall clock elsewhere)."""
+    return time_interleaved({"fn": fn}, device, warmup=warmup, iters=iters)["fn"]
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int = 3, iters: int = 10
+) -> dict[str, float]:
+    """Median time of each function in ms, called in turn round after round (the order rotating), so that
+    clocks and caches treat every contender alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(iters):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            times[name].append(_once_ms(fns[name], device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "absent"
+    return triton.__version__
