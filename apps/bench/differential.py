@@ -21,9 +21,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timing import (  # apps/bench/timing.py: run as a script, this folder is on sys.path
-    time_ms,
-)
+from timing import forward_and_backward, time_ms  # apps/bench/timing.py (this script's folder)
 
 from panformer_kernels.differential_attention import differential_attention
 from shared_attention.masks import Causal
@@ -58,23 +56,6 @@ def fused_module(module: DifferentialAttention, *, causal: bool) -> Callable:
     return forward
 
 
-def passes(fn: Callable, inputs: tuple[torch.Tensor, ...]) -> tuple[Callable, Callable]:
-    """Closures for the forward pass (no grad) and forward + backward with a fixed random gradient."""
-    grad = None
-
-    def fwd():
-        with torch.no_grad():
-            return fn(*inputs)
-
-    def fwd_bwd():
-        nonlocal grad
-        out = fn(*inputs)
-        grad = torch.randn_like(out) if grad is None else grad
-        out.backward(grad)
-
-    return fwd, fwd_bwd
-
-
 def attention_flops(args, *, causal: bool) -> float:
     """Forward FLOPs of ONE D=head_dim softmax attention (the issue counts differential attention so)."""
     pairs = args.length * args.length * (0.5 if causal else 1.0)
@@ -99,7 +80,7 @@ def main_rows(args, device, dtype) -> list[tuple[str, bool, float, float]]:
             "variant module math on the op (+ norm)": fused_module(module, causal=causal),
         }
         for name, fn in cases.items():
-            fwd, fwd_bwd = passes(fn, (q, k, v))
+            fwd, fwd_bwd = forward_and_backward(fn, q, k, v)
             rows.append((name, causal, time_ms(fwd, device, iters=args.iters), time_ms(fwd_bwd, device, iters=args.iters)))
             print(rows[-1], file=sys.stderr, flush=True)
             q.grad = k.grad = v.grad = lam.grad = None

@@ -13,33 +13,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timing import (  # apps/bench/timing.py: run as a script, this folder is on sys.path
-    time_ms,
-)
+from timing import forward_and_backward, time_ms  # apps/bench/timing.py (this script's folder)
 
 from panformer_kernels import causal_linear_attention, chunked_causal_linear_attention
 from shared_attention.variants.gated import GatedLocalGlobalAttention
-
-
-def forward_and_backward(fn: Callable, *inputs: torch.Tensor) -> tuple[Callable, Callable]:
-    """Closures timing fn's forward pass, and forward + backward of out.sum()-like gradient."""
-    grad = None
-
-    def fwd():
-        with torch.no_grad():
-            return fn(*inputs)
-
-    def fwd_bwd():
-        nonlocal grad
-        out = fn(*inputs)
-        grad = torch.ones_like(out) if grad is None else grad
-        out.backward(grad)
-
-    return fwd, fwd_bwd
 
 
 def linear_attention_rows(args, device, dtype) -> list[tuple[str, float, float]]:

@@ -20,11 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timing import (  # apps/bench/timing.py (this folder is on sys.path)
-    time_interleaved,
-    time_ms,
-    triton_version,
-)
+from timing import time_interleaved, time_ms, triton_version  # apps/bench/timing.py
 
 from shared_attention import attention, explain
 from shared_attention.masks import Causal, Mask, Neighborhood, SlidingWindow

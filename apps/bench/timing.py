@@ -50,6 +50,23 @@ def time_interleaved(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def forward_and_backward(fn: Callable, *inputs: torch.Tensor) -> tuple[Callable, Callable]:
+    """Closures for ``fn``'s forward pass (no grad) and forward + backward with a fixed random gradient."""
+    grad = None
+
+    def fwd():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    def fwd_bwd():
+        nonlocal grad
+        out = fn(*inputs)
+        grad = torch.randn_like(out) if grad is None else grad
+        out.backward(grad)
+
+    return fwd, fwd_bwd
+
+
 def triton_version() -> str:
     try:
         import triton
