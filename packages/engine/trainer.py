@@ -296,9 +296,11 @@ class Trainer:
                 bar.update(bar_task, advance=1, status=f"epoch {epoch}  loss {loss:.4f}{val_status}")
 
             for epoch in range(start_epoch, cfg.epochs):
+                epoch_started = time.perf_counter()
                 train_loss, step = self._train_epoch(
                     train_model, optimizer, scheduler, splits, epoch, step, device, dist_info, show_batch
                 )
+                train_seconds = time.perf_counter() - epoch_started
                 val = evaluate_model(
                     task, model, splits.val, splits.info,
                     batch_size=cfg.batch_size, device=device, precision=cfg.precision,
@@ -327,7 +329,10 @@ class Trainer:
                     )
                     ckpt.set_pointer(self.checkpoints, "LATEST", folder.name)
                     ckpt.prune(self.checkpoints, keep_last=cfg.keep_checkpoints)
+                # Throughput over all ranks: each epoch covers the whole training split once.
                 record = {"epoch": epoch, "step": step, "seconds": round(time.perf_counter() - started, 2),
+                          "train_seconds": round(train_seconds, 3),
+                          "train_samples_per_s": round(len(splits.train) / train_seconds, 2),
                           "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                           **{f"val_{k}": v for k, v in val.items()}}
                 log.write(record, step=step)
