@@ -14,8 +14,10 @@ destination host, flow]. Objectives (`model.objective`):
 
 - `reconstruct` (self-supervised): a random share of the flows is hidden behind a mask token; their features and
   their hosts' fan-out/fan-in counts are reconstructed from the host graph as Gaussians (predicted mean and
-  variance); the anomaly score of a flow is its negative log-likelihood while hidden. Labels never train it;
-  checkpoints are selected on the validation reconstruction error; validation labels only choose the threshold.
+  variance); the anomaly score of a flow is its negative log-likelihood while hidden, over all targets or
+  (`model.anomaly_score: hosts`) over the host counts only. Labels never train it; checkpoints are selected on
+  the validation reconstruction error; validation labels only choose the threshold (and chose the score's
+  targets in the committed recipe).
 - `classify`: attack logits per flow (binary cross-entropy), optionally after `pretrain.epochs` of the masked
   reconstruction on all training windows, and with only `data.label_fraction` of the windows labelled.
 
@@ -74,6 +76,9 @@ class FlowModelConfig(StrictModel):
     attention: bool = Field(True, description="global attention over the hosts of a window")
     use_hosts: bool = Field(True, description="false: score flows from their own features only (a baseline)")
     mask_ratio: float = Field(0.25, gt=0, le=0.5, description="share of flows hidden per reconstruction step")
+    anomaly_score: Literal["all", "hosts"] = Field(
+        "all", description="reconstruct: the anomaly score is the reconstruction error of all targets, or of the "
+        "two hosts' fan-out/fan-in counts only (training and checkpoint selection use all targets either way)")
     dropout: float = Field(0.1, ge=0, lt=1)
 
 
@@ -263,11 +268,11 @@ class FlowGraphModel(nn.Module):
     """
 
     def __init__(self, *, in_features: int, dim: int = 48, depth: int = 2, num_heads: int = 4, attention: bool = True,
-                 use_hosts: bool = True, dropout: float = 0.1) -> None:
+                 use_hosts: bool = True, anomaly_score: Literal["all", "hosts"] = "all", dropout: float = 0.1) -> None:
         super().__init__()
         from torch_geometric.nn import GINEConv
 
-        self.use_hosts = use_hosts
+        self.use_hosts, self.anomaly_score = use_hosts, anomaly_score
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("std", torch.ones(in_features))
         self.register_buffer("threshold", torch.zeros(()))
@@ -316,29 +321,45 @@ class FlowGraphModel(nn.Module):
         return self.head(self.encode(batch))[:, 0]
 
     def reconstruction_error(self, batch: dict[str, Tensor], hidden: Tensor) -> Tensor:
-        """Reconstruction error (E,) of every flow with the `hidden` flows masked: the Gaussian negative
-        log-likelihood (per target, without constants) of its standardised features and its two hosts' fan-out
-        and fan-in counts, under a predicted mean and variance. The learned variance lets inherently noisy
-        targets (bytes of a failed connection) count less than precise ones (a client's fan-out)."""
+        """Reconstruction error (E,) of every flow with the `hidden` flows masked: the mean of `target_nll`."""
+        return self.target_nll(batch, hidden).mean(-1)
+
+    def target_nll(self, batch: dict[str, Tensor], hidden: Tensor) -> Tensor:
+        """(E, T) Gaussian negative log-likelihood (without constants) of each flow's standardised features and
+        its two hosts' fan-out and fan-in counts (the last 2 * 4 columns), with the `hidden` flows masked, under
+        a predicted mean and variance. The learned variance lets inherently noisy targets (bytes of a failed
+        connection) count less than precise ones (a client's fan-out)."""
         mean, log_var = self.decoder(self.encode(batch, hidden=hidden)).float().chunk(2, -1)
         stats = batch["host_stats"]
         src, dst = batch["edge_index"]
         target = torch.cat([self.standardise(batch["features"]), stats[src], stats[dst]], -1)
         log_var = log_var.clamp(-6, 6)
-        return 0.5 * ((mean - target).pow(2) * torch.exp(-log_var) + log_var).mean(-1)
+        return 0.5 * ((mean - target).pow(2) * torch.exp(-log_var) + log_var)
 
-    def anomaly_scores(self, batch: dict[str, Tensor], *, mask_ratio: float) -> Tensor:
-        """(E,) reconstruction error of each flow while it is hidden: flows are dealt into ceil(1 / mask_ratio)
-        fixed groups and each group is hidden in turn, so every score comes from the flow's context alone."""
+    def hidden_nll(self, batch: dict[str, Tensor], *, mask_ratio: float) -> Tensor:
+        """(E, T) `target_nll` of each flow while it is hidden: flows are dealt into ceil(1 / mask_ratio) fixed
+        groups and each group is hidden in turn, so every value comes from the flow's context alone."""
         rounds = math.ceil(1 / mask_ratio)
         count = batch["features"].shape[0]
         generator = torch.Generator().manual_seed(0)  # the same groups every time: scores are deterministic
         group = (torch.randperm(count, generator=generator) % rounds).to(batch["features"].device)
-        scores = torch.zeros(count, device=group.device)
+        nll = None
         for r in range(rounds):
             hidden = group == r
-            scores = torch.where(hidden, self.reconstruction_error(batch, hidden), scores)
-        return scores
+            step = self.target_nll(batch, hidden)
+            nll = torch.where(hidden[:, None], step, step.new_zeros(()) if nll is None else nll)
+        assert nll is not None
+        return nll
+
+    def score_of(self, nll: Tensor) -> Tensor:
+        """(E, T) -> (E,) anomaly score: the mean over all targets, or over the host counts only. On the
+        synthetic flows the host counts carry the signal (validation PR-AUC 0.88-0.96 for seeds 0-1, against
+        0.08-0.15 for the flow features), and averaging in the noisier flow features dilutes it."""
+        return (nll[:, -2 * HOST_STATS :] if self.anomaly_score == "hosts" else nll).mean(-1)
+
+    def anomaly_scores(self, batch: dict[str, Tensor], *, mask_ratio: float) -> Tensor:
+        """(E,) anomaly score of each flow while it is hidden (see `hidden_nll` and `score_of`)."""
+        return self.score_of(self.hidden_nll(batch, mask_ratio=mask_ratio))
 
 
 def masked_reconstruction_loss(model: FlowGraphModel, batch: dict[str, Tensor], mask_ratio: float) -> Tensor:
@@ -376,7 +397,7 @@ def pretrain_encoder(model: FlowGraphModel, splits: Splits, cfg: PretrainConfig,
                 bar.update(task, advance=1, status=f"epoch {epoch}  reconstruction {loss.item():.4f}")
             model.eval()
             with torch.no_grad():
-                errors = [model.anomaly_scores(to_device(b, device), mask_ratio=mask_ratio) for b in val_loader]
+                errors = [model.hidden_nll(to_device(b, device), mask_ratio=mask_ratio).mean(-1) for b in val_loader]
             val = float(torch.cat(errors).mean())
             if val < best:
                 best, best_state = val, {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -517,7 +538,7 @@ class IntrusionDetectionTask(Task):
         cfg = recipe.model
         return FlowGraphModel(in_features=len(info["features"]), dim=cfg.dim, depth=cfg.depth,
                               num_heads=cfg.num_heads, attention=cfg.attention, use_hosts=cfg.use_hosts,
-                              dropout=cfg.dropout)
+                              anomaly_score=cfg.anomaly_score, dropout=cfg.dropout)
 
     def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
         x = torch.cat([w.features for w in splits.train.all_windows])
@@ -630,8 +651,9 @@ class AnomalyDetectionTask(IntrusionDetectionTask):
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Any]:
         if model.training:
             return masked_reconstruction_loss(model, batch, self.mask_ratio), None
-        scores = model.anomaly_scores(batch, mask_ratio=self.mask_ratio)
-        return scores.mean(), (scores, model.threshold)
+        # Checkpoints are selected on the whole reconstruction error (label-free); the score may use a part of it.
+        nll = model.hidden_nll(batch, mask_ratio=self.mask_ratio)
+        return nll.mean(), (model.score_of(nll), model.threshold)
 
     def metrics(self, info: dict[str, Any]) -> Metrics:
         return DetectionMetrics(calibrate=True)

@@ -25,10 +25,15 @@ def mlp(dim: int, hidden: int, out: int, dropout: float = 0.0) -> nn.Sequential:
 
 
 class GPSLayer(nn.Module):
-    """h -> norm(h + local(h)) + norm(h + attention(h)), then a feed-forward block; both branches post-norm."""
+    """h -> norm(h + local(h)) + g * norm(h + attention(h)), then a feed-forward block; both branches post-norm.
+
+    g is 1, or with `attention_gate` a learned scalar that starts at zero (ReZero, Bachlechner et al., 2020): the
+    layer starts as the local message-passing layer and training opens the global branch only as far as it
+    lowers the loss, which keeps small graphs from being mixed across communities by an untrained attention.
+    """
 
     def __init__(self, dim: int, *, num_heads: int, local: LocalConv = "gin", attention: GlobalAttention = "full",
-                 mlp_ratio: float = 2.0, dropout: float = 0.1) -> None:
+                 attention_gate: bool = False, mlp_ratio: float = 2.0, dropout: float = 0.1) -> None:
         super().__init__()
         self.local = None
         if local == "gin":
@@ -36,6 +41,7 @@ class GPSLayer(nn.Module):
         elif local == "gcn":
             self.local = GCNConv(dim, dim)
         self.attention = Attention(dim, num_heads, dropout=dropout) if attention != "none" else None
+        self.gate = nn.Parameter(torch.zeros(1)) if attention_gate and self.attention is not None else None
         self.norm_local, self.norm_attention = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = mlp(dim, int(dim * mlp_ratio), dim, dropout)
         self.norm_ffn = nn.LayerNorm(dim)
@@ -52,7 +58,8 @@ class GPSLayer(nn.Module):
         if self.attention is not None:
             score_mod = Bias(bias) if bias is not None else None
             global_ = self.attention(h, mask=mask, score_mod=score_mod, key_padding_mask=valid)
-            out = out + self.norm_attention(h + self.dropout(global_))
+            global_ = self.norm_attention(h + self.dropout(global_))
+            out = out + (global_ if self.gate is None else self.gate * global_)
         out = self.norm_ffn(out + self.dropout(self.ffn(out)))
         return out * valid[..., None]
 
@@ -67,8 +74,8 @@ class GraphTransformer(nn.Module):
 
     def __init__(self, *, in_features: int, out_features: int, level: Literal["node", "graph"], dim: int = 64,
                  depth: int = 3, num_heads: int = 4, lap_pe: int = 8, walk_steps: int = 16, max_distance: int = 8,
-                 local: LocalConv = "gin", attention: GlobalAttention = "full", mlp_ratio: float = 2.0,
-                 dropout: float = 0.1) -> None:
+                 local: LocalConv = "gin", attention: GlobalAttention = "full", attention_gate: bool = False,
+                 mlp_ratio: float = 2.0, dropout: float = 0.1) -> None:
         super().__init__()
         self.level, self.attention_kind, self.num_heads = level, attention, num_heads
         self.embed = nn.Linear(in_features, dim)
@@ -77,7 +84,8 @@ class GraphTransformer(nn.Module):
         # Graphormer: one learned scalar per head and distance bucket (0..max, plus "unreachable").
         self.distance_bias = nn.Embedding(max_distance + 2, num_heads) if max_distance and attention != "none" else None
         self.layers = nn.ModuleList(
-            GPSLayer(dim, num_heads=num_heads, local=local, attention=attention, mlp_ratio=mlp_ratio, dropout=dropout)
+            GPSLayer(dim, num_heads=num_heads, local=local, attention=attention, attention_gate=attention_gate,
+                     mlp_ratio=mlp_ratio, dropout=dropout)
             for _ in range(depth)
         )
         self.head = mlp(dim, dim, out_features, dropout)

@@ -76,6 +76,8 @@ class GPSConfig(StrictModel):
     num_heads: int = Field(4, ge=1)
     local: Literal["gin", "gcn", "none"] = "gin"
     attention: Literal["full", "sparse", "none"] = "full"
+    attention_gate: bool = Field(False, description="scale the attention branch by a learned gate that starts at "
+                                 "zero, so each layer starts as its local message passing (helps small graphs)")
     mlp_ratio: float = Field(2.0, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
 
@@ -110,7 +112,8 @@ def build_static_model(cfg: GPSConfig | BaselineConfig, info: dict[str, Any]) ->
     return GraphTransformer(
         in_features=info["features"], out_features=out, level=info["level"], dim=cfg.dim, depth=cfg.depth,
         num_heads=cfg.num_heads, lap_pe=info["lap_pe"], walk_steps=info["walk_steps"],
-        max_distance=info["max_distance"], local=cfg.local, attention=cfg.attention, mlp_ratio=cfg.mlp_ratio,
+        max_distance=info["max_distance"], local=cfg.local, attention=cfg.attention,
+        attention_gate=cfg.attention_gate, mlp_ratio=cfg.mlp_ratio,
         dropout=cfg.dropout,
     )
 

@@ -87,3 +87,18 @@ def test_temporal_history_never_sees_the_future():
     cut = model(link_collate([query_item(events, past_only, u, candidates, t, k=8, time_scale=1.0)]))
     torch.testing.assert_close(full, cut)
     assert full.shape == (1, 4)
+
+
+def test_gated_attention_starts_as_the_local_model_and_learns_to_open():
+    """With `attention_gate` the global branch is scaled by a zero-initialised scalar: at init the outputs equal
+    the attention-free model's, and the gate (only the gate) gets a gradient through the attention branch."""
+    graph = stochastic_block_model(nodes=30, features=1, seed=0)
+    batch = collate([encode(graph.x, graph.edge_index, graph.y, ENC)])
+    gated = small_model("node", attention_gate=True)
+    local_only = small_model("node", attention="none")
+    local_only.load_state_dict({k: v for k, v in gated.state_dict().items() if k in local_only.state_dict()})
+    torch.testing.assert_close(gated(batch), local_only(batch))
+    gated(batch).square().sum().backward()
+    for layer in gated.layers:
+        assert layer.gate.grad is not None and layer.gate.grad.abs().item() > 0
+        assert all(p.grad is None or p.grad.abs().max() == 0 for p in layer.attention.parameters())
