@@ -22,8 +22,10 @@ domain = MoleculesDomain()
 @user_errors_exit_2
 def predict(
     checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
-    input: Annotated[Path, typer.Option("--input", help="structures: .extxyz/.xyz (or anything ASE reads), .sdf/.mol")],
-    output: Annotated[Path, typer.Option(help="energies (eV) and forces (eV/Å): .extxyz or .csv (one row per atom)")],
+    input: Annotated[Path, typer.Option("--input", help="structures: .extxyz/.xyz (or anything ASE reads), .sdf/.mol, "
+                                        ".npz")],
+    output: Annotated[Path, typer.Option(help="energies (eV) and forces (eV/Å): .extxyz, .npz or .csv (one row "
+                                         "per atom)")],
     plot: Annotated[bool, typer.Option("--plot", help="also write a parity plot (PNG) beside the output")] = False,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip (and report) bad records")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "auto",
@@ -42,7 +44,8 @@ app = build_cli(domain, predict=predict)
 @user_errors_exit_2
 def label(
     source: Annotated[Path, typer.Argument(help="a SMILES list (.smi: SMILES [id] per line) or an .sdf file")],
-    output: Annotated[Path, typer.Option(help="extended XYZ with energies (eV) and forces (eV/Å)")],
+    output: Annotated[Path, typer.Option(help="extended XYZ (.extxyz) or Panformer arrays (.npz, readable "
+                                              "without RDKit/ASE) with energies (eV) and forces (eV/Å)")],
     conformers: Annotated[int, typer.Option(min=1, help="ETKDG conformers per molecule")] = 4,
     mmff_steps: Annotated[int, typer.Option(min=0, help="MMFF relaxation steps after embedding")] = 0,
     max_atoms: Annotated[int, typer.Option(min=2, help="skip molecules with more atoms (with H)")] = 40,

@@ -47,7 +47,7 @@ class MoleculeData(StrictModel):
     source: str = Field(
         "nci",
         description="nci (RDKit's bundled NCI SMILES, labelled with ETKDG + MMFF94 and cached) or a structure "
-        "file: .extxyz/.xyz (ASE) or .sdf/.mol with energies",
+        "file: .npz (from `label`; needs neither RDKit nor ASE), .extxyz/.xyz (ASE) or .sdf/.mol with energies",
     )
     cache_dir: str = Field("runs/data/molecules", description="where the labelled NCI set is cached")
     molecules: int = Field(200, ge=3, description="nci: the first N molecules of the list")
@@ -61,6 +61,11 @@ class MoleculeData(StrictModel):
     skip_bad: bool = Field(False, description="skip (and report) bad records instead of failing")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="fraction of molecules held out for validation")
     test_fraction: float = Field(0.15, gt=0, lt=1, description="fraction of molecules held out for testing")
+    max_force: float | None = Field(
+        None, gt=0, description="drop structures with an atomic force above this (eV/Å): labelling outliers")
+    train_molecules: int | None = Field(
+        None, ge=1, description="learning curves: train on only the first N training molecules (a fixed random "
+        "order, so smaller sets are subsets of larger ones); validation and test stay the same")
 
 
 class LossConfig(StrictModel):
@@ -183,13 +188,35 @@ def load_structures(data: MoleculeData, source: str) -> list[Structure]:
         print(f"warning: skipped {message}", file=sys.stderr)
     if result.skipped:
         print(f"warning: {len(result.skipped)} bad records skipped", file=sys.stderr)
-    return result.structures
+    return drop_force_outliers(result.structures, data.max_force, where=str(path))
+
+
+def drop_force_outliers(structures: list[Structure], max_force: float | None, *, where: str) -> list[Structure]:
+    """Structures whose largest atomic force (eV/Å) is at most `max_force` (None: all of them).
+
+    A few ETKDG conformers get MMFF94 forces of 10^2-10^5 eV/Å (typical ones stay below ~10); one such
+    structure inflates the force scale a hundredfold and swamps the force loss and the force MAE.
+    """
+    if max_force is None:
+        return structures
+    kept = [s for s in structures if s.forces is None or np.linalg.norm(s.forces, axis=1).max() <= max_force]
+    if len(kept) < len(structures):
+        print(f"warning: {where}: dropped {len(structures) - len(kept)} of {len(structures)} structures with a "
+              f"force above data.max_force={max_force:g} eV/Å", file=sys.stderr)
+    if not kept:
+        raise UserError(f"{where}: every structure has a force above data.max_force={max_force:g} eV/Å; raise it")
+    return kept
 
 
 def molecule_split(
-    structures: list[Structure], *, val_fraction: float, test_fraction: float, seed: int
+    structures: list[Structure], *, val_fraction: float, test_fraction: float, seed: int,
+    train_molecules: int | None = None,
 ) -> dict[str, list[Structure]]:
-    """Split by molecule: every conformer of a molecule lands in the same split."""
+    """Split by molecule: every conformer of a molecule lands in the same split.
+
+    `train_molecules` keeps only that many training molecules (the first of a seeded shuffle: nested
+    subsets for learning curves); validation and test do not depend on it.
+    """
     molecules = sorted({s.molecule for s in structures})
     if len(molecules) < 3:
         raise UserError(f"only {len(molecules)} distinct molecules; a train/val/test split by molecule needs >= 3")
@@ -199,9 +226,21 @@ def molecule_split(
     if n_val + n_test >= len(molecules):
         raise UserError(f"{len(molecules)} molecules are too few for val_fraction/test_fraction; give more data")
     test, val = set(molecules[:n_test]), set(molecules[n_test:n_test + n_val])
+    train = molecules[n_test + n_val:]
+    if train_molecules is not None:
+        if train_molecules > len(train):
+            raise UserError(f"data.train_molecules={train_molecules} but only {len(train)} molecules are left for "
+                            "training; give a smaller number or more data")
+        train = train[:train_molecules]
+    kept = set(train)
     groups: dict[str, list[Structure]] = {"train": [], "val": [], "test": []}
     for s in structures:
-        groups["test" if s.molecule in test else "val" if s.molecule in val else "train"].append(s)
+        if s.molecule in test:
+            groups["test"].append(s)
+        elif s.molecule in val:
+            groups["val"].append(s)
+        elif s.molecule in kept:
+            groups["train"].append(s)
     return groups
 
 
@@ -248,7 +287,7 @@ class EnergyForceTask(Task):
             raise UserError(f"{source}: record {missing.name} has no energy; training needs an energy per "
                             "structure (extxyz energy=, an SDF energy property or --set data.energy_key=NAME)")
         groups = molecule_split(structures, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
-                                seed=data.label_seed)
+                                seed=data.label_seed, train_molecules=data.train_molecules)
         elements = sorted({int(z) for s in groups["train"] for z in s.numbers})
         return Splits(
             train=StructureDataset(groups["train"]), val=StructureDataset(groups["val"]),
@@ -276,7 +315,9 @@ class EnergyForceTask(Task):
         forces = [s.forces for s in structures if s.forces is not None]
         scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else float(residual.std())
         model.element_energy.zero_()
-        model.element_energy[torch.tensor(elements)] = torch.tensor(weights, dtype=torch.float32)
+        device = model.element_energy.device  # the trainer may have moved the model to a GPU already
+        model.element_energy[torch.tensor(elements, device=device)] = torch.tensor(weights, dtype=torch.float32,
+                                                                                  device=device)
         model.scale.fill_(max(scale, 1e-6))
         # The per-atom energy unit is force RMS x 1 Å, so that -dE/dx of order-one outputs is of order one.
         # (The per-atom residual std, ~0.1 eV here, was tried: energies then learned more slowly on validation.)
@@ -327,9 +368,9 @@ class EnergyForceTask(Task):
         plot: bool = False,
         skip_bad: bool = False,
     ) -> list[Path]:
-        """Energies (eV) and forces (eV/Å) for every structure of `input_path`, as extended XYZ or CSV."""
-        if output_path.suffix.lower() not in (".extxyz", ".xyz", ".csv"):
-            raise UserError(f"--output {output_path}: give an .extxyz, .xyz or .csv path")
+        """Energies (eV) and forces (eV/Å) for every structure of `input_path`, as extended XYZ, .npz or CSV."""
+        if output_path.suffix.lower() not in (".extxyz", ".xyz", ".npz", ".csv"):
+            raise UserError(f"--output {output_path}: give an .extxyz, .xyz, .npz or .csv path")
         result = read_structures(input_path, skip_bad=skip_bad, energy_key=recipe.data.energy_key,
                                  energy_unit=recipe.data.energy_unit)
         for message in result.skipped:

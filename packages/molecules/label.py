@@ -19,11 +19,12 @@ import numpy as np
 
 from panformer.engine.errors import UserError
 from panformer.molecules.structures import (
+    NPZ_SUFFIX,
     SDF_SUFFIXES,
     Structure,
     read_smiles,
     read_structures,
-    write_extxyz,
+    write_structures,
 )
 from panformer.molecules.units import KCAL_PER_MOL_IN_EV
 
@@ -116,13 +117,14 @@ def label_file(
     skip_bad: bool = True,
     show_progress: bool = True,
 ) -> tuple[list[Structure], list[str]]:
-    """Label every molecule of `source` (SMILES list or SDF) and write extended XYZ to `output`.
+    """Label every molecule of `source` (SMILES list or SDF) and write extended XYZ or .npz to `output`.
 
     Returns the structures and one message per skipped molecule. Raises UserError if none is usable.
     """
     source = Path(source)
-    if output.suffix.lower() not in (".extxyz", ".xyz"):
-        raise UserError(f"--output {output}: label writes extended XYZ; give an .extxyz path")
+    if output.suffix.lower() not in (".extxyz", ".xyz", NPZ_SUFFIX):
+        raise UserError(f"--output {output}: label writes extended XYZ or Panformer arrays; give an .extxyz or "
+                        ".npz path")
     if source.suffix.lower() in SDF_SUFFIXES:
         read_structures(source, skip_bad=True)  # a corrupt file fails here with a one-line message
         entries = structures_to_smiles(source, skip_bad=skip_bad)
@@ -143,7 +145,7 @@ def label_file(
     if not structures:
         first = f" (e.g. {skipped[0]})" if skipped else ""
         raise UserError(f"{source}: no molecule could be labelled{first}; check the SMILES")
-    write_extxyz(output, structures)
+    write_structures(output, structures)
     return structures, skipped
 
 

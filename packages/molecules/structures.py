@@ -1,8 +1,9 @@
 """Structures (atoms, positions, energy, forces) and the readers and writers for the usual file formats.
 
 Readers: SDF/MOL (RDKit; energies and forces from SD properties), XYZ / extended XYZ and anything
-`ase.io.read` understands (energies and forces from the calculator results or `atoms.info`), and SMILES
-lists (for `label`). Units are converted on read: inside Panformer everything is eV, Å and eV/Å.
+`ase.io.read` understands (energies and forces from the calculator results or `atoms.info`), Panformer's
+own structure arrays (.npz: numpy only, so a machine without RDKit or ASE can train on a labelled set),
+and SMILES lists (for `label`). Units are converted on read: inside Panformer everything is eV, Å and eV/Å.
 
 A bad record (no 3-D coordinates, unknown element, a force array of the wrong shape) raises a
 `UserError` naming the file and record, or with `skip_bad=True` is skipped and reported.
@@ -25,6 +26,8 @@ from panformer.molecules.units import energy_factor
 
 SDF_SUFFIXES = (".sdf", ".mol", ".sd")
 SMILES_SUFFIXES = (".smi", ".smiles")
+NPZ_SUFFIX = ".npz"
+NPZ_FORMAT = "panformer-molecules-structures-v1"
 MAX_Z = 118
 
 # SD properties that hold an energy, with their unit (checked in this order).
@@ -196,10 +199,53 @@ def _ase_records(path: Path, energy_unit: str | None) -> Iterable[tuple[str, Str
                               info=info)
 
 
+# --- Panformer structure arrays (.npz) -----------------------------------------------------------------
+#
+# One file, numpy only: atoms of all structures concatenated. Keys: format (the NPZ_FORMAT string),
+# atoms_per_structure (S,), numbers (A,), positions (A, 3) Å, forces (A, 3) eV/Å (NaN rows: no forces),
+# energy (S,) eV (NaN: none), molecule (S,) and name (S,) strings, and optionally smiles (S,).
+# Positions and forces are float32: 1e-7 relative rounding is far below any labelling error.
+
+
+def _npz_records(path: Path, energy_unit: str | None) -> Iterable[tuple[str, Structure | Exception]]:
+    required = ("format", "atoms_per_structure", "numbers", "positions", "forces", "energy", "molecule", "name")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except Exception as err:  # numpy raises several types for a damaged archive
+        raise UserError(f"{path}: cannot read it as a .npz archive ({type(err).__name__}); re-create it with "
+                        "`label --output FILE.npz`") from None
+    missing = [key for key in required if key not in arrays]
+    if missing or str(arrays["format"]) != NPZ_FORMAT:
+        what = f"lacks {', '.join(missing)}" if missing else f"has format {str(arrays['format'])!r}"
+        raise UserError(f"{path}: {what}, not a Panformer structure archive ({NPZ_FORMAT}); re-create it with "
+                        "`label --output FILE.npz`")
+    counts = arrays["atoms_per_structure"].astype(np.int64)
+    total = int(counts.sum())
+    per_structure = [arrays[k] for k in ("energy", "molecule", "name")]
+    per_atom = [arrays[k] for k in ("numbers", "positions", "forces")]
+    if any(len(a) != len(counts) for a in per_structure) or any(len(a) != total for a in per_atom):
+        raise UserError(f"{path}: array lengths disagree with atoms_per_structure; re-create the file")
+    factor = energy_factor(energy_unit or "eV")
+    smiles = arrays.get("smiles")
+    ends = np.cumsum(counts)
+    for index, (count, end) in enumerate(zip(counts, ends, strict=True)):
+        atoms = slice(int(end - count), int(end))
+        forces = arrays["forces"][atoms].astype(np.float64)
+        energy = float(arrays["energy"][index])
+        yield f"#{index + 1} ({arrays['name'][index]})", Structure(
+            arrays["numbers"][atoms].astype(np.int64), arrays["positions"][atoms].astype(np.float64),
+            None if math.isnan(energy) else energy * factor,
+            None if np.isnan(forces).all() else forces * factor,
+            molecule=str(arrays["molecule"][index]), name=str(arrays["name"][index]),
+            info={"smiles": str(smiles[index])} if smiles is not None else {},
+        )
+
+
 def read_structures(
     path: Path, *, skip_bad: bool = False, energy_key: str | None = None, energy_unit: str | None = None
 ) -> ReadResult:
-    """Every structure of an SDF/MOL file or an ASE-readable file (XYZ, extended XYZ, ...)."""
+    """Every structure of an SDF/MOL file, a Panformer .npz archive or an ASE-readable file (XYZ, extended XYZ, ...)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; give an .sdf, .mol, .xyz or .extxyz file")
@@ -207,6 +253,8 @@ def read_structures(
         raise UserError(f"{path} is a SMILES list (no coordinates); turn it into structures with `label` first")
     if path.suffix.lower() in SDF_SUFFIXES:
         records = _sdf_records(path, energy_key, energy_unit)
+    elif path.suffix.lower() == NPZ_SUFFIX:
+        records = _npz_records(path, energy_unit)
     else:
         records = _ase_records(path, energy_unit)
     return _collect(path, records, skip_bad=skip_bad)
@@ -275,6 +323,28 @@ def write_extxyz(path: Path, structures: Sequence[Structure]) -> Path:
     return Path(path)
 
 
+def write_npz(path: Path, structures: Sequence[Structure]) -> Path:
+    """Panformer's structure arrays (see `_npz_records`), compressed and written atomically; numpy only."""
+    counts = np.array([len(s) for s in structures], dtype=np.int32)
+    arrays = {
+        "format": np.array(NPZ_FORMAT),
+        "atoms_per_structure": counts,
+        "numbers": np.concatenate([s.numbers for s in structures]).astype(np.uint8),
+        "positions": np.concatenate([s.positions for s in structures]).astype(np.float32),
+        "forces": np.concatenate([s.forces if s.forces is not None else np.full((len(s), 3), np.nan)
+                                  for s in structures]).astype(np.float32),
+        "energy": np.array([np.nan if s.energy is None else s.energy for s in structures], dtype=np.float64),
+        "molecule": np.array([s.molecule for s in structures], dtype=str),
+        "name": np.array([s.name for s in structures], dtype=str),
+    }
+    if structures and all("smiles" in s.info for s in structures):
+        arrays["smiles"] = np.array([s.info["smiles"] for s in structures], dtype=str)
+    # A file object: given a name, np.savez would append .npz to the temporary one.
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return Path(path)
+
+
 def write_csv(path: Path, structures: Sequence[Structure]) -> Path:
     """One row per atom: structure, molecule, atom, element, x/y/z (Å), energy_eV of the structure, fx/fy/fz (eV/Å)."""
     from ase.data import chemical_symbols
@@ -295,10 +365,12 @@ def write_csv(path: Path, structures: Sequence[Structure]) -> Path:
 
 
 def write_structures(path: Path, structures: Sequence[Structure]) -> Path:
-    """Extended XYZ (.xyz/.extxyz) or CSV (.csv), chosen by the suffix."""
+    """Extended XYZ (.xyz/.extxyz), Panformer arrays (.npz) or CSV (.csv), chosen by the suffix."""
     suffix = Path(path).suffix.lower()
     if suffix in (".xyz", ".extxyz"):
         return write_extxyz(path, structures)
+    if suffix == NPZ_SUFFIX:
+        return write_npz(path, structures)
     if suffix == ".csv":
         return write_csv(path, structures)
-    raise UserError(f"--output {path}: give an .extxyz, .xyz or .csv path")
+    raise UserError(f"--output {path}: give an .extxyz, .xyz, .npz or .csv path")
