@@ -52,14 +52,17 @@ def _end(i, m, kernel, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _key_range(first_query, last_query, m, kernel, CAUSAL: tl.constexpr):
-    """[first, last) cells any window of queries first_query..last_query covers (windows move monotonically)."""
+def _key_range(tile, TILE: tl.constexpr, m, kernel, CAUSAL: tl.constexpr):
+    """[first, last) cells that any window of the queries of tile number ``tile`` (TILE cells along the
+    axis) covers: windows move monotonically, so the first and last real query bound them."""
+    first_query, last_query = tile * TILE, tl.minimum(tile * TILE + TILE, m) - 1
     return _start(first_query, m, kernel, CAUSAL), tl.minimum(_end(last_query, m, kernel, CAUSAL), m)
 
 
 @triton.jit
-def _query_range(first_key, last_key, m, kernel, CAUSAL: tl.constexpr):
-    """[first, last) cells whose windows hold a key in first_key..last_key."""
+def _query_range(tile, TILE: tl.constexpr, m, kernel, CAUSAL: tl.constexpr):
+    """[first, last) cells whose windows hold a key of tile number ``tile`` (TILE cells along the axis)."""
+    first_key, last_key = tile * TILE, tl.minimum(tile * TILE + TILE, m) - 1
     if CAUSAL:
         return first_key, tl.minimum(last_key + kernel - 1, m - 1) + 1
     first = tl.where(first_key - kernel + 1 <= 0, 0, first_key - kernel + 1 + kernel // 2)
@@ -79,6 +82,15 @@ def _cells(t0, r0, c0, TILE_T: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.co
     """Sub-grid (depth, row, column) of the cells of a TILE_T x TILE_H x TILE_W tile (row-major within it)."""
     offs = tl.arange(0, TILE_T * TILE_H * TILE_W)
     return t0 + offs // (TILE_H * TILE_W), r0 + (offs // TILE_W) % TILE_H, c0 + offs % TILE_W
+
+
+@triton.jit
+def _tile_cells(tile_t, tile_r, tile_c, m_t, m_r, m_c, g_t, g_r, g_c, d_t, d_h, d_w, n_h, n_w,
+                TILE_T: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """A program's own tile: its cells' sub-grid coordinates, which of them are real, and their raster indices."""
+    t, r, c = _cells(tile_t * TILE_T, tile_r * TILE_H, tile_c * TILE_W, TILE_T, TILE_H, TILE_W)
+    valid = (t < m_t) & (r < m_r) & (c < m_c)
+    return t, r, c, valid, _token(t, r, c, g_t, g_r, g_c, d_t, d_h, d_w, n_h, n_w)
 
 
 @triton.jit
@@ -132,17 +144,16 @@ def _forward_kernel(
     bh = tl.program_id(1)
     b, h = bh // heads, bh % heads
     hkv = h // kv_group
-    qt, qr, qc = _cells(tile_t * TILE_T, tile_r * TILE_H, tile_c * TILE_W, TILE_T, TILE_H, TILE_W)
-    q_valid = (qt < m_t) & (qr < m_r) & (qc < m_c)
-    q_tok = _token(qt, qr, qc, g_t, g_r, g_c, d_t, d_h, d_w, n_h, n_w)
+    qt, qr, qc, q_valid, q_tok = _tile_cells(tile_t, tile_r, tile_c, m_t, m_r, m_c, g_t, g_r, g_c, d_t, d_h, d_w,
+                                             n_h, n_w, TILE_T, TILE_H, TILE_W)
     offs_d = tl.arange(0, BLOCK_D)
     in_d = offs_d < dim
     q = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + q_tok[:, None] * sql + offs_d[None, :],
                 mask=q_valid[:, None] & in_d[None, :], other=0.0)
     # The box of keys the tile's windows cover.
-    first_t, last_t = _key_range(tile_t * TILE_T, tl.minimum(tile_t * TILE_T + TILE_T, m_t) - 1, m_t, k_t, CAUSAL_T)
-    first_r, last_r = _key_range(tile_r * TILE_H, tl.minimum(tile_r * TILE_H + TILE_H, m_r) - 1, m_r, k_h, CAUSAL_H)
-    first_c, last_c = _key_range(tile_c * TILE_W, tl.minimum(tile_c * TILE_W + TILE_W, m_c) - 1, m_c, k_w, CAUSAL_W)
+    first_t, last_t = _key_range(tile_t, TILE_T, m_t, k_t, CAUSAL_T)
+    first_r, last_r = _key_range(tile_r, TILE_H, m_r, k_h, CAUSAL_H)
+    first_c, last_c = _key_range(tile_c, TILE_W, m_c, k_w, CAUSAL_W)
 
     k_base = k_ptr + b.to(tl.int64) * skb + hkv * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hkv * svh
@@ -192,9 +203,8 @@ def _backward_dq_kernel(
     bh = tl.program_id(1)
     b, h = bh // heads, bh % heads
     hkv = h // kv_group
-    qt, qr, qc = _cells(tile_t * TILE_T, tile_r * TILE_H, tile_c * TILE_W, TILE_T, TILE_H, TILE_W)
-    q_valid = (qt < m_t) & (qr < m_r) & (qc < m_c)
-    q_tok = _token(qt, qr, qc, g_t, g_r, g_c, d_t, d_h, d_w, n_h, n_w)
+    qt, qr, qc, q_valid, q_tok = _tile_cells(tile_t, tile_r, tile_c, m_t, m_r, m_c, g_t, g_r, g_c, d_t, d_h, d_w,
+                                             n_h, n_w, TILE_T, TILE_H, TILE_W)
     offs_d = tl.arange(0, BLOCK_D)
     in_d = offs_d < dim
     q_mask = q_valid[:, None] & in_d[None, :]
@@ -203,9 +213,9 @@ def _backward_dq_kernel(
     do = tl.load(do_ptr + row[:, None] * dim + offs_d[None, :], mask=q_mask, other=0.0)
     lse2 = tl.load(lse_ptr + row, mask=q_valid, other=0.0) * 1.4426950408889634
     delta = tl.load(delta_ptr + row, mask=q_valid, other=0.0)
-    first_t, last_t = _key_range(tile_t * TILE_T, tl.minimum(tile_t * TILE_T + TILE_T, m_t) - 1, m_t, k_t, CAUSAL_T)
-    first_r, last_r = _key_range(tile_r * TILE_H, tl.minimum(tile_r * TILE_H + TILE_H, m_r) - 1, m_r, k_h, CAUSAL_H)
-    first_c, last_c = _key_range(tile_c * TILE_W, tl.minimum(tile_c * TILE_W + TILE_W, m_c) - 1, m_c, k_w, CAUSAL_W)
+    first_t, last_t = _key_range(tile_t, TILE_T, m_t, k_t, CAUSAL_T)
+    first_r, last_r = _key_range(tile_r, TILE_H, m_r, k_h, CAUSAL_H)
+    first_c, last_c = _key_range(tile_c, TILE_W, m_c, k_w, CAUSAL_W)
 
     k_base = k_ptr + b.to(tl.int64) * skb + hkv * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hkv * svh
@@ -246,17 +256,16 @@ def _backward_dkdv_kernel(
     bkv = tl.program_id(1)
     kv_heads = heads // kv_group
     b, hkv = bkv // kv_heads, bkv % kv_heads
-    kt, kr, kc = _cells(tile_t * TILE_T, tile_r * TILE_H, tile_c * TILE_W, TILE_T, TILE_H, TILE_W)
-    k_valid = (kt < m_t) & (kr < m_r) & (kc < m_c)
-    k_tok = _token(kt, kr, kc, g_t, g_r, g_c, d_t, d_h, d_w, n_h, n_w)
+    kt, kr, kc, k_valid, k_tok = _tile_cells(tile_t, tile_r, tile_c, m_t, m_r, m_c, g_t, g_r, g_c, d_t, d_h, d_w,
+                                             n_h, n_w, TILE_T, TILE_H, TILE_W)
     offs_d = tl.arange(0, BLOCK_D)
     in_d = offs_d < dim
     k_mask = k_valid[:, None] & in_d[None, :]
     k = tl.load(k_ptr + b.to(tl.int64) * skb + hkv * skh + k_tok[:, None] * skl + offs_d[None, :], mask=k_mask, other=0.0)
     v = tl.load(v_ptr + b.to(tl.int64) * svb + hkv * svh + k_tok[:, None] * svl + offs_d[None, :], mask=k_mask, other=0.0)
-    first_t, last_t = _query_range(tile_t * TILE_T, tl.minimum(tile_t * TILE_T + TILE_T, m_t) - 1, m_t, k_t, CAUSAL_T)
-    first_r, last_r = _query_range(tile_r * TILE_H, tl.minimum(tile_r * TILE_H + TILE_H, m_r) - 1, m_r, k_h, CAUSAL_H)
-    first_c, last_c = _query_range(tile_c * TILE_W, tl.minimum(tile_c * TILE_W + TILE_W, m_c) - 1, m_c, k_w, CAUSAL_W)
+    first_t, last_t = _query_range(tile_t, TILE_T, m_t, k_t, CAUSAL_T)
+    first_r, last_r = _query_range(tile_r, TILE_H, m_r, k_h, CAUSAL_H)
+    first_c, last_c = _query_range(tile_c, TILE_W, m_c, k_w, CAUSAL_W)
 
     TILE: tl.constexpr = TILE_T * TILE_H * TILE_W
     dk = tl.zeros((TILE, BLOCK_D), dtype=tl.float32)
