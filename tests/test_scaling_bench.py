@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,3 +22,25 @@ def test_scaling_report_reads_the_engines_throughput(tmp_path):
     assert len(rows) == 2 and all(row["train_samples_per_s"] > 0 and row["train_seconds"] > 0 for row in rows)
     table = out.read_text()
     assert f"| timeseries | demo | 1 | {rows[1]['train_samples_per_s']:.1f} | 100.0% |" in table
+
+
+def test_failure_line_skips_torchrun_banner():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "bench"))
+    from scaling import failure_line
+
+    stderr = "Traceback (most recent call last):\nModuleNotFoundError: No module named 'music21'\n" + "=" * 60 + "\n"
+    assert failure_line(stderr) == "ModuleNotFoundError: No module named 'music21'"
+    assert failure_line("") == "(no output)"
+
+
+def test_a_run_past_its_timeout_is_killed_with_its_children(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "bench"))
+    from scaling import failure_line, run_group
+
+    marker = tmp_path / "child-alive"
+    child = f"import time; time.sleep(3); open({str(marker)!r}, 'w').write('x')"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(30)"
+    result = run_group([sys.executable, "-c", parent], timeout=1, env=dict(os.environ))
+    assert result.returncode != 0 and failure_line(result.stderr).startswith("TimeoutError")
+    time.sleep(4)
+    assert not marker.exists()  # the grandchild died with the group

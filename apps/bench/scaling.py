@@ -22,7 +22,10 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -48,16 +51,40 @@ def throughput(log_file: Path) -> float:
     return statistics.median(rates[1:] or rates)
 
 
+def run_group(cmd: list[str], *, timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run cmd in its own process group; on timeout kill the whole group, so that no torchrun worker outlives
+    its launcher and holds a GPU through the next run. A timeout is returned as a failure (exit -9)."""
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        stderr += f"\nTimeoutError: the run took over {timeout:.0f} s (--timeout) and was killed\n"
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+
+
+def failure_line(stderr: str) -> str:
+    """The line that says why a run failed: the last error-like line, not torchrun's closing banner."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip().strip("=-")]
+    errors = [line for line in lines if re.search(r"Error|Exception|error:", line)]
+    return ((errors or lines or ["(no output)"])[-1])[:200]
+
+
 def measure(domain: str, recipe: str, procs_list: list[int], args) -> list[dict]:
     rows = []
     for procs in procs_list:
         out = args.work / f"{domain}-{recipe.replace('/', '_')}-{procs}"
+        shutil.rmtree(out, ignore_errors=True)  # the bench's own folder: a stale one would be refused by train
         cmd = train_command(domain, recipe, procs, out, epochs=args.epochs, device=args.device, overrides=args.set)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+        result = run_group(cmd, timeout=args.timeout, env=env)
         row = {"domain": domain, "recipe": recipe, "procs": procs}
         if result.returncode != 0:
-            row["error"] = (result.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "stderr.txt").write_text(result.stderr)  # torchrun's summary hides the cause: keep it all
+            row["error"] = failure_line(result.stderr)
         else:
             row["samples_per_s"] = throughput(out / "log.jsonl")
         rows.append(row)
@@ -99,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    parser.add_argument("--work", type=Path, default=Path("runs/scaling"), help="run folders go here")
+    parser.add_argument("--work", type=Path, default=Path("runs/scaling"), help="run folders go here (replaced)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per training run")
     parser.add_argument("--out", default=None, help="write the markdown report here")
     args = parser.parse_args(argv)
