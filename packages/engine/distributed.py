@@ -29,14 +29,17 @@ def init_distributed(device: torch.device) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return DistInfo(
-        rank=dist.get_rank(),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        world_size=dist.get_world_size(),
-    )
+        if device.type == "cuda":
+            # Bind this process to its own GPU before NCCL builds a communicator (else every rank's
+            # first collective lands on cuda:0).
+            gpu = torch.device("cuda", local_rank)
+            torch.cuda.set_device(gpu)
+            dist.init_process_group(backend="nccl", device_id=gpu)
+        else:
+            dist.init_process_group(backend="gloo")
+    return DistInfo(rank=dist.get_rank(), local_rank=local_rank, world_size=dist.get_world_size())
 
 
 def barrier(info: DistInfo) -> None:
@@ -47,9 +50,16 @@ def barrier(info: DistInfo) -> None:
 def all_reduce_mean(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return float(t.item()) / info.world_size
+
+
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live: NCCL reduces CUDA tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def shutdown(info: DistInfo) -> None:

@@ -45,3 +45,31 @@ def test_a_sharded_run_resumes_on_one_process(tmp_path):
     assert (out / "checkpoints" / "LATEST").read_text().strip() == "epoch-0002"
     epochs = [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_train_under_torchrun_with_two_nccl_processes(tmp_path, strategy):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    out = tmp_path / strategy
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "panformer.timeseries.cli", "train", "--recipe", "basicmotions", "--device", "cuda",
+           "--out", str(out), "--set", "train.epochs=2", "--set", f"train.distributed={strategy}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
+
+
+def test_collectives_use_the_backends_device(monkeypatch):
+    import torch
+
+    from panformer.engine import distributed
+
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "gloo")
+    assert distributed.collective_device() == torch.device("cpu")
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(distributed.torch.cuda, "current_device", lambda: 1)
+    assert distributed.collective_device() == torch.device("cuda", 1)  # NCCL reduces CUDA tensors only
