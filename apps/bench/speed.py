@@ -35,11 +35,18 @@ class Case:
     ours: tuple[str, ...]  # backends of ours timed by name, besides "auto"
 
 
-def cases(length: int, window: int, grid: int, kernel: int) -> list[Case]:
+def cases(length: int, window: int, grid: int, kernel: int, kernel_1d: int) -> list[Case]:
     return [
         Case("no mask", length, None, "sdpa", ()),
         Case("causal", length, Causal(), "sdpa causal", ("flex",)),
         Case(f"causal sliding window {window}", length, SlidingWindow(window), "sdpa dense mask", ("flex",)),
+        Case(
+            f"1-D neighbourhood {kernel_1d} on {length}",
+            length,
+            Neighborhood((length,), kernel_1d),
+            "sdpa dense mask",
+            ("flex", "neighborhood"),
+        ),
         Case(
             f"2-D neighbourhood {kernel}x{kernel} on {grid}x{grid}",
             grid * grid,
@@ -184,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--grid", type=int, default=128, help="side of the square grid of the 2-D case")
     parser.add_argument("--kernel", type=int, default=15, help="neighbourhood size per axis")
+    parser.add_argument("--kernel-1d", type=int, default=1023, help="neighbourhood size of the 1-D case")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--warmup", type=int, default=3)
@@ -198,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     rows = []
     for mode in args.modes.split(","):
-        for case in cases(args.length, args.window, args.grid, args.kernel):
+        for case in cases(args.length, args.window, args.grid, args.kernel, args.kernel_1d):
             if args.only and args.only not in case.name:
                 continue
             row = run_case(case, args, dtype, training=mode == "fwd+bwd")

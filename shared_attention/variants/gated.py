@@ -40,6 +40,15 @@ def _pad_to_chunks(t: Tensor, chunk: int) -> Tensor:
     return F.pad(t, (0, 0, 0, -t.shape[-2] % chunk))
 
 
+def _in_product_dtype(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Cast to one dtype for an op that autocast does not cover: the autocast dtype when it is on (the
+    precision of the torch path's products), else the last tensor's (the value's)."""
+    device = tensors[-1].device.type
+    on = torch.is_autocast_enabled(device)
+    dtype = torch.get_autocast_dtype(device) if on else tensors[-1].dtype
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def gated_local_global_attention(
     quad_q: Tensor,
     quad_k: Tensor,
@@ -63,8 +72,7 @@ def gated_local_global_attention(
         # The fused op (Triton): the (g, g) weights never reach memory; key_valid handled inside. Under
         # autocast the scaled q/k arrive in fp32 and value in bf16: run all in the precision the
         # torch path's products would use.
-        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else value.dtype
-        quad_q, quad_k, lin_q, lin_k, value = (t.to(dtype) for t in (quad_q, quad_k, lin_q, lin_k, value))
+        quad_q, quad_k, lin_q, lin_k, value = _in_product_dtype(quad_q, quad_k, lin_q, lin_k, value)
         return local_global_attention(
             quad_q, quad_k, lin_q, lin_k, value, chunk_size=chunk_size, causal=causal, key_valid=key_valid
         )
@@ -88,7 +96,7 @@ def gated_local_global_attention(
         # The op below also sums this chunk's (j <= i) linear terms: take them out here.
         local = local - (lq @ lk.transpose(-1, -2) / g).masked_fill(~tril, 0.0)
         out = (local @ vv).flatten(1, 2)[:, :length]
-        return out + causal_linear_attention(lin_q / g, lin_k, value)
+        return out + causal_linear_attention(*_in_product_dtype(lin_q / g, lin_k, value))
     out = (local @ vv).flatten(1, 2)[:, :length]
     # Global, non-causal: lin_q (sum_j lin_k_j v_j^T) / L over the whole sequence.
     return out + lin_q @ (lin_k.transpose(-1, -2) @ value) / length
