@@ -10,8 +10,9 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from shared_attention.functional import attention
-from shared_attention.masks import KeyPadding, Mask
-from shared_attention.positions import NoPosition, Position
+from shared_attention.masks import Causal, KeyPadding, Mask
+from shared_attention.positions import NoPosition, Position, PositionModule
+from shared_attention.quantized_cache import QuantizedKVCache
 from shared_attention.score_mods import Compose, ForgetGateModule, ScoreMod
 from shared_attention.variants.base import Variant
 
@@ -140,6 +141,10 @@ class Attention(nn.Module):
         k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, Hkv, Lk, D)
         if context is None:
             q, k = self.position.encode_qk(q, k, positions, positions)
+        if cache is not None and self._fused_decode(cache, q, mask, score_mod, context, key_padding_mask, backend):
+            # Straight from the quantised cache's codes: nothing dequantised to (B, Hkv, T, D).
+            out = cache.decode_attention(q, k, v, scale=self.scale)
+            return self.out_proj(self.dropout(out.transpose(1, 2).reshape(batch, length, -1)))
         if cache is not None:
             k, v = cache.update(k, v)
 
@@ -158,6 +163,25 @@ class Attention(nn.Module):
             out = self.variant(q, k, v, mask=mask, score_mod=score_mod, scale=None, backend=backend)
         out = out.transpose(1, 2).reshape(batch, length, -1)
         return self.out_proj(self.dropout(out))
+
+    def _fused_decode(self, cache, q: Tensor, mask, score_mod, context, key_padding_mask, backend: str) -> bool:
+        """Whether this step can run as ``QuantizedKVCache.decode_attention`` (fused op over the codes):
+        on CUDA, every query sees every cached key (no mask, or Causal for one new token), and nothing
+        adds to the scores (no score mod, variant, key padding, or position that scores keys)."""
+        return (
+            isinstance(cache, QuantizedKVCache)
+            and q.is_cuda
+            and cache.supports_fused_decode(q)
+            and backend == "auto"
+            and context is None
+            and key_padding_mask is None
+            and self.variant is None
+            and self.score_mod_module is None
+            and self.fixed_score_mod is None
+            and score_mod is None
+            and type(self.position).score_mod is PositionModule.score_mod  # RoPE/absolute: in q and k already
+            and (mask is None or (type(mask) is Causal and q.shape[2] == 1))
+        )
 
 
 __all__ = ["Attention"]

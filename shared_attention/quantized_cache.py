@@ -14,8 +14,11 @@ and separately for keys and values (``KVPrecision.parse("K8V4")``: 8-bit keys, 4
 
 ``QuantizedKVCache`` has ``KVCache``'s interface (``offset``, ``update``, ``reset``, ``max_len``), so
 ``Attention(..., cache=QuantizedKVCache(...))`` works unchanged: ``update`` returns the dequantised
-keys and values of every cached token (a fused kernel would dequantise inside attention instead; here
-the memory saving is in what is kept between steps). ``nbytes`` counts every buffer kept.
+keys and values of every cached token (the memory saving is then only in what is kept between steps).
+``decode_attention(q, k, v)`` appends like ``update`` and returns the attention itself, computed from
+the codes by the fused op ``panformer::quantized_decode_attention`` (``panformer_kernels``; ``attend(q)``
+without the append), so no dequantised copy of the cache is ever made. On CUDA, per-token quantisation
+(values, ``key_axis="token"`` keys) appends through one Triton kernel with the same codes. ``nbytes`` counts every buffer kept.
 
 Legend: B batch, Hkv key/value heads, T capacity (max_len), D head dim, G group size (tokens),
 P packed bytes per token and head (D * bits / 8, rounded up).
@@ -208,6 +211,12 @@ class _Store:
         end = start + new
         if self.bits is None:
             self.full[:, :, start:end] = x.to(self.dtype)
+        elif self.axis == "token" and x.is_cuda and self.dim * self.bits % 8 == 0:
+            # One Triton launch for quantise + pack + store (same codes as below): decoding appends a
+            # token per step, and the ~20 small ops of the torch form would dominate the step.
+            from panformer_kernels.triton_quantized_attention import quantize_tokens_into
+
+            quantize_tokens_into(x, self.codes, self.scale, self.zero, bits=self.bits, start=start)
         elif self.axis == "token":
             codes, scale, zero = quantize(x, self.bits, dim=-1, scale_dtype=self.scale.dtype)
             self.codes[:, :, start:end] = pack_codes(codes, self.bits)
@@ -219,6 +228,9 @@ class _Store:
     def _append_channel(self, x: Tensor, start: int, end: int) -> None:
         g = self.group_size
         done = start - start % g  # tokens already quantised
+        if end - done < g:  # the open group stays open: just keep the new tokens in full precision
+            self.residual[:, :, start - done : end - done] = x.to(self.dtype)
+            return
         # The open group's tokens so far, then the new ones: complete groups are quantised.
         pending = torch.cat((self.residual[:, :, : start - done], x.to(self.dtype)), dim=2)
         complete = (end - done) // g * g
@@ -325,6 +337,11 @@ class QuantizedKVCache:
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append k (B, Hkv, L, D) and v (B, Hkv, L, Dv); return every cached key and value so far,
         dequantised."""
+        self.append(k, v)
+        return self.key_store.read(), self.value_store.read()
+
+    def append(self, k: Tensor, v: Tensor) -> None:
+        """Append k (B, Hkv, L, D) and v (B, Hkv, L, Dv) (quantising them) without reading anything back."""
         new = k.shape[2]
         if self.length + new > self.max_len:
             raise ValueError(
@@ -337,7 +354,60 @@ class QuantizedKVCache:
             )
         self.key_store.append(k)
         self.value_store.append(v)
-        return self.key_store.read(), self.value_store.read()
+
+    def supports_fused_decode(self, q: Tensor) -> bool:
+        """Whether ``decode_attention`` computes q (B, H, Lq, D) from the codes with the fused op: keys and
+        values both quantised, H a multiple of Hkv. (The op runs its Triton kernels on CUDA when
+        ``panformer_kernels.quantized_attention.fused_decode_supports`` says so, reference math elsewhere.)
+        Otherwise ``decode_attention`` still works, through ``update``."""
+        return (
+            self.precision.key_bits is not None
+            and self.precision.value_bits is not None
+            and q.dim() == 4
+            and q.shape[1] % self._shape[1] == 0
+            and q.shape[-1] == self.key_store.dim
+        )
+
+    def decode_attention(self, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor:
+        """Append k (B, Hkv, L, D) and v (B, Hkv, L, Dv) like ``update``, then return unmasked attention of
+        q (B, H, Lq, D) over every cached token, (B, H, Lq, Dv) in q's dtype (H a multiple of Hkv).
+
+        Every query sees every cached token (no mask: right for one decoded token under a causal mask).
+        With both sides quantised, the fused op ``panformer::quantized_decode_attention`` reads the
+        quantised tokens straight from their codes, and the full-precision residual group of per-channel
+        keys (< G tokens) in the same softmax: nothing is dequantised to a (B, Hkv, T, D) tensor.
+        Otherwise: attention over ``update``'s output. ``scale`` defaults to D ** -0.5. Forward only
+        (decoding needs no gradient)."""
+        from panformer_kernels.quantized_attention import softmax_attention
+
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        if not self.supports_fused_decode(q):
+            keys, values = self.update(k, v)
+            out, _ = softmax_attention(q, keys, values, scale=scale)
+            return out.to(q.dtype)
+        self.append(k, v)
+        return self.attend(q, scale=scale)
+
+    def attend(self, q: Tensor, *, scale: float | None = None) -> Tensor:
+        """Unmasked attention of q (B, H, Lq, D) over the tokens cached so far, computed from the codes by
+        ``panformer::quantized_decode_attention`` (both sides quantised: ``supports_fused_decode``), appending
+        nothing: ``decode_attention`` without its append. (B, H, Lq, Dv) in q's dtype."""
+        from panformer_kernels.quantized_attention import quantized_decode_attention
+
+        if not self.supports_fused_decode(q):
+            raise ValueError(f"attend needs keys and values both quantised and q (B, H, Lq, D) of the cache's "
+                             f"heads and D; {self!r} got q {tuple(q.shape)}")
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        keys, values = self.key_store, self.value_store
+        n, length = keys.quantized_length, self.length
+        out, _ = quantized_decode_attention(
+            q, keys.codes, keys.scale, keys.zero, values.codes, values.scale, values.zero, n=n,
+            key_bits=keys.bits, value_bits=values.bits, key_axis=self.key_axis, group_size=keys.group_size,
+            v_dim=values.dim, scale=scale,
+            # The open key group (per-channel keys): full-precision keys, values still read from their codes.
+            k_residual=keys.residual if length > n else None, n_residual=length - n,
+        )
+        return out
 
     def reset(self) -> None:
         """Forget the cached tokens (the buffers are reused)."""
