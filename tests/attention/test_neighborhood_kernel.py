@@ -137,6 +137,13 @@ def test_dispatch_prefers_the_kernel_on_cuda_only():
     three_d = Neighborhood((4, 4, 4), 3, causal=(True, False, False))
     for m in (one_d, three_d):
         assert explain(replace(make_case(q, k, v, mask=m), device_type="cuda")).chosen == "neighborhood"
+    # In training a long 1-D band goes to Flex (its backward measured faster); 2-D/3-D stay on the kernel.
+    for m in (mask, three_d):
+        assert explain(replace(make_case(q, k, v, mask=m), device_type="cuda", training=True)).chosen == "neighborhood"
+    long_q, long_k, long_v = qkv(1, 2, 2, 4096, 4096, 16)
+    band = make_case(long_q, long_k, long_v, mask=Neighborhood((4096,), 127))
+    assert explain(replace(band, device_type="cuda")).chosen == "neighborhood"
+    assert explain(replace(band, device_type="cuda", training=True)).chosen == "flex"
     # By name on CPU: the op's reference path, through the core's attention(), 1-D to 3-D.
     q, k, v = qkv(1, 2, 1, 64, 64, 16, requires_grad=True)
     for m in (mask, one_d, three_d):
