@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import Tensor, nn
 
 from shared_attention.functional import attention
@@ -30,6 +31,11 @@ _PADDED_MASKS: OrderedDict = OrderedDict()
 
 
 def _with_padding(mask: Mask | None, valid: Tensor) -> Mask:
+    if torch.compiler.is_compiling() or valid.is_inference():
+        # No cache: the compiler traces it once anyway (reading _version would break the graph), and an
+        # inference tensor has no version counter to tell an in-place change.
+        padding = KeyPadding(valid=valid)
+        return padding if mask is None else mask & padding
     key = (id(mask), id(valid), valid._version)
     hit = _PADDED_MASKS.get(key)
     # The entry holds both objects, so their ids cannot be reused while it lives.

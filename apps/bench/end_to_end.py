@@ -5,10 +5,15 @@ of ours, overridden to the reference's published configuration) and THE PEER's m
 unmodified repository files (a folder given by ``--peers``: nothing of theirs is part of this project), and
 times both in one run, on the same synthetic tensors:
 
-- training throughput, samples/s: forward + loss + backward + AdamW step (bf16 autocast on CUDA);
+- training throughput, samples/s: forward + loss + backward + AdamW step (bf16 autocast on CUDA, except where
+  the recipe trains in fp32: molecules);
 - inference latency, ms: one forward pass without gradients, at batch 1 and at the training batch;
-- with ``--compile [a,b]``, our model again under ``torch.compile``, in a second pass once every domain's eager
-  rows are written (compilation happens in the warm-up calls), against the eager pass's timings of theirs.
+- with ``--compile [a,b]``, both models again under ``torch.compile``, in a second pass once every domain's
+  eager rows are written (compilation happens in the warm-up calls); a peer that fails to compile keeps its
+  eager timing in that row, marked, and the failure is noted.
+
+Domains without a public reference implementation of our model (sign, molecules) get rows of ours alone,
+theirs "–". A contender that fails (e.g. FlexAttention's missing CPU backward) gets "–" and a note.
 
 Contenders are timed round-robin, the order rotating every round, and each cell is a median. Ratios are
 "ours over theirs" in speed (their time / our time): above 1, ours is faster. Parameter counts of both are
@@ -18,8 +23,11 @@ reported; a pair differing by more than 10% is flagged.
 |---|---|---|
 | graphs | GPS transformer (recipe triangles, resized) | PyG examples/graph_gps.py `GPS` (pytorch_geometric/) |
 | timeseries | PatchTST-like forecaster (recipe forecast-airline, resized) | Time-Series-Library models/PatchTST.py (Time-Series-Library/) |
-| speech | MossFormer2 (recipe libri2mix) | ClearerVoice-Studio MossFormer2_SS_16K (ClearerVoice-Studio/) |
+| sign | TSLFormer-style frame transformer (recipe tslformer) | – (none public) |
+| molecules | coordinate transformer (recipe coordformer) | – (none public) |
+| relational | Relational Transformer (recipe database, resized, full attention off) | rishabh-ranjan/relational-transformer src/rt/model/net.py `RelationalTransformer`, RT-J dimensions (relational-transformer/) |
 | music | MMT (recipe mmt) | salu133445/mmt MusicXTransformer on x-transformers 0.25.9 (mmt/) |
+| speech | MossFormer2 (recipe libri2mix) | ClearerVoice-Studio MossFormer2_SS_16K (ClearerVoice-Studio/) |
 
 What goes under ``--peers`` (each repository's own files and layout, as cloned; measured at these commits):
 
@@ -27,14 +35,19 @@ What goes under ``--peers`` (each repository's own files and layout, as cloned; 
 - Time-Series-Library/{models,layers,utils}/__init__.py, models/PatchTST.py, layers/SelfAttention_Family.py,
   layers/Embed.py, layers/Transformer_EncDec.py, utils/masking.py (thuml/Time-Series-Library 4e938a17);
 - ClearerVoice-Studio/clearvoice/clearvoice/models/mossformer2_ss/*.py (modelscope/ClearerVoice-Studio 6b3774dc);
-- mmt/mmt/{music_x_transformers,representation,utils}.py (salu133445/mmt 87a8e261).
+- mmt/mmt/{music_x_transformers,representation,utils}.py (salu133445/mmt 87a8e261);
+- relational-transformer/src/rt/model/net.py (rishabh-ranjan/relational-transformer 7aa1616f; the folders
+  without their __init__.py files, which would import the whole training stack: namespace packages).
 
-Peers need einops, rotary-embedding-torch 0.8.3 and torchinfo 1.8.0 (speech) and x-transformers 0.25.9 +
-entmax 1.3 (music, the version its environment.yml pins) importable. Imports the peers make but the timed code never uses are stubbed in ``sys.modules`` at import time
-(listed in the report); the graphs example runs its dataset download and training loop at import, so only
-its import statements and class definitions are executed.
+Peers need einops, rotary-embedding-torch 0.8.3 and torchinfo 1.8.0 (speech), x-transformers 0.25.9 + entmax
+1.3 (music, the version its environment.yml pins) and einops (relational) importable. Imports the peers make
+but the timed code never uses are stubbed in ``sys.modules`` at import time (listed in the report); the graphs
+example runs its dataset download and training loop at import, so only its import statements and class
+definitions are executed.
 
-    python apps/bench/end_to_end.py --peers .peers --compile graphs,timeseries,music --out end-to-end-h200.md
+    python apps/bench/end_to_end.py --peers .peers --out end-to-end-h200.md    # every domain, eager
+    # some domains, eager then both sides under torch.compile:
+    python apps/bench/end_to_end.py --peers .peers --domain relational --domain sign --compile --out new.md
     python apps/bench/end_to_end.py --peers .peers --device cpu --tiny          # a wiring check, any machine
     python apps/bench/end_to_end.py --peers .peers --device cpu --params-only   # parameter counts at full size
 """
@@ -63,7 +76,7 @@ from torch import Tensor, nn
 
 from panformer.engine.config import load_recipe
 
-DOMAINS = ("graphs", "timeseries", "music", "speech")  # the default order: the largest model last
+DOMAINS = ("graphs", "timeseries", "sign", "molecules", "relational", "music", "speech")  # the largest last
 
 
 # --- what a domain hands to the timer ----------------------------------------------------------
@@ -86,10 +99,11 @@ class Pair:
     config: str  # the shared configuration, in words
     batch: int
     ours: Contender
-    theirs: Contender
+    theirs: Contender | None  # None: no public reference implementation, a row of ours alone
     notes: list[str] = field(default_factory=list)  # stubs, differences in features
     # Further timed calls, label -> (ours, theirs), e.g. music generation (eager pass only, fp32).
     extras: dict[str, tuple[Callable[[], object], Callable[[], object]]] = field(default_factory=dict)
+    mixed_precision: bool = True  # bf16 autocast on CUDA; False where the recipe trains in fp32
 
 
 def parameters(model: nn.Module) -> int:
@@ -133,12 +147,17 @@ def peer_imports(root: Path, stubs: dict[str, types.ModuleType] | None = None) -
     try:
         yield
     finally:
+        # Decide first, delete after: a namespace package's __path__ is recomputed from its parent's.
+        doomed = [name for name in set(sys.modules) - before if name in stubs or any(
+            str(place).startswith(str(root)) for place in _places(sys.modules[name]))]
         sys.path.remove(str(root))
-        for name in set(sys.modules) - before:
-            module = sys.modules[name]
-            places = [getattr(module, "__file__", None) or "", *(getattr(module, "__path__", None) or [])]
-            if name in stubs or any(str(place).startswith(str(root)) for place in places):
-                del sys.modules[name]
+        for name in doomed:
+            del sys.modules[name]
+
+
+def _places(module: types.ModuleType) -> list[str]:
+    """Where a module was loaded from: its file and, for a package, its folders."""
+    return [getattr(module, "__file__", None) or "", *(getattr(module, "__path__", None) or [])]
 
 
 def definitions_only(path: Path, name: str) -> types.ModuleType:
@@ -468,7 +487,292 @@ def music_pair(args: argparse.Namespace, device: torch.device) -> Pair:
     )
 
 
-PAIRS = {"graphs": graphs_pair, "timeseries": timeseries_pair, "speech": speech_pair, "music": music_pair}
+# --- relational: our Relational Transformer vs rishabh-ranjan/relational-transformer --------------
+
+# A small shop: tables, their (column, kind) features and the tables their foreign keys point to.
+RELATIONAL_SCHEMA: tuple[tuple[str, tuple[tuple[str, str], ...], tuple[str, ...]], ...] = (
+    ("customers", (("age", "number"), ("signup", "datetime"), ("city", "text"), ("vip", "boolean")), ()),
+    ("products", (("price", "number"), ("category", "text"), ("added", "datetime")), ()),
+    ("orders", (("amount", "number"), ("time", "datetime"), ("returned", "boolean")), ("customers", "products")),
+    ("reviews", (("stars", "number"), ("time", "datetime"), ("text", "text"), ("helpful", "boolean")),
+     ("orders", "customers")),
+)
+RELATIONAL_KINDS = ("number", "text", "datetime", "boolean")  # their semantic-type order (rt SEM_TYPE_NAMES)
+MAX_PARENTS = 5  # foreign-key parents kept per cell (rt's MAX_F2P_NBRS)
+TEXTS = 64  # distinct text values
+
+
+def relational_cells(batch: int, *, cells: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Contexts of `cells` cell slots sampled from the shop: an entity customer first, then rows of random
+    tables whose foreign keys point to earlier rows of the context (-1 where the parent table has none yet),
+    every feature of a row a cell; a sample ends 0..cells/8 slots early (padding). About 15% of the number,
+    datetime and boolean cells (at least one per sample) are targets (masked, to be predicted).
+
+    Returns (B, S) tensors: row (-1 on padding), table, column (over the whole schema), kind (index into
+    RELATIONAL_KINDS, -1 padding), value (float; text: a text id), target (bool); parents (B, S, 5)."""
+    names = [(t, column) for t, features, _ in RELATIONAL_SCHEMA for column, _ in features]
+    columns = {name: i for i, name in enumerate(names)}
+    tables = [name for name, _, _ in RELATIONAL_SCHEMA]
+    out = {"row": torch.full((batch, cells), -1), "table": torch.zeros(batch, cells, dtype=torch.long),
+           "column": torch.zeros(batch, cells, dtype=torch.long), "kind": torch.full((batch, cells), -1),
+           "value": torch.zeros(batch, cells), "target": torch.zeros(batch, cells, dtype=torch.bool),
+           "parents": torch.full((batch, cells, MAX_PARENTS), -1)}
+    weights = torch.tensor([0.1, 0.2, 0.4, 0.3])
+    for b in range(batch):
+        length = cells - int(torch.randint(0, cells // 8 + 1, (1,), generator=generator))
+        rows_of: dict[str, list[int]] = {name: [] for name in tables}
+        pos, row = 0, 0
+        while pos < length:
+            t = 0 if row == 0 else int(torch.multinomial(weights, 1, generator=generator))
+            name, features, parent_tables = RELATIONAL_SCHEMA[t]
+            parents = [rows_of[p][int(torch.randint(0, len(rows_of[p]), (1,), generator=generator))]
+                       if rows_of[p] else -1 for p in parent_tables]
+            rows_of[name].append(row)
+            for column, kind in features[: length - pos]:
+                k = RELATIONAL_KINDS.index(kind)
+                value = (float(torch.randint(0, 2, (1,), generator=generator)) if kind == "boolean" else
+                         float(torch.randint(0, TEXTS, (1,), generator=generator)) if kind == "text" else
+                         float(torch.randn((), generator=generator)))
+                out["row"][b, pos], out["table"][b, pos], out["column"][b, pos] = row, t, columns[name, column]
+                out["kind"][b, pos], out["value"][b, pos] = k, value
+                out["parents"][b, pos, : len(parents)] = torch.tensor(parents)
+                pos += 1
+            row += 1
+        maskable = (out["kind"][b] >= 0) & (out["kind"][b] != RELATIONAL_KINDS.index("text"))
+        target = maskable & (torch.rand(cells, generator=generator) < 0.15)
+        target[int(maskable.nonzero()[0])] = True
+        out["target"][b] = target
+    return out
+
+
+def rt_batch(c: dict[str, Tensor], *, d_text: int, device: torch.device) -> dict[str, Tensor]:
+    """Their input (rt.data.process_batch's keys and integer types): text values and column names as fixed
+    random d_text vectors standing in for the sentence embeddings their preprocessing stores; values in bf16 on
+    CUDA as their loader gives them, fp32 on CPU."""
+    g = torch.Generator().manual_seed(1)
+    text_table = torch.randn(TEXTS, d_text, generator=g)
+    column_table = torch.randn(int(c["column"].max()) + 1, d_text, generator=g)
+    pad, kind, value = c["kind"] < 0, c["kind"], c["value"]
+    is_text = kind == RELATIONAL_KINDS.index("text")
+    per_kind = {name: torch.where(kind == i, value, 0.0)[..., None] for i, name in enumerate(RELATIONAL_KINDS)}
+    per_kind["text"] = text_table[value.long().clamp(0, TEXTS - 1)] * is_text[..., None]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    batch = {
+        "node_idxs": c["row"].int(), "f2p_nbr_idxs": c["parents"].int(),
+        "col_name_idxs": c["column"].int(), "table_name_idxs": c["table"].int(), "is_padding": pad,
+        "col_name_values": column_table[c["column"]] * ~pad[..., None], "sem_types": kind.clamp(min=0).int(),
+        "is_targets": c["target"], **{f"{name}_values": v for name, v in per_kind.items()},
+    }
+    return {k: (v.to(dtype) if v.is_floating_point() else v).to(device) for k, v in batch.items()}
+
+
+def our_relational_batch(c: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """Ours (panformer.relational.domain.ContextDataset's keys): hashed words for text values and for column and
+    table names, masked = their targets, no label cell (label_pos 0 is read and ignored)."""
+    from panformer.relational.sampling import BOOL, NUMBER, TEXT, TIME, hash_words
+
+    column_words = torch.tensor([hash_words(column) for _, features, _ in RELATIONAL_SCHEMA for column, _ in features])
+    table_words = torch.tensor([hash_words(t) for t, _, _ in RELATIONAL_SCHEMA])
+    text_words = torch.tensor([hash_words(f"value {i} of {TEXTS}") for i in range(TEXTS)])
+    pad, kind = c["kind"] < 0, c["kind"]
+    codes = torch.tensor([NUMBER, TEXT, TIME, BOOL])[kind.clamp(min=0)].masked_fill(pad, 0)
+    is_text = (codes == TEXT)[..., None]
+    batch = {
+        "kind": codes, "value": torch.where(codes == TEXT, 0.0, c["value"]),
+        "words": text_words[c["value"].long().clamp(0, TEXTS - 1)] * is_text,
+        "column_words": column_words[c["column"]] * ~pad[..., None],
+        "table_words": table_words[c["table"]] * ~pad[..., None],
+        "column_ids": c["column"].masked_fill(pad, -1), "row_ids": c["row"], "parent_rows": c["parents"],
+        "label_pos": torch.zeros(len(kind), dtype=torch.long), "masked": c["target"],
+        "target": torch.zeros(len(kind)),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def our_relational_loss(model: nn.Module, b: dict[str, Tensor]) -> Tensor:
+    """Their loss's shape on our heads: Huber on target numbers and times, cross-entropy on target booleans
+    (theirs: Huber, booleans folded into numbers), summed per sample, divided by the sample's targets,
+    averaged over samples."""
+    from panformer.relational.sampling import BOOL, NUMBER, TIME
+
+    out, kind, value, target = model(b), b["kind"], b["value"].float(), b["masked"]
+    numbers, bools = target & ((kind == NUMBER) | (kind == TIME)), target & (kind == BOOL)
+    huber = nn.functional.huber_loss(out["cells"].float(), value, reduction="none")
+    bce = nn.functional.binary_cross_entropy_with_logits(out["bools"].float(), value, reduction="none")
+    per_sample = (huber * numbers).sum(1) + (bce * bools).sum(1)
+    return (per_sample / target.sum(1).clamp(min=1)).mean()
+
+
+def relational_pair(args: argparse.Namespace, device: torch.device) -> Pair:
+    from panformer.relational.domain import RelationalDomain
+    from panformer.relational.model import RelationalTransformer as OurRelationalTransformer
+
+    # rt examples/train.py (the released RT-J run): num_blocks 12, d_model 512, num_heads 8, d_ff 2048 (SwiGLU),
+    # d_text 384 (all-MiniLM-L12-v2), contexts of 1024-8192 cells, 2**17 cells per GPU, materialized masks.
+    # Here: 1024 cells, batch 32 (2**15 cells; 2**17 would be batch 128).
+    if args.tiny:
+        blocks, dim, heads, ff, d_text, cells, batch = 1, 32, 2, 64, 16, 64, 2
+    else:
+        blocks, dim, heads, ff, d_text, cells, batch = 12, 512, 8, 2048, 384, 1024, 32
+    batch = args.batch or batch
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ImportError("rt.model.checkpoints is stubbed by apps/bench/end_to_end.py (not needed for timing)")
+
+    stubs = {"rt.model.checkpoints": stub_module("rt.model.checkpoints", MODEL_DIM_KEYS=(), load_model=refuse,
+                                                 resolve_checkpoint=refuse)}
+    with peer_imports(args.peers / "relational-transformer" / "src", stubs):
+        from rt.model.net import RelationalTransformer  # type: ignore[import-not-found]
+    theirs = RelationalTransformer(num_blocks=blocks, d_model=dim, d_text=d_text, num_heads=heads, d_ff=ff,
+                                   compile=False, materialize_attn_masks=True, loss_fn="huber").to(device)
+    if device.type == "cuda":
+        # As rt.train builds it: bf16 weights. Under autocast alone its RMSNorm's fp32 scale would promote
+        # queries and keys back to fp32, and its attention would run in fp32.
+        theirs = theirs.to(torch.bfloat16)
+
+    # Our recipe `database`, resized; a GELU MLP 1.5x as wide as their SwiGLU's d_ff has its parameters and
+    # FLOPs. Full attention off: the three masked attentions remain, as in theirs.
+    recipe = load_recipe(RelationalDomain().recipe_type_for, "relational", "database", overrides=[
+        f"model.dim={dim}", f"model.depth={blocks}", f"model.num_heads={heads}", f"model.mlp_ratio={1.5 * ff / dim}",
+        "model.dropout=0.0", f"data.max_cells={cells}", f"train.batch_size={batch}",
+    ])
+    m = recipe.model
+    ours = OurRelationalTransformer(dim=m.dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                                    dropout=m.dropout, full_attention=False).to(device)
+
+    g = torch.Generator().manual_seed(0)
+    common = relational_cells(batch, cells=cells, generator=g)
+
+    def part(n: int) -> dict[str, Tensor]:
+        return {k: v[:n] for k, v in common.items()}
+
+    def their_loss(model: nn.Module, b: dict[str, Tensor]) -> Tensor:
+        return model(b, return_embeddings=False)[0]
+
+    def their_out(model: nn.Module, b: dict[str, Tensor]) -> Any:
+        return model(b, return_embeddings=False)  # as their predict(): loss and per-type predictions
+
+    def our_out(model: nn.Module, b: dict[str, Tensor]) -> Any:
+        # shared_attention keys its padded-mask cache on the padding tensor's version counter, which tensors
+        # made under inference_mode lack: ours steps out of it into no_grad (no autograd either way).
+        with torch.inference_mode(False), torch.no_grad():
+            return model(b)
+
+    sizes = sorted({1, batch})
+    return Pair(
+        "relational",
+        f"Relational Transformer: {blocks} blocks of column, feature and neighbour attention, width {dim}, "
+        f"{heads} heads, FFN {ff} (theirs SwiGLU; ours GELU {int(1.5 * ff)}); {cells} cells per sample from 4 "
+        "tables with foreign keys (numbers, datetimes, texts, booleans); ~15% of number/datetime/boolean cells "
+        "masked; Huber + BCE on masked cells",
+        batch,
+        ours=Contender(ours, our_relational_loss, our_out, our_relational_batch(common, device),
+                       {s: our_relational_batch(part(s), device) for s in sizes}),
+        theirs=Contender(theirs, their_loss, their_out, rt_batch(common, d_text=d_text, device=device),
+                         {s: rt_batch(part(s), d_text=d_text, device=device) for s in sizes}),
+        notes=["relational: rishabh-ranjan/relational-transformer's src/rt/model/net.py (RT-J), its flex_attention "
+               "compiled at import by its own code, masks materialized (its released setting); rt.model.checkpoints "
+               "(Hub/safetensors loading) stubbed in sys.modules; needs einops (wheel). Both: pre-norm residual "
+               "column, feature (own row + foreign-key parents) and neighbour (rows pointing here) attention, "
+               "then a feed-forward. Theirs: RMSNorm, QK-norm, a learned per-head scale times log(number of keys), "
+               "a sigmoid output gate per attention, SwiGLU, no biases, d_text sentence-embedding vectors for texts "
+               "and column names (here fixed random vectors), booleans folded into numbers. Ours: LayerNorm, "
+               "plain attention, GELU MLP 1.5x wider (same parameters and FLOPs as their SwiGLU), hashed-word "
+               "embedding bags for texts and names, a kind embedding, our full attention off (a recipe option "
+               "this model does not expose yet); ours infers under no_grad rather than inference_mode (see our_out). "
+               "On CUDA theirs has bf16 weights as rt.train builds it (its AdamW steps bf16 weights; rt.train "
+               "keeps fp32 masters and uses Muon), ours fp32 weights under bf16 autocast. FlexAttention has no "
+               "CPU backward: theirs trains on CUDA only."],
+    )
+
+
+# --- domains without a public reference implementation: ours alone -------------------------------
+
+
+def sign_pair(args: argparse.Namespace, device: torch.device) -> Pair:
+    from panformer.sign.domain import SignDomain, build_classifier
+    from panformer.sign.features import FEATURES
+
+    overrides = ["model.dim=32", "model.depth=1", "model.num_heads=2", "data.max_frames=16"] if args.tiny else []
+    recipe = load_recipe(SignDomain().recipe_type_for, "sign", "tslformer", overrides=overrides)
+    m, frames, classes = recipe.model, recipe.data.max_frames, recipe.data.synthetic.signs
+    batch = args.batch or (2 if args.tiny else recipe.train.batch_size)
+    ours = build_classifier(m, num_classes=classes, max_frames=frames).to(device)
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(batch, frames, FEATURES, generator=g)
+    lengths = torch.randint(frames // 2, frames + 1, (batch,), generator=g)
+    valid = torch.arange(frames) < lengths[:, None]
+    target = torch.randint(0, classes, (batch,), generator=g)
+
+    def make(n: int) -> dict[str, Tensor]:
+        return {"features": features[:n].to(device), "valid": valid[:n].to(device), "target": target[:n].to(device)}
+
+    def our_out(model: nn.Module, b: dict[str, Tensor]) -> Tensor:
+        return model(b["features"], b["valid"])
+
+    sizes = sorted({1, batch})
+    return Pair(
+        "sign",
+        f"TSLFormer-style frame transformer (recipe tslformer): width {m.dim}, {m.depth} layers, {m.num_heads} "
+        f"heads, MLP x{m.mlp_ratio:g}; {frames} frames of {FEATURES} landmark features (random, {frames // 2}-"
+        f"{frames} valid), {classes} classes; cross-entropy",
+        batch,
+        ours=Contender(ours, lambda net, b: nn.functional.cross_entropy(our_out(net, b).float(), b["target"]),
+                       our_out, make(batch), {s: make(s) for s in sizes}),
+        theirs=None,
+        notes=["sign: no public reference implementation of a TSLFormer-style landmark classifier to run: ours only."],
+    )
+
+
+def molecules_pair(args: argparse.Namespace, device: torch.device) -> Pair:
+    from panformer.molecules.domain import MoleculesDomain, build_model
+
+    overrides = ["model.dim=32", "model.depth=1", "model.num_heads=2", "data.max_atoms=12"] if args.tiny else []
+    domain = MoleculesDomain()
+    recipe = load_recipe(domain.recipe_type_for, "molecules", "coordformer", overrides=overrides)
+    m, atoms = recipe.model, recipe.data.max_atoms
+    batch = args.batch or (2 if args.tiny else recipe.train.batch_size)
+    ours = build_model(m).to(device)
+    task = domain.task(recipe)
+
+    # Molecule-like structures: H, C, N, O at ~1.5 Å spacing (a random walk), 1/3..all of max_atoms atoms.
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(max(2, atoms // 3), atoms + 1, (batch,), generator=g)
+    valid = torch.arange(atoms) < counts[:, None]
+    elements = torch.tensor([1, 6, 7, 8])
+    numbers = elements[torch.randint(0, 4, (batch, atoms), generator=g)] * valid
+    steps = torch.nn.functional.normalize(torch.randn(batch, atoms, 3, generator=g), dim=-1) * 1.5
+    positions = steps.cumsum(1) * valid[..., None]
+    forces = torch.randn(batch, atoms, 3, generator=g) * valid[..., None]
+    energy = torch.randn(batch, generator=g)
+
+    def make(n: int) -> dict[str, Tensor]:
+        b = {"numbers": numbers[:n], "positions": positions[:n], "valid": valid[:n], "energy": energy[:n],
+             "forces": forces[:n], "has_forces": torch.ones(n, dtype=torch.bool)}
+        return {k: v.to(device) for k, v in b.items()}
+
+    def our_out(model: nn.Module, b: dict[str, Tensor]) -> Any:
+        return model(b["numbers"], b["positions"], b["valid"])
+
+    sizes = sorted({1, batch})
+    return Pair(
+        "molecules",
+        f"coordinate transformer (recipe coordformer): width {m.dim}, {m.depth} layers, {m.num_heads} heads, "
+        f"MLP x{m.mlp_ratio:g}, {m.coordinate_embedding} coordinates, {m.forces} forces; up to {atoms} atoms "
+        "(random H/C/N/O chains); the recipe's energy + force loss with random rotations; fp32 (the recipe's "
+        "precision)",
+        batch,
+        ours=Contender(ours, lambda net, b: task.loss(net, b)[0], our_out, make(batch), {s: make(s) for s in sizes}),
+        theirs=None,
+        notes=["molecules: no public reference implementation of our graph-free coordinate transformer: ours only "
+               "(apps/bench/molecules.py compares it with SchNet on accuracy)."],
+        mixed_precision=False,
+    )
+
+
+PAIRS = {"graphs": graphs_pair, "timeseries": timeseries_pair, "sign": sign_pair, "molecules": molecules_pair,
+         "relational": relational_pair, "music": music_pair, "speech": speech_pair}
 
 
 # --- timing ---------------------------------------------------------------------------------------
@@ -480,14 +784,28 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_round_robin(fns: dict[str, Callable[[], object]], *, device: torch.device, warmup: int,
-                     iters: int) -> dict[str, float]:
+                     iters: int, failures: dict[str, str] | None = None) -> dict[str, float]:
     """Median wall time (ms, synchronised) of each function, called in turn round after round with the
-    order rotating, after `warmup` calls each (compilation happens there)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+    order rotating, after `warmup` calls each (at least one; compilation happens there). With `failures`,
+    a function that raises in its warm-up is left out, its error kept there under its name."""
+    live = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(max(warmup, 1)):
+                fn()
+        except Exception as error:
+            if failures is None:
+                raise
+            traceback.print_exc()
+            failures[name] = one_line(error)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        live[name] = fn
+    fns, names = live, list(live)
+    if not names:
+        return {}
     synchronize(device)
-    names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(iters):
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
@@ -499,20 +817,26 @@ def time_round_robin(fns: dict[str, Callable[[], object]], *, device: torch.devi
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
+def one_line(error: BaseException) -> str:
+    """An error as one table-safe line."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first}".replace("|", "/")[:300]
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], batch: Any, device: torch.device,
-               lr: float = 1e-4) -> Callable[[], object]:
+               lr: float = 1e-4, *, mixed_precision: bool = True) -> Callable[[], object]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
 
     def step() -> None:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device):
+        with autocast(device, mixed_precision):
             value = loss(model, batch)
         value.backward()
         optimizer.step()
@@ -521,42 +845,50 @@ def train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], batch
 
 
 def infer_call(model: nn.Module, infer: Callable[[nn.Module, Any], Any], batch: Any,
-               device: torch.device) -> Callable[[], object]:
+               device: torch.device, *, mixed_precision: bool = True) -> Callable[[], object]:
     def call() -> object:
         model.eval()
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device, mixed_precision):
             return infer(model, batch)
 
     return call
 
 
 def contenders(pair: Pair, *, compiled: bool) -> dict[str, Contender]:
-    """Ours and theirs (eager), or our model alone under torch.compile."""
+    """Ours and theirs (theirs where there is a reference), eager or both under torch.compile."""
+    named = {side: c for side, c in (("ours", pair.ours), ("theirs", pair.theirs)) if c is not None}
     if not compiled:
-        return {"ours": pair.ours, "theirs": pair.theirs}
-    o = pair.ours
-    return {"ours compiled": Contender(torch.compile(o.model), o.loss, o.infer, o.train_batch, o.infer_batches)}
+        return named
+    return {f"{side} compiled": Contender(torch.compile(c.model), c.loss, c.infer, c.train_batch, c.infer_batches)
+            for side, c in named.items()}
 
 
 def measure(pair: Pair, args: argparse.Namespace, device: torch.device, *, compiled: bool) -> dict[str, Any]:
+    """Timings of each contender; one that fails (e.g. a peer under torch.compile) is left out and noted."""
     named = contenders(pair, compiled=compiled)
+    mixed = pair.mixed_precision
+    failed: dict[str, str] = {}
     train = time_round_robin(
-        {name: train_step(c.model, c.loss, c.train_batch, device) for name, c in named.items()},
-        device=device, warmup=args.warmup, iters=args.iters,
+        {name: train_step(c.model, c.loss, c.train_batch, device, mixed_precision=mixed) for name, c in named.items()},
+        device=device, warmup=args.warmup, iters=args.iters, failures=failed,
     )
+    failures = [f"{pair.domain}: {name}, training step: {error}" for name, error in failed.items()]
     infer = {}
     for size in sorted(pair.ours.infer_batches):
+        failed = {}
         infer[size] = time_round_robin(
-            {name: infer_call(c.model, c.infer, c.infer_batches[size], device) for name, c in named.items()},
-            device=device, warmup=args.warmup, iters=args.iters,
+            {name: infer_call(c.model, c.infer, c.infer_batches[size], device, mixed_precision=mixed)
+             for name, c in named.items()},
+            device=device, warmup=args.warmup, iters=args.iters, failures=failed,
         )
+        failures += [f"{pair.domain}: {name}, inference at batch {size}: {error}" for name, error in failed.items()]
     extras = {}
     if not compiled:
         for label, (our_call, their_call) in pair.extras.items():
             extras[label] = time_round_robin({"ours": _no_grad(our_call), "theirs": _no_grad(their_call)},
                                              device=device, warmup=1, iters=min(args.iters, 3))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"train_ms": train, "infer_ms": infer, "extras_ms": extras, "peak_gib": peak}
+    return {"train_ms": train, "infer_ms": infer, "extras_ms": extras, "peak_gib": peak, "failures": failures}
 
 
 def _no_grad(fn: Callable[[], object]) -> Callable[[], object]:
@@ -577,14 +909,15 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         "",
         f"- command: `{command}`",
         f"- device: {gpu}; torch {torch.__version__}; precision: "
-        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; date "
+        f"{'bf16 autocast (fp32 where a configuration says so)' if device.type == 'cuda' else 'fp32'}; date "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- median of {args.iters} synchronised timings after {args.warmup} warm-up calls each, contenders "
         "round-robin; training step = forward + loss + backward + AdamW step; inference = one forward without "
         "gradients",
-        "- `x` columns: their time / our time (above 1: ours faster). `(compiled)` rows: our model under "
-        "torch.compile, timed in a second pass after every eager row (same process, compilation in the warm-up), "
-        "against the eager pass's timings of theirs",
+        "- `x` columns: their time / our time (above 1: ours faster); `–`: no reference implementation, or a "
+        "timing that failed (see the notes). `(compiled)` rows: both models under torch.compile, timed in a "
+        "second pass after every eager row (same process, compilation in the warm-up); a peer that fails to "
+        "compile is shown with its eager timing, marked `(eager)`",
         "",
         "| domain | batch | params ours / theirs | train samples/s: ours | theirs | x | inference ms, batch 1: "
         "ours | theirs | x | inference ms, batch B: ours | theirs | x |",
@@ -595,25 +928,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         if "error" in r:
             lines.append(f"| {r['domain']} | – | – | failed: {r['error']} | | | | | | | | |")
             continue
-        p_ours, p_theirs = r["params_ours"], r["params_theirs"]
-        flag = "" if abs(p_ours - p_theirs) <= 0.1 * p_theirs else " **(differ > 10%)**"
-        train = r["train_ms"]
-        names = [n for n in ("ours", "ours compiled") if n in train]
-
-        def sps(ms: float, batch: int = r["batch"]) -> str:
-            value = batch / ms * 1000
-            return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
-
-        for name in names:
-            tag = "" if name == "ours" else " (compiled)"
-            cells = [f"{r['domain']}{tag}", str(r["batch"]), f"{_count(p_ours)} / {_count(p_theirs)}{flag}",
-                     sps(train[name]), sps(train["theirs"]), f"{train['theirs'] / train[name]:.2f}"]
-            for size in sorted(r["infer_ms"]):
-                t = r["infer_ms"][size]
-                cells += [f"{t[name]:.2f}", f"{t['theirs']:.2f}", f"{t['theirs'] / t[name]:.2f}"]
-            if len(r["infer_ms"]) == 1:  # batch 1 is the batch: the same cells twice
-                cells += cells[-3:]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += [f"| {' | '.join(cells)} |" for cells in row_cells(r)]
         peak = f"; peak GPU memory {r['peak_gib']:.1f} GiB (all contenders)" if r.get("peak_gib") else ""
         details.append(f"- **{r['domain']}**: {r['config']}{peak}")
     extra_rows = [f"| {r['domain']} | {label} | {t['ours']:.1f} | {t['theirs']:.1f} | {t['theirs'] / t['ours']:.2f} |"
@@ -622,10 +937,43 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         lines += ["", "## Further timings (eager, fp32)", "", "| domain | what | ours | theirs | x |",
                   "|---|---|---|---|---|", *extra_rows]
     lines += ["", "## Configurations", "", *details]
-    notes = [n for r in results for n in r.get("notes", [])]
+    notes = [n for r in results for n in [*r.get("notes", []), *r.get("failures", [])]]
     if notes:
-        lines += ["", "## Differences and import patches", "", *[f"- {n}" for n in notes]]
+        lines += ["", "## Differences, import patches and failures", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def row_cells(r: dict[str, Any]) -> list[list[str]]:
+    """The table rows of one domain: eager, then compiled when that pass ran."""
+    p_ours, p_theirs = r["params_ours"], r["params_theirs"]
+    if p_theirs is None:
+        params = f"{_count(p_ours)} / –"
+    else:
+        flag = "" if abs(p_ours - p_theirs) <= 0.1 * p_theirs else " **(differ > 10%)**"
+        params = f"{_count(p_ours)} / {_count(p_theirs)}{flag}"
+    batch = r["batch"]
+
+    def sps(ms: float) -> str:
+        value = batch / ms * 1000
+        return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+
+    passes = [("", "ours", "theirs")]
+    if r.get("compiled"):
+        passes.append((" (compiled)", "ours compiled", "theirs compiled"))
+    rows = []
+    for tag, ours, theirs in passes:
+        cells = [f"{r['domain']}{tag}", str(batch), params]
+        for times, show in [(r["train_ms"], sps), *[(t, lambda ms: f"{ms:.2f}") for _, t in sorted(r["infer_ms"].items())]]:
+            mine, other, marker = times.get(ours), times.get(theirs), ""
+            if other is None and tag and p_theirs is not None and "theirs" in times:
+                other, marker = times["theirs"], " (eager)"  # the peer failed under torch.compile
+            cells += [show(mine) if mine is not None else "–",
+                      show(other) + marker if other is not None else "–",
+                      f"{other / mine:.2f}" if mine is not None and other is not None else "–"]
+        if len(r["infer_ms"]) == 1:  # batch 1 is the batch: the same cells twice
+            cells += cells[-3:]
+        rows.append(cells)
+    return rows
 
 
 def _count(n: int) -> str:
@@ -634,17 +982,17 @@ def _count(n: int) -> str:
 
 def run_domain(name: str, args: argparse.Namespace, device: torch.device, *,
                compiled: bool = False) -> dict[str, Any]:
-    """One domain's eager pass (ours and theirs, round-robin), or its compiled pass (ours compiled alone)."""
+    """One domain's eager pass (ours and theirs, round-robin), or its compiled pass (both compiled)."""
     torch.manual_seed(0)
     stage = "compiling" if compiled else "timing"
     try:
         pair = PAIRS[name](args, device)
     except Exception as error:  # a peer that cannot be imported or built: the row says why, others still run
         traceback.print_exc()
-        return {"domain": name, "error": f"building: {type(error).__name__}: {error}".replace("|", "/")[:300]}
+        return {"domain": name, "error": f"building: {one_line(error)}"}
     result: dict[str, Any] = {"domain": name, "config": pair.config, "batch": pair.batch, "notes": pair.notes,
                               "params_ours": parameters(pair.ours.model),
-                              "params_theirs": parameters(pair.theirs.model)}
+                              "params_theirs": parameters(pair.theirs.model) if pair.theirs else None}
     if args.params_only:
         return result
     if device.type == "cuda":
@@ -653,8 +1001,7 @@ def run_domain(name: str, args: argparse.Namespace, device: torch.device, *,
         result |= measure(pair, args, device, compiled=compiled)
     except Exception as error:
         traceback.print_exc()
-        result = {"domain": name, "error": f"{stage}: {type(error).__name__}: {error}".replace("|", "/")[:300],
-                  "notes": pair.notes}
+        result = {"domain": name, "error": f"{stage}: {one_line(error)}", "notes": pair.notes}
     del pair
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -662,12 +1009,14 @@ def run_domain(name: str, args: argparse.Namespace, device: torch.device, *,
 
 
 def merge_compiled(eager: dict[str, Any], compiled: dict[str, Any]) -> None:
-    """Add the compiled pass's timings to the eager row (their timings come from the eager pass)."""
+    """Add the compiled pass's timings (and failures) to the eager row."""
     if "error" in eager:
         return
     if "error" in compiled:
-        eager["notes"] = [*eager["notes"], f"{eager['domain']}: torch.compile of ours failed: {compiled['error']}"]
+        eager["notes"] = [*eager["notes"], f"{eager['domain']}: the compiled pass failed: {compiled['error']}"]
         return
+    eager["compiled"] = True
+    eager["failures"] = [*eager.get("failures", []), *compiled["failures"]]
     eager["train_ms"] |= compiled["train_ms"]
     for size, times in compiled["infer_ms"].items():
         eager["infer_ms"][size] |= times
@@ -676,16 +1025,16 @@ def merge_compiled(eager: dict[str, Any], compiled: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domain", action="append", choices=DOMAINS,
-                        help="a domain to run (repeatable; default: all four)")
+                        help="a domain to run (repeatable; default: all)")
     parser.add_argument("--peers", type=Path, default=Path(".peers"),
                         help="folder with the peers' own source trees (pytorch_geometric/, Time-Series-Library/, "
-                             "ClearerVoice-Studio/, mmt/)")
+                             "ClearerVoice-Studio/, mmt/, relational-transformer/)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda or cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a quick wiring check on CPU")
     parser.add_argument("--batch", type=int, default=None, help="override every domain's batch")
     parser.add_argument("--compile", nargs="?", const=",".join(DOMAINS), default="", metavar="DOMAINS",
-                        help="also time our models under torch.compile: all domains, or those listed (a,b), "
-                             "in that order, after every eager row")
+                        help="also time the models (ours and theirs) under torch.compile: all domains, or those "
+                             "listed (a,b), in that order, after every eager row")
     parser.add_argument("--params-only", action="store_true", help="build both models, print parameter counts, time nothing")
     parser.add_argument("--generate", type=int, default=256, help="music: events to generate in the generation timing")
     parser.add_argument("--warmup", type=int, default=3)
@@ -726,11 +1075,12 @@ def main(argv: list[str] | None = None) -> None:
 def _summary(result: dict[str, Any]) -> str:
     if "error" in result:
         return result["error"]
+    theirs = "–" if result["params_theirs"] is None else f"{result['params_theirs']:,}"
     if "train_ms" not in result:
-        return f"params ours {result['params_ours']:,} / theirs {result['params_theirs']:,}"
+        return f"params ours {result['params_ours']:,} / theirs {theirs}"
     train = result["train_ms"]
     return " ".join(f"{name} {ms:.1f} ms/step" for name, ms in train.items()) + (
-        f"; params {result['params_ours']:,} / {result['params_theirs']:,}")
+        f"; params {result['params_ours']:,} / {theirs}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ runs, in turn:
 - column attention: cells of the same column (SameColumn over per-table column ids);
 - feature attention: the cell's own row and the rows it points to (SameRow | ForeignKey parent);
 - neighbour attention: the rows pointing to the cell's row (ForeignKey child);
-- full attention over the whole context;
+- full attention over the whole context (left out with `full_attention=False`);
 
 then an MLP. Heads read a masked number (regression on the z-score) or a masked boolean (a logit);
 the label cell of a binary task uses the boolean head, so a model pretrained on masked cells can
@@ -27,21 +27,26 @@ from shared_attention import Attention, ForeignKey, SameColumn, SameRow
 
 
 class RelationalBlock(nn.Module):
-    """Column, feature, neighbour and full attention (pre-norm residuals), then an MLP."""
+    """Column, feature, neighbour and full attention (pre-norm residuals), then an MLP.
+
+    `full_attention=False` leaves out the full attention (the three masked ones remain, as in the
+    original Relational Transformer)."""
 
     ATTENTIONS = ("column", "feature", "neighbour", "full")
 
-    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float = 2.0, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float = 2.0, dropout: float = 0.0,
+                 full_attention: bool = True) -> None:
         super().__init__()
-        self.attn = nn.ModuleDict({name: Attention(dim, num_heads, dropout=dropout) for name in self.ATTENTIONS})
-        self.norms = nn.ModuleDict({name: nn.LayerNorm(dim) for name in self.ATTENTIONS})
+        self.attentions = self.ATTENTIONS if full_attention else self.ATTENTIONS[:-1]
+        self.attn = nn.ModuleDict({name: Attention(dim, num_heads, dropout=dropout) for name in self.attentions})
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(dim) for name in self.attentions})
         self.mlp_norm = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor, *, masks: dict[str, object], valid: Tensor) -> Tensor:
         """x (B, L, D); masks: one shared_attention Mask per attention (None = full)."""
-        for name in self.ATTENTIONS:
+        for name in self.attentions:
             out = self.attn[name](self.norms[name](x), mask=masks[name], key_padding_mask=valid)
             x = x + torch.nan_to_num(out)  # a cell with no neighbour rows gets nothing, not NaN
         return x + self.mlp(self.mlp_norm(x))
@@ -51,7 +56,7 @@ class RelationalTransformer(nn.Module):
     """Cells in, per-cell predictions out (numbers and booleans), plus the label cell's logit."""
 
     def __init__(self, *, dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, full_attention: bool = True) -> None:
         super().__init__()
         self.words = nn.EmbeddingBag(HASH_BUCKETS, dim, mode="sum", padding_idx=0)  # text values
         self.column_names = nn.EmbeddingBag(HASH_BUCKETS, dim, mode="sum", padding_idx=0)
@@ -62,7 +67,9 @@ class RelationalTransformer(nn.Module):
         self.boolean = nn.Embedding(2, dim)
         self.mask_value = nn.Parameter(torch.zeros(dim))
         self.blocks = nn.ModuleList(
-            RelationalBlock(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth))
+            RelationalBlock(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+                            full_attention=full_attention)
+            for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.number_head = nn.Linear(dim, 1)
         self.bool_head = nn.Linear(dim, 1)

@@ -209,7 +209,8 @@ class FlexBackend:
             return f"no compiled Flex on {case.device_type}"
         if case.device_type == "cpu" and case.training:
             return "compiled Flex has no backward on CPU (inference only)"
-        if case.device_type == "cpu" and not _cpp_compiler():
+        # (Under torch.compile, Inductor already has a C++ compiler: no filesystem lookup to trace.)
+        if case.device_type == "cpu" and not torch.compiler.is_compiling() and not _cpp_compiler():
             return "no C++ compiler for Inductor's CPU code"
         if case.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return f"dtype {case.dtype} not supported"

@@ -203,3 +203,20 @@ def test_layers_share_one_padding_mask_per_forward():
     after = _with_padding(None, valid)
     assert after is not before
     assert not after.dense(5, 5)[0, 0, 0, 4]
+
+
+def test_key_padding_under_inference_mode_and_compile():
+    # The padded-mask cache reads the mask tensor's version counter, which inference tensors lack and
+    # which torch.compile cannot trace: both skip the cache and give the same output.
+    torch.manual_seed(0)
+    layer = Attention(32, 4).eval()
+    x = torch.randn(2, 7, 32)
+    valid = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    with torch.no_grad():
+        expected = layer(x, key_padding_mask=valid)
+    with torch.inference_mode():
+        actual = layer(x.clone(), key_padding_mask=valid.clone())
+    torch.testing.assert_close(actual, expected)
+    compiled = torch.compile(layer, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, key_padding_mask=valid), expected)
