@@ -105,12 +105,19 @@ class LearnedAbsoluteModule(PositionModule):
         self.embedding = nn.Embedding(max_len, dim)
         nn.init.normal_(self.embedding.weight, std=0.02)
 
+    def default_positions(self, length, *, offset=0, device=None):
+        self._check(offset + length - 1)  # known on the host: no device sync, nothing for a compiler to trace
+        return super().default_positions(length, offset=offset, device=device)
+
     def encode_input(self, x, positions):
-        if int(positions.max()) >= self.embedding.num_embeddings:
-            raise ValueError(
-                f"position {int(positions.max())} beyond LearnedAbsolute max_len={self.embedding.num_embeddings}"
-            )
+        if positions.device.type == "cpu" and not torch.compiler.is_compiling():
+            # Given positions: checked where that costs no device sync (a CUDA index out of range asserts).
+            self._check(int(positions.max()))
         return x + self.embedding(positions).to(x.dtype).expand_as(x)
+
+    def _check(self, largest: int) -> None:
+        if largest >= self.embedding.num_embeddings:
+            raise ValueError(f"position {largest} beyond LearnedAbsolute max_len={self.embedding.num_embeddings}")
 
 
 # --- rotary -----------------------------------------------------------------------------------------

@@ -152,7 +152,24 @@ def peer_imports(root: Path, stubs: dict[str, types.ModuleType] | None = None) -
             str(place).startswith(str(root)) for place in _places(sys.modules[name]))]
         sys.path.remove(str(root))
         for name in doomed:
-            del sys.modules[name]
+            _FORGOTTEN[name] = sys.modules.pop(name)
+
+
+# The peer modules forgotten while the current domain was built: put back while it is timed, since
+# torch.compile re-imports a traced function's module by name.
+_FORGOTTEN: dict[str, types.ModuleType] = {}
+
+
+@contextlib.contextmanager
+def peer_modules_restored() -> Iterator[None]:
+    """The current domain's forgotten peer modules back in sys.modules (and gone again after)."""
+    added = {name: module for name, module in _FORGOTTEN.items() if name not in sys.modules}
+    sys.modules.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
 
 
 def _places(module: types.ModuleType) -> list[str]:
@@ -986,6 +1003,7 @@ def run_domain(name: str, args: argparse.Namespace, device: torch.device, *,
     torch.manual_seed(0)
     stage = "compiling" if compiled else "timing"
     try:
+        _FORGOTTEN.clear()
         pair = PAIRS[name](args, device)
     except Exception as error:  # a peer that cannot be imported or built: the row says why, others still run
         traceback.print_exc()
@@ -998,7 +1016,8 @@ def run_domain(name: str, args: argparse.Namespace, device: torch.device, *,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
-        result |= measure(pair, args, device, compiled=compiled)
+        with peer_modules_restored():
+            result |= measure(pair, args, device, compiled=compiled)
     except Exception as error:
         traceback.print_exc()
         result = {"domain": name, "error": f"{stage}: {one_line(error)}", "notes": pair.notes}

@@ -95,7 +95,9 @@ class RelationalTransformer(nn.Module):
 
     def masks(self, batch: dict[str, Tensor]) -> dict[str, object]:
         rows, parents = batch["row_ids"].clamp(min=0), batch["parent_rows"]
-        num_rows = int(rows.max()) + 1
+        # Row ids are compact per sample and every row has a cell: L bounds them without a device sync
+        # (which would stall the host's launches and break a torch.compile graph).
+        num_rows = rows.shape[1]
         parent = ForeignKey.from_neighbours(rows, parents, num_rows=num_rows, direction="parent")
         child = ForeignKey.from_neighbours(rows, parents, num_rows=num_rows, direction="child")
         return {"column": SameColumn(batch["column_ids"]), "feature": SameRow(rows) | parent,

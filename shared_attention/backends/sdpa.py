@@ -58,17 +58,17 @@ def sdpa_attention(
     return out
 
 
-def _dense_mask(mask, q_len: int, kv_len: int, device) -> tuple[Tensor, Tensor | None]:
-    """SDPA's bool attn_mask, and the rows with no allowed key (None when there are none).
+def _dense_mask(mask, q_len: int, kv_len: int, device) -> tuple[Tensor, Tensor]:
+    """SDPA's bool attn_mask, and the rows with no allowed key.
 
-    SDPA gives NaN for a row with no key; such rows see every key instead, and are zeroed after.
+    SDPA gives NaN for a row with no key; such rows see every key instead, and are zeroed after. The
+    zeroing always runs: asking whether any row is empty would sync with the device (stalling the host's
+    launches) and break a torch.compile graph, for a saving of one elementwise pass.
     """
     allowed = cached_lowering(  # shared with Flex's block mask
         "dense", mask, (q_len, kv_len), device, lambda: mask.dense(q_len, kv_len, device=device)
     )
     empty = ~allowed.any(dim=-1, keepdim=True)
-    if not bool(empty.any()):
-        return allowed, None
     return allowed | empty, empty
 
 
