@@ -195,12 +195,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="small shapes and few iterations: a wiring check")
     parser.add_argument("--sweep", action="store_true", help="also time kernel configurations (CUDA)")
+    parser.add_argument("--sweep-only", action="store_true", help="time only the kernel configurations (CUDA)")
     parser.add_argument("--out", help="write the markdown report here too")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.tiny:
         args.iters, args.warmup = min(args.iters, 2), 1
-    shapes = TINY_SHAPES if args.tiny else SHAPES
+    shapes = [] if args.sweep_only else TINY_SHAPES if args.tiny else SHAPES
+    args.sweep = args.sweep or args.sweep_only
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()} ({platform.machine()})"
     lines = [
