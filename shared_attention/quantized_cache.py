@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from panformer_kernels.quantized_attention import quantized_decode_attention, softmax_attention
+
 SUPPORTED_BITS = (2, 4, 8)
 
 
@@ -213,7 +215,8 @@ class _Store:
             self.full[:, :, start:end] = x.to(self.dtype)
         elif self.axis == "token" and x.is_cuda and self.dim * self.bits % 8 == 0:
             # One Triton launch for quantise + pack + store (same codes as below): decoding appends a
-            # token per step, and the ~20 small ops of the torch form would dominate the step.
+            # token per step, and the ~20 small ops of the torch form would dominate the step. (Imported
+            # here: Triton is needed on CUDA only.)
             from panformer_kernels.triton_quantized_attention import quantize_tokens_into
 
             quantize_tokens_into(x, self.codes, self.scale, self.zero, bits=self.bits, start=start)
@@ -378,8 +381,6 @@ class QuantizedKVCache:
         keys (< G tokens) in the same softmax: nothing is dequantised to a (B, Hkv, T, D) tensor.
         Otherwise: attention over ``update``'s output. ``scale`` defaults to D ** -0.5. Forward only
         (decoding needs no gradient)."""
-        from panformer_kernels.quantized_attention import softmax_attention
-
         scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
         if not self.supports_fused_decode(q):
             keys, values = self.update(k, v)
@@ -392,8 +393,6 @@ class QuantizedKVCache:
         """Unmasked attention of q (B, H, Lq, D) over the tokens cached so far, computed from the codes by
         ``panformer::quantized_decode_attention`` (both sides quantised: ``supports_fused_decode``), appending
         nothing: ``decode_attention`` without its append. (B, H, Lq, Dv) in q's dtype."""
-        from panformer_kernels.quantized_attention import quantized_decode_attention
-
         if not self.supports_fused_decode(q):
             raise ValueError(f"attend needs keys and values both quantised and q (B, H, Lq, D) of the cache's "
                              f"heads and D; {self!r} got q {tuple(q.shape)}")
