@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -87,7 +88,10 @@ def train_run(
         run_dir = resume
     else:
         if recipe is None:
-            raise UserError("train needs --recipe NAME|PATH (see the `recipes` command) or --resume DIR")
+            choice = domain.default_recipe(data)
+            if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
+                typer.echo(f"no --recipe: using '{choice.name}' ({choice.reason})", err=True)
+            recipe = choice.name
         loaded = load_recipe(domain.recipe_type_for, domain.name, recipe, overrides=overrides)
         run_dir = out or default_run_dir(domain.name, recipe_path(domain.name, recipe).stem)
         if (run_dir / "checkpoints").exists():
@@ -145,7 +149,8 @@ def build_cli(domain: Domain, *, predict: Callable[..., None] | None = None) -> 
     @app.command()
     @user_errors_exit_2
     def train(
-        recipe: Annotated[str | None, typer.Option(help="recipe name (see `recipes`) or a .yaml path")] = None,
+        recipe: Annotated[str | None, typer.Option(
+            help="recipe name (see `recipes`) or a .yaml path; default: the one the kind of --data implies")] = None,
         data: Annotated[str | None, typer.Option(help="data source; defaults to the recipe's")] = None,
         out: Annotated[Path | None, typer.Option(help="run folder (default runs/<domain>/<recipe>-<time>)")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.lr=3e-4")] = None,

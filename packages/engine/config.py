@@ -103,13 +103,32 @@ def recipe_path(domain: str, name_or_path: str) -> Path:
     return known[name_or_path]
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that dates and timestamps stay the text written (`2010-01-01`).
+
+    Recipe fields hold dates as strings (SQL cut-offs, ...) or as pydantic dates, which parse that text;
+    a `datetime.date` object would be rejected by every string field.
+    """
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def read_yaml(text: str) -> Any:
+    """Parse recipe YAML (a file or one `--set` value) with `RecipeLoader`."""
+    return yaml.load(text, Loader=RecipeLoader)  # safe: a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`train.lr=3e-4` -> (["train", "lr"], 0.0003). Values are read as YAML scalars."""
+    """`train.lr=3e-4` -> (["train", "lr"], 0.0003). Values are read as YAML scalars (dates as text)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = read_yaml(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     if isinstance(parsed, str):  # YAML 1.1 reads `3e-4` as a string
@@ -156,7 +175,7 @@ def load_recipe(
 ) -> Recipe:
     path = recipe_path(domain, name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         at = f" line {line + 1}" if line is not None else ""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from panformer.engine.config import Recipe
+from panformer.engine.config import Recipe, list_recipes
 from panformer.engine.errors import UserError
 
 ENTRY_POINT_GROUP = "panformer.domains"
@@ -143,6 +143,14 @@ class Task(ABC):
         """A file `predict` can read, for the demo (written into `workdir` or found in a package)."""
 
 
+@dataclass(frozen=True)
+class RecipeChoice:
+    """The recipe `train` runs when no --recipe is given, and why (shown to the user in one line)."""
+
+    name: str  # a recipe name of the domain (see `recipes`)
+    reason: str  # e.g. "a CSV graph folder (nodes.csv + edges.csv)"
+
+
 class Domain(ABC):
     """One domain package (time series, speech, ...), as the engine and the CLI see it."""
 
@@ -158,6 +166,20 @@ class Domain(ABC):
     @abstractmethod
     def task(self, recipe: Recipe) -> Task:
         """The task that trains and runs this recipe."""
+
+    def default_recipe(self, data: str | None) -> RecipeChoice:
+        """The recipe `train` runs without --recipe: the one the kind of `data` (train's --data) implies,
+        or the domain's usual recipe when `data` is None. Look only at names and file headers (no loading).
+        Data that does not exist or whose kind cannot be told: raise `self.unrecognised_data(...)`.
+
+        Domains override this; the base keeps --recipe required.
+        """
+        raise UserError("train needs --recipe NAME|PATH (see the `recipes` command) or --resume DIR")
+
+    def unrecognised_data(self, data: str, problem: str) -> UserError:
+        """`default_recipe`'s one-line error: names --data and the problem, lists the domain's recipes."""
+        names = ", ".join(list_recipes(self.name)) or "none"
+        return UserError(f"--data {data}: {problem} (recipes for --recipe: {names})")
 
     def app(self) -> Any:
         module, _, attr = self.cli_app.partition(":")

@@ -1,8 +1,10 @@
 """Reading a relational database (DuckDB, SQLite, PostgreSQL) and discovering its schema.
 
 The user's database is opened read-only (DuckDB `read_only=True`, SQLite `mode=ro`, PostgreSQL
-`default_transaction_read_only`) and copied table by table into an in-memory DuckDB, where task SQL,
-context sampling and the baseline's aggregates run the same way whatever the source.
+`default_transaction_read_only`) and copied table by table into an in-memory DuckDB, where context
+sampling and the baseline's aggregates run the same way whatever the source. The task's SQL is the
+user's own, so it runs on the source itself, read-only, in the source's dialect (SQLite's date functions
+on SQLite, PostgreSQL's on PostgreSQL); its rows come back as the same (entity_id, timestamp, label) frame.
 
 The schema (primary key, foreign keys, one time column per table) comes from the database's own
 constraints, with a YAML override file for databases without them:
@@ -17,6 +19,7 @@ constraints, with a YAML override file for databases without them:
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,14 +47,21 @@ class TableSchema:
         return [c for c in frame.columns if c not in keys]
 
 
+DIALECTS = {"duckdb": "DuckDB", "sqlite": "SQLite", "postgresql": "PostgreSQL"}  # URI scheme -> dialect
+
+
 @dataclass
 class Database:
-    """All tables of one database as DataFrames, their schema, and an in-memory DuckDB over them."""
+    """All tables of one database as DataFrames, their schema, and an in-memory DuckDB over them.
+
+    `uri` is the source the tables were read from, where task SQL runs; None (RelBench, frames built in
+    code) runs task SQL on the in-memory DuckDB."""
 
     name: str
     tables: dict[str, pd.DataFrame]
     schema: dict[str, TableSchema]
     connection: duckdb.DuckDBPyConnection = field(repr=False, default=None)  # type: ignore[assignment]
+    uri: str | None = None
 
     def __post_init__(self) -> None:
         if self.connection is None:
@@ -60,13 +70,31 @@ class Database:
             for name, frame in self.tables.items():
                 self.connection.register(name, frame)
 
+    @property
+    def dialect(self) -> str:
+        """The SQL dialect task SQL is written in: the source's (DuckDB for the in-memory copy)."""
+        return "DuckDB" if self.uri is None else DIALECTS[_scheme(self.uri)]
+
     def sql(self, query: str, *, what: str) -> pd.DataFrame:
-        """Run read-only SQL over the tables; a failing query is a UserError naming `what`."""
+        """Run DuckDB SQL over the in-memory copy (the baseline's aggregates); a failure names `what`."""
         try:
             return self.connection.execute(query).df()
         except duckdb.Error as err:
-            first = str(err).strip().splitlines()[0]
-            raise UserError(f"{what}: the SQL failed ({first}); fix the query") from None
+            raise UserError(f"{what}: the SQL failed in DuckDB ({_first_line(err)}); fix the query") from None
+
+    def task_sql(self, query: str, *, what: str) -> pd.DataFrame:
+        """Run the task's SQL on the source, read-only, in its own dialect; a failure is one line naming
+        `what`, the dialect and the source."""
+        try:
+            if self.uri is None:
+                return _run_in_memory(self.connection, query)
+            if self.dialect == "DuckDB":
+                return _run_duckdb(self.uri, query)
+            return _run_sqlalchemy(self.uri, query)
+        except _QueryFailed as err:
+            where = _shown_uri(self.uri) if self.uri else f"the in-memory DuckDB copy of {self.name}"
+            raise UserError(f"{what}: task SQL failed in {self.dialect}: {err}; write the task in "
+                            f"{self.dialect}'s SQL (the dialect of {where})") from None
 
     def describe(self) -> str:
         """The discovered schema, one table per block (for the `schema` command)."""
@@ -115,16 +143,35 @@ def read_database(uri: str, *, schema_file: str | Path | None = None) -> Databas
         schema = apply_override(schema, tables, Path(schema_file))
     _infer_time_columns(schema, tables)
     validate_schema(schema, tables, source=str(schema_file or uri))
-    return Database(_display_name(uri), tables, schema)
+    return Database(_display_name(uri), tables, schema, uri=uri)
 
 
 def _display_name(uri: str) -> str:
     return Path(uri.split("://", 1)[1].split("?")[0]).stem or uri
 
 
-def _read_duckdb(uri: str) -> tuple[dict[str, pd.DataFrame], dict[str, TableSchema]]:
+def _scheme(uri: str) -> str:
+    """duckdb, sqlite or postgresql (driver suffixes and the postgres:// alias folded)."""
+    scheme = uri.split("://", 1)[0].lower().split("+")[0]
+    return "postgresql" if scheme == "postgres" else scheme
+
+
+def _shown_uri(uri: str) -> str:
+    """The URI with any password hidden, for messages."""
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", uri)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _duckdb_path(uri: str) -> Path:
     rest = uri.split("://", 1)[1]
-    path = Path(rest[1:] if rest.startswith("/") else rest)  # duckdb:///relative, duckdb:////absolute
+    return Path(rest[1:] if rest.startswith("/") else rest)  # duckdb:///relative, duckdb:////absolute
+
+
+def _read_duckdb(uri: str) -> tuple[dict[str, pd.DataFrame], dict[str, TableSchema]]:
+    path = _duckdb_path(uri)
     if not path.is_file():
         raise UserError(f"--data {uri}: no such DuckDB file; give an existing duckdb:///path.duckdb")
     try:
@@ -149,9 +196,8 @@ def _read_duckdb(uri: str) -> tuple[dict[str, pd.DataFrame], dict[str, TableSche
     return tables, schema
 
 
-def _read_sqlalchemy(uri: str) -> tuple[dict[str, pd.DataFrame], dict[str, TableSchema]]:
-    import sqlalchemy
-
+def _sqlalchemy_url(uri: str) -> tuple[str, dict[str, Any]]:
+    """SQLAlchemy's URL and driver arguments for a read-only connection to a SQLite file or PostgreSQL."""
     scheme, rest = uri.split("://", 1)
     connect_args: dict[str, Any] = {}
     if scheme.startswith("sqlite"):
@@ -165,6 +211,13 @@ def _read_sqlalchemy(uri: str) -> tuple[dict[str, pd.DataFrame], dict[str, Table
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         connect_args = {"options": "-c default_transaction_read_only=on", "connect_timeout": 5}
+    return url, connect_args
+
+
+def _read_sqlalchemy(uri: str) -> tuple[dict[str, pd.DataFrame], dict[str, TableSchema]]:
+    import sqlalchemy
+
+    url, connect_args = _sqlalchemy_url(uri)
     try:
         engine = sqlalchemy.create_engine(url, connect_args=connect_args)
         with engine.connect() as con:
@@ -181,9 +234,74 @@ def _read_sqlalchemy(uri: str) -> tuple[dict[str, pd.DataFrame], dict[str, Table
     except ModuleNotFoundError as err:
         raise UserError(f"--data {uri}: the driver {err.name} is missing; pip install 'psycopg[binary]'") from None
     except sqlalchemy.exc.SQLAlchemyError as err:
-        first = str(getattr(err, "orig", err) or err).strip().splitlines()[0]
-        raise UserError(f"--data {uri}: cannot read the database ({first}); check the URI and the server") from None
+        raise UserError(f"--data {_shown_uri(uri)}: cannot read the database ({_first_line(err)}); check the URI "
+                        f"and the server") from None
     return tables, schema
+
+
+# --- task SQL on the source ------------------------------------------------------------------------
+
+
+class _QueryFailed(Exception):
+    """The database refused the task's SQL; the message is the database's first line."""
+
+
+def _run_in_memory(con: duckdb.DuckDBPyConnection, query: str) -> pd.DataFrame:
+    try:
+        return con.execute(query).df()
+    except duckdb.Error as err:
+        raise _QueryFailed(_first_line(err)) from None
+
+
+def _run_duckdb(uri: str, query: str) -> pd.DataFrame:
+    try:
+        con = duckdb.connect(str(_duckdb_path(uri)), read_only=True)
+        try:
+            con.execute("SET threads TO 1")
+            return con.execute(query).df()
+        finally:
+            con.close()
+    except duckdb.Error as err:
+        raise _QueryFailed(_first_line(err)) from None
+
+
+def _run_sqlalchemy(uri: str, query: str) -> pd.DataFrame:
+    """The query exactly as written, on the driver's own cursor without parameters (so `%` and `:name`
+    reach the database untouched), in a read-only connection that is rolled back and closed."""
+    import sqlalchemy
+
+    url, connect_args = _sqlalchemy_url(uri)
+    engine = sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as con:
+            cursor = con.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(query)
+                columns = [d[0] for d in cursor.description or []]
+                records = cursor.fetchall() if columns else []
+            except engine.dialect.loaded_dbapi.Error as err:
+                raise _QueryFailed(_first_line(err)) from None
+            finally:
+                cursor.close()
+    except sqlalchemy.exc.SQLAlchemyError as err:  # the connection itself
+        raise _QueryFailed(_first_line(err)) from None
+    finally:
+        engine.dispose()
+    # coerce_float: PostgreSQL's NUMERIC (e.g. avg()) arrives as Decimal
+    return pd.DataFrame.from_records(records, columns=columns, coerce_float=True)
+
+
+def task_timestamps(values: pd.Series, *, what: str) -> pd.Series:
+    """The task's timestamp column as naive UTC times, as the tables hold them: DuckDB and PostgreSQL
+    times (with or without a zone) and SQLite's ISO text ('2024-03-01', '2024-03-01 10:00:00')."""
+    if pd.api.types.is_numeric_dtype(values) and not values.empty:
+        raise UserError(f"{what}: the timestamp column holds numbers, not dates; return a date or time "
+                        f"(in SQLite e.g. datetime(x, 'unixepoch') or date(x))")
+    try:
+        return pd.to_datetime(values, utc=True, format="ISO8601").dt.tz_localize(None)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{what}: the timestamp column holds something that is not a date ({_first_line(err)}); "
+                        f"return ISO dates or times") from None
 
 
 # --- schema override and checks --------------------------------------------------------------------

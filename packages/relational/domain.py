@@ -1,10 +1,11 @@
 """The relational domain: recipes, the entity-prediction task (pretrain, zero-shot, fine-tune) and predict.
 
 A recipe names a database (`data.source`) and a task: SQL returning (entity_id, timestamp, label), run
-in DuckDB over the database's tables, split in time at `val_timestamp` and `test_timestamp`. Before
-fine-tuning, the model can be pretrained (`pretrain.steps`) on other databases' masked cells and label
-cells; it is then scored zero-shot on this task's validation and test rows, and those numbers join the
-test metrics (`zeroshot_*`), next to the tree baseline (`trees_*`) and the majority class.
+on the database itself in its own dialect (DuckDB, SQLite or PostgreSQL SQL), split in time at
+`val_timestamp` and `test_timestamp`. Before fine-tuning, the model can be pretrained (`pretrain.steps`)
+on other databases' masked cells and label cells; it is then scored zero-shot on this task's validation
+and test rows, and those numbers join the test metrics (`zeroshot_*`), next to the tree baseline
+(`trees_*`) and the majority class.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from panformer.engine.config import Recipe, StrictModel
-from panformer.engine.domain import Domain, Metrics, Splits, Task
+from panformer.engine.domain import Domain, Metrics, RecipeChoice, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.runlog import console
 from panformer.relational.baseline import aggregate_features, fit_trees
-from panformer.relational.database import Database, read_database, seconds
+from panformer.relational.database import Database, read_database, seconds, task_timestamps
 from panformer.relational.demo import VARIANTS, churn_sql, ensure_demo_database, name_of
 from panformer.relational.model import RelationalTransformer
 from panformer.relational.sampling import BOOL, NUMBER, Contexts, encode_database, sample_contexts
@@ -39,7 +40,8 @@ from panformer.relational.sampling import BOOL, NUMBER, Contexts, encode_databas
 class TaskSpec(StrictModel):
     name: str = Field("churn", description="the label column's name (the label cell's column embedding)")
     entity_table: str | None = Field(None, description="table whose primary key entity_id refers to")
-    sql: str | None = Field(None, description="SQL returning entity_id, timestamp, label (demo: built in)")
+    sql: str | None = Field(None, description="SQL returning entity_id, timestamp, label, in the database's own "
+                                              "dialect (DuckDB, SQLite or PostgreSQL; demo: built in)")
     kind: Literal["binary", "regression"] = "binary"
     val_timestamp: str = "2024-08-15"
     test_timestamp: str = "2024-10-01"
@@ -125,13 +127,14 @@ def load_task_data(source: str, data: RelationalData) -> tuple[TaskData, TaskSpe
     if spec.entity_table not in db.schema:
         raise UserError(f"recipe data.task.entity_table: '{spec.entity_table}' is not a table of {source}; "
                         f"known: {', '.join(db.schema)}")
-    rows = db.sql(spec.sql, what="recipe data.task.sql")
+    rows = db.task_sql(spec.sql, what="recipe data.task.sql")
     missing = {"entity_id", "timestamp", "label"} - set(rows.columns)
     if missing:
         raise UserError(f"recipe data.task.sql: the query returns no column(s) {sorted(missing)}; "
                         f"select entity_id, timestamp, label")
+    # Times first, then the sort: SQLite returns them as text.
+    rows["timestamp"] = task_timestamps(rows["timestamp"], what="recipe data.task.sql")
     rows = rows.dropna(subset=["label"]).sort_values(["timestamp", "entity_id"], kind="stable").reset_index(drop=True)
-    rows["timestamp"] = pd.to_datetime(rows["timestamp"])
     return TaskData(db, spec.entity_table, rows[["entity_id", "timestamp", "label"]], source), spec
 
 
@@ -475,6 +478,10 @@ def zero_shot_scores(model: nn.Module, dataset: ContextDataset, device: torch.de
     return {"auroc": auroc(labels, score), "accuracy": float(((score > 0.5) == (labels > 0.5)).mean())}
 
 
+# Bare paths `read_database` opens (DuckDB, else SQLite by suffix).
+DATABASE_SUFFIXES = (".duckdb", ".sqlite", ".sqlite3", ".db")
+
+
 class RelationalDomain(Domain):
     name = "relational"
     recipe_type = RelationalRecipe
@@ -482,3 +489,19 @@ class RelationalDomain(Domain):
 
     def task(self, recipe: Recipe) -> Task:
         return EntityTask(recipe)  # type: ignore[arg-type]
+
+    def default_recipe(self, data: str | None) -> RecipeChoice:
+        if data is None or data == "demo" or data.startswith("demo:"):
+            where = "no --data" if data is None else data
+            return RecipeChoice("demo", f"{where}: generated shop database, pretraining then fine-tuning on churn")
+        if data.startswith("relbench:"):
+            return RecipeChoice("database", "a RelBench task: its SQL, entity table and cut-offs come from RelBench")
+        own_task = "its task is the recipe's data.task (sql, entity_table, cut-offs): --set them for yours"
+        if "://" in data:
+            return RecipeChoice("database", f"a database URI; {own_task}")
+        path = Path(data)
+        if path.suffix.lower() in DATABASE_SUFFIXES and path.is_file():
+            return RecipeChoice("database", f"a database file; {own_task}")
+        problem = "no such file" if not path.exists() else f"not a database file ({', '.join(DATABASE_SUFFIXES)})"
+        raise self.unrecognised_data(data, f"{problem}; give demo, relbench:<dataset>/<task>, a database file or "
+                                           "a duckdb:///, sqlite:/// or postgresql:// URI")

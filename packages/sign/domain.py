@@ -14,12 +14,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from panformer.engine.config import Recipe, StrictModel
-from panformer.engine.domain import Domain, Metrics, Splits, Task
+from panformer.engine.domain import Domain, Metrics, RecipeChoice, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.metrics import ClassificationMetrics
 from panformer.engine.plots import confusion_matrix_of
 from panformer.sign.data import (
+    ASL_SIGNS_COLUMNS,
     SignDataset,
     collate,
     fingerprint,
@@ -259,5 +260,34 @@ class SignDomain(Domain):
 
     def task(self, recipe: Recipe) -> Task:
         return SignClassificationTask()
+
+    def default_recipe(self, data: str | None) -> RecipeChoice:
+        if data is None or data == "synthetic":
+            where = "no --data" if data is None else "synthetic"
+            return RecipeChoice("tslformer", f"{where}: the synthetic signs, TSLFormer-style, trains on a CPU")
+        path = Path(data)
+        if is_autsl(path):
+            return RecipeChoice("autsl", "an AUTSL folder (train_labels.csv)")
+        if path.is_dir() and (path / "train.csv").is_file():
+            return RecipeChoice("asl-signs", "an ASL Signs folder (train.csv + landmark files)")
+        if path.is_dir() and (path / "labels.csv").is_file():
+            return RecipeChoice("tslformer", "a landmark folder with labels.csv (path, label, signer)")
+        if path.is_file() and path.suffix.lower() == ".csv":
+            try:
+                columns = set(pd.read_csv(path, nrows=0).columns)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+                raise self.unrecognised_data(data, "not a readable CSV") from None
+            if set(ASL_SIGNS_COLUMNS) <= columns:
+                return RecipeChoice("asl-signs", "an ASL Signs label file (path, participant_id, sign)")
+            return RecipeChoice("tslformer", "a landmark label file (path, label, signer)")
+        files = list(path.iterdir()) if path.is_dir() else [path] if path.is_file() else []
+        if any(f.suffix.lower() in VIDEO_SUFFIXES for f in files):
+            raise self.unrecognised_data(data, f"videos; run `panformer-sign extract {data} --output LANDMARKS` "
+                                               "first, then list the landmark files in a labels.csv (path, label, signer)")
+        if any(f.suffix.lower() == ".parquet" for f in files):
+            raise self.unrecognised_data(data, "landmark files without labels; list them in a labels.csv "
+                                               "(path, label, signer) and give its folder")
+        problem = "no such file or folder" if not path.exists() else "no labels.csv, train.csv or train_labels.csv"
+        raise self.unrecognised_data(data, problem)
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from panformer.engine.config import Recipe, StrictModel
-from panformer.engine.domain import Domain, Metrics, Splits, Task
+from panformer.engine.domain import Domain, Metrics, RecipeChoice, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.speech.audio import (
     AUDIO_SUFFIXES,
@@ -26,6 +26,7 @@ from panformer.speech.audio import (
     write_audio,
 )
 from panformer.speech.data import (
+    FLAT_MIX,
     DynamicMixDataset,
     MixtureFolderDataset,
     collate,
@@ -45,7 +46,7 @@ from panformer.speech.metrics import (
     valid_mask,
 )
 from panformer.speech.model import MossFormerSeparator
-from panformer.speech.scoring import perceptual_scores, resolve_samples
+from panformer.speech.scoring import SAMPLES_SOURCE, perceptual_scores, resolve_samples
 from panformer.speech.synth import CorpusSpec, build_corpus
 
 # --- recipe --------------------------------------------------------------------------------------
@@ -388,4 +389,27 @@ class SpeechDomain(Domain):
 
     def task(self, recipe: Recipe) -> Task:
         return SeparationTask()
+
+    def default_recipe(self, data: str | None) -> RecipeChoice:
+        if data is None or data == "espeak":
+            where = "no --data" if data is None else "espeak"
+            return RecipeChoice("small", f"{where}: 2 speakers on the synthetic eSpeak corpus, trains on a CPU")
+        if data.startswith("utterances:"):
+            if not Path(data.removeprefix("utterances:")).is_dir():
+                raise self.unrecognised_data(data, "not a folder of <speaker>/*.wav")
+            return RecipeChoice("small", "speakers' utterances mixed on the fly, 2 speakers")
+        folder = Path(data)
+        evaluation_only = ("is test data only (itemN_mix.wav + sources, no training split); train on other "
+                           "data, then `evaluate --checkpoint RUN --data` it")
+        if data == SAMPLES_SOURCE:
+            raise self.unrecognised_data(data, f"the Libri2Mix samples folder {evaluation_only}")
+        if not folder.is_dir():
+            raise self.unrecognised_data(data, "not a folder, espeak or utterances:<dir>")
+        if is_librimix_root(folder):
+            return RecipeChoice("libri2mix", "a LibriMix/WHAM! folder: <split>/mix_clean, s1, s2")
+        if any(p.suffix.lower() in AUDIO_SUFFIXES and FLAT_MIX.match(p.stem) for p in folder.iterdir()):
+            raise self.unrecognised_data(data, f"a flat folder of mixtures {evaluation_only}")
+        if any(p.suffix.lower() in AUDIO_SUFFIXES for p in folder.glob("*/*")):
+            raise self.unrecognised_data(data, f"looks like <speaker>/*.wav folders; give --data utterances:{data}")
+        raise self.unrecognised_data(data, "neither a LibriMix/WHAM! root (<split>/mix_clean/) nor speaker folders")
 

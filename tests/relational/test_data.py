@@ -15,6 +15,7 @@ from panformer.engine.errors import UserError
 from panformer.relational.baseline import aggregate_features
 from panformer.relational.database import read_database, seconds
 from panformer.relational.demo import churn_sql, generate_tables
+from panformer.relational.domain import RelationalData, TaskSpec, load_task_data
 from panformer.relational.sampling import LABEL, TIME, encode_database, sample_contexts
 from tests.relational.helpers import small_shop
 
@@ -111,6 +112,18 @@ def test_baseline_features_ignore_later_rows(shop):
     assert feats["orders_customer_id_count"].iloc[0] == 0
 
 
+POSTGRES_CHURN = """\
+SELECT c.customer_id AS entity_id, t.ts AS timestamp,
+       CAST(NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.customer_id AND o.order_time > t.ts
+                        AND o.order_time <= t.ts + make_interval(days => 30)) AS INTEGER) AS label
+FROM generate_series(TIMESTAMP '2024-03-01', TIMESTAMP '2024-11-30', INTERVAL '14 days') AS t(ts)
+JOIN customers c ON c.signup_time <= t.ts
+WHERE to_char(t.ts, 'YYYY-MM') LIKE '2024%'
+  AND EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.customer_id
+              AND o.order_time <= t.ts AND o.order_time > t.ts - INTERVAL '90 days')
+"""
+
+
 def test_postgres_reader_on_a_real_server(postgres_uri, tmp_path):
     import sqlalchemy
 
@@ -140,6 +153,21 @@ def test_postgres_reader_on_a_real_server(postgres_uri, tmp_path):
     assert len(db.tables["orders"]) == len(frames["orders"])
     rows = db.sql(churn_sql("shop"), what="task")
     assert len(rows) > 0 and set(rows.label.unique()) <= {0, 1}
+
+    # The task runs on the server in PostgreSQL's SQL (make_interval, to_char, '%' untouched by the driver)
+    # and gives the rows of the same task in DuckDB's SQL on the DuckDB file.
+    def task(source: str, sql: str) -> pd.DataFrame:
+        data = RelationalData(source=source, task=TaskSpec(entity_table="customers", sql=sql))
+        return load_task_data(source, data)[0].rows
+
+    pd.testing.assert_frame_equal(task(postgres_uri, POSTGRES_CHURN), task(f"duckdb:///{path}", churn_sql("shop")),
+                                  check_dtype=False)
+    with pytest.raises(UserError, match=r"failed in PostgreSQL: .*write the task in PostgreSQL's SQL"):
+        task(postgres_uri, churn_sql("shop"))  # DuckDB's range() and INTERVAL 30 DAY
+    with pytest.raises(UserError, match="read-only transaction"):
+        task(postgres_uri, "DELETE FROM reviews RETURNING customer_id AS entity_id, review_time AS timestamp, "
+                           "rating AS label")
+    assert len(read_database(postgres_uri).tables["reviews"]) == len(frames["reviews"])
 
     with pytest.raises(UserError, match="cannot read the database"):
         read_database(postgres_uri.rsplit(":", 1)[0] + ":1/postgres")
