@@ -34,7 +34,9 @@ from panformer.timeseries.plots import class_counts_png
 
 
 class ClassificationData(StrictModel):
-    source: str = Field("aeon:BasicMotions", description="aeon:<Name>, a <Name>_TRAIN.ts file or a folder")
+    source: str = Field(
+        "aeon:BasicMotions", description="aeon:<Name>, a <Name>_TRAIN.ts/.tsv/.arff/.csv/.parquet file or a folder"
+    )
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
 
 
@@ -98,8 +100,13 @@ class ClassificationTask(Task):
     def load_splits(self, recipe: ClassificationRecipe, *, source: str | None = None) -> Splits:
         source = source or recipe.data.source
         train_set, test_set = load_split(source, "train"), load_split(source, "test")
-        if train_set.labels is None or test_set.labels is None:
-            raise UserError(f"--data {source}: training and test files need class labels")
+        for part in (train_set, test_set):
+            if part.labels is None:
+                read_as = f" (read as {part.layout})" if part.layout else ""
+                raise UserError(
+                    f"--data {source}: {part.source} has no class labels{read_as}; add a label/class/target "
+                    f"column, or use the UCR layout (no header row, class label first)"
+                )
         if train_set.channels != test_set.channels:
             raise UserError(f"--data {source}: train has {train_set.channels} channels, test {test_set.channels}")
         classes = sorted(set(train_set.labels.tolist()))

@@ -8,6 +8,7 @@ forecast or as quantiles (prediction intervals). Selection is on validation MASE
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,10 +23,13 @@ from panformer.engine.domain import Metrics, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.plots import pyplot, save_png
+from panformer.engine.runlog import console
+from panformer.timeseries.baselines import baseline_metrics
 from panformer.timeseries.forecast_metrics import ForecastMetrics, pinball_loss
 from panformer.timeseries.models.encoder_decoder import EncoderDecoderForecaster
 from panformer.timeseries.models.patchtst import PatchTST
 from panformer.timeseries.tabular import SeriesTable, read_table, write_table
+from panformer.timeseries.time_index import future_times
 from panformer.timeseries.windows import WindowDataset, make_forecast_splits
 
 
@@ -36,7 +40,9 @@ class ForecastingData(StrictModel):
     horizon: int = Field(12, ge=1, description="H: steps to forecast")
     val_steps: int | None = Field(None, ge=1, description="steps held out for validation (default H)")
     test_steps: int | None = Field(None, ge=1, description="final steps held out for test (default H)")
-    season: int | None = Field(None, ge=1, description="seasonal period for MASE and seasonal naive")
+    season: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None, description="seasonal period for MASE and the baselines; null/auto: the data's (from its time index)"
+    )
     stride: int = Field(1, ge=1, description="step between training windows")
 
 
@@ -120,18 +126,32 @@ class ForecastingTask(Task):
         data = recipe.data
         source = source or data.source
         table = read_table(source, time_column=data.time_column)
-        season = data.season or table.season or 1
+        notes = [f"{source}: {table.layout}"]
+        if table.exogenous:
+            notes.append(
+                f"{source}: exogenous columns {', '.join(table.exogenous)} are left out: the {recipe.model.name} "
+                f"forecaster takes no exogenous inputs and forecasts 'y' from its own past"
+            )
+            table = targets_only(table)
+        if isinstance(data.season, int):
+            season, season_from = data.season, "data.season"
+        else:
+            season, season_from = table.season or 1, table.season_from or "no calendar in the time index"
         splits = make_forecast_splits(
             table.values, context=data.context, horizon=data.horizon,
             val_steps=data.val_steps or data.horizon, test_steps=data.test_steps or data.horizon,
             season=season, stride=data.stride, names=[f"{source}: series '{i}'" for i in table.ids],
         )
+        # Said once the data is known to be usable, so a bad file still gets a one-line error alone.
+        for note in [*notes, f"{source}: season {season} ({season_from})"]:
+            console.print(f"timeseries: {note}", soft_wrap=True, markup=False, highlight=False)
         info = {
             "variables": table.variables,
             "series": table.ids,
             "context": data.context,
             "horizon": data.horizon,
             "season": season,
+            "season_from": season_from,
             "quantiles": recipe.model.quantiles,
             "mean": splits.mean.tolist(),
             "std": splits.std.tolist(),
@@ -184,6 +204,20 @@ class ForecastingTask(Task):
     def metrics(self, info: dict[str, Any]) -> Metrics:
         return ForecastMetrics()
 
+    def evaluation_extras(
+        self, model: nn.Module, *, recipe: ForecastingRecipe, info: dict[str, Any], splits: Splits, device: torch.device
+    ) -> dict[str, float]:
+        """The season used, and seasonal naive and ETS on the same test windows (with intervals at the
+        model's outermost quantiles), so the model's scores read against maintained baselines."""
+        quantiles = info["quantiles"]
+        level = quantiles[-1] - quantiles[0] if quantiles else None
+        extras: dict[str, float] = {"season": float(splits.info["season"])}
+        for name, scores in baseline_metrics(
+            splits.test, season=splits.info["season"], horizon=info["horizon"], level=level
+        ).items():
+            extras |= {f"{name}_{key}": value for key, value in scores.items()}
+        return extras
+
     @torch.no_grad()
     def forecast(
         self, model: nn.Module, table: SeriesTable, info: dict[str, Any], device: torch.device, *, batch_size: int = 256
@@ -215,7 +249,7 @@ class ForecastingTask(Task):
     ) -> list[Path]:
         if output_path.suffix.lower() not in {".csv", ".parquet"}:
             raise UserError(f"--output {output_path}: write forecasts to a .csv or .parquet file")
-        table = read_table(input_path, time_column=recipe.data.time_column)
+        table = targets_only(read_table(input_path, time_column=recipe.data.time_column))
         check_compatible(table, info, input_path)
         forecasts = self.forecast(model, table, info, device)
         rows = []
@@ -277,6 +311,16 @@ class ForecastingTask(Task):
         return path
 
 
+def targets_only(table: SeriesTable) -> SeriesTable:
+    """The table without its exogenous variables (our forecasters take none)."""
+    if not table.exogenous:
+        return table
+    keep = [i for i, v in enumerate(table.variables) if v not in table.exogenous]
+    return replace(
+        table, variables=[table.variables[i] for i in keep], values=[v[keep] for v in table.values], exogenous=[]
+    )
+
+
 def check_compatible(table: SeriesTable, info: dict[str, Any], path: Path) -> None:
     if table.variables != info["variables"]:
         raise UserError(
@@ -289,28 +333,6 @@ def check_compatible(table: SeriesTable, info: dict[str, Any], path: Path) -> No
                 f"{path}: series '{series_id}' has {values.shape[1]} steps; the model needs the last "
                 f"{info['context']} (data.context) to forecast"
             )
-
-
-def future_times(times: np.ndarray, horizon: int) -> list[str]:
-    """Time labels for the H steps after `times`: continued when the spacing is regular (numbers or
-    dates), else `+1`, `+2`, ... relative to the last step."""
-    relative = [f"+{h}" for h in range(1, horizon + 1)]
-    if len(times) < 3:
-        return relative
-    labels = pd.Series(times)
-    numbers = pd.to_numeric(labels, errors="coerce")
-    if numbers.notna().all():
-        steps = numbers.diff().dropna().unique()
-        if len(steps) == 1:
-            last, step = numbers.iloc[-1], steps[0]
-            return [f"{last + step * h:g}" for h in range(1, horizon + 1)]
-        return relative
-    dates = pd.to_datetime(labels, errors="coerce", format="mixed")
-    if dates.notna().all():
-        freq = pd.infer_freq(pd.DatetimeIndex(dates))
-        if freq is not None:
-            return [str(t) for t in pd.date_range(dates.iloc[-1], periods=horizon + 1, freq=freq)[1:]]
-    return relative
 
 
 def _draw_forecast(

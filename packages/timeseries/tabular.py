@@ -1,8 +1,11 @@
-"""Forecasting data from tables: CSV and Parquet in long or wide form, and aeon's bundled series.
+"""Forecasting data: CSV and Parquet in long or wide form, the Monash archive's `.tsf`, aeon's series.
 
 Long form has one observation per row: `id, time, variable, value` (`id` may be left out for a single
 series). Wide form has a time column and one numeric column per variable (and optionally an `id`
-column). Either way the result is a `SeriesTable`: per series id, a float32 array (C, T) in time order.
+column); Nixtla's layout (`unique_id, ds, y`, more numeric columns being exogenous variables) is wide
+form too. Split calendar columns (`year` + `quarter`/`month`/`week`) become the time index. Either way
+the result is a `SeriesTable`: per series id, a float32 array (C, T) in time order, with the time labels
+and the seasonal period they imply.
 
 Every problem with a file (missing columns, ragged rows, non-numeric values, gaps) is a `UserError`
 that names the file and says how to fix it.
@@ -11,16 +14,29 @@ that names the file and says how to fix it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from panformer.engine.errors import UserError
+from panformer.timeseries.time_index import (
+    calendar_columns,
+    calendar_labels,
+    infer_season,
+    parse_times,
+)
 
 LONG_COLUMNS = ("time", "variable", "value")
-TIME_NAMES = ("time", "date", "datetime", "timestamp", "ds")
+TIME_NAMES = ("time", "date", "datetime", "timestamp", "ds", "period", "year")
+ID_NAMES = ("id", "unique_id")
+NIXTLA_COLUMNS = ("unique_id", "ds", "y")
+# The Monash archive's `@frequency` -> pandas frequency of the time labels built from `start_timestamp`.
+TSF_FREQUENCIES = {
+    "yearly": "Y", "quarterly": "Q", "monthly": "M", "weekly": "W-MON", "daily": "D", "hourly": "h",
+    "half_hourly": "30min", "10_minutes": "10min", "minutely": "min", "4_seconds": "4s",
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,9 @@ class SeriesTable:
     times: list[np.ndarray]
     source: str
     season: int | None = None  # the dataset's natural seasonal period, when known
+    season_from: str = ""  # where `season` came from, for the notes `train` and `evaluate` print
+    exogenous: list[str] = field(default_factory=list)  # variables given as inputs only (Nixtla's extra columns)
+    layout: str = ""  # how the file was read: which columns were taken as what
 
     @property
     def channels(self) -> int:
@@ -74,20 +93,61 @@ def aeon_forecasting_names() -> list[str]:
 
 
 def read_table(source: str | Path, *, time_column: str | None = None) -> SeriesTable:
-    """`aeon:<Name>`, a `.csv` or a `.parquet` file, long or wide form."""
+    """`aeon:<Name>`, a `.csv`/`.parquet` file (long or wide form) or a `.tsf` file; the season is
+    inferred from the time labels when the source does not declare it."""
     text = str(source)
     if text.startswith("aeon:"):
-        return _read_aeon(text)
-    path = Path(text)
-    if path.suffix.lower() not in {".csv", ".parquet", ".pq"}:
-        raise UserError(
-            f"{path}: forecasting data must be a .csv or .parquet file or aeon:<Name> "
-            f"(bundled: {', '.join(aeon_forecasting_names())})"
-        )
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; give an existing .csv or .parquet file")
-    frame = read_frame(path)
-    return table_from_frame(frame, source=str(path), time_column=time_column)
+        table = _read_aeon(text)
+    else:
+        path = Path(text)
+        if path.suffix.lower() not in {".csv", ".parquet", ".pq", ".tsf"}:
+            raise UserError(
+                f"{path}: forecasting data must be a .csv, .parquet or .tsf file or aeon:<Name> "
+                f"(bundled: {', '.join(aeon_forecasting_names())})"
+            )
+        if not path.is_file():
+            raise UserError(f"{path} does not exist; give an existing .csv, .parquet or .tsf file")
+        if path.suffix.lower() == ".tsf":
+            table = read_tsf(path)
+        else:
+            table = table_from_frame(read_frame(path), source=str(path), time_column=time_column)
+    if table.season is None and (inferred := infer_season(table.times[0])) is not None:
+        table.season, table.season_from = inferred[0], f"{inferred[1]} time index"
+    return table
+
+
+def read_tsf(path: Path) -> SeriesTable:
+    """A Monash forecasting archive `.tsf` file (aeon reads it): one univariate series per line."""
+    from aeon.datasets import load_from_tsf_file
+
+    try:
+        frame, meta = load_from_tsf_file(str(path))
+    except Exception as err:  # aeon raises many types for malformed files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path} is not a readable .tsf file ({reason}); check the @ header lines and @data") from None
+    frequency = str(meta.get("frequency") or "")
+    ids, values, times = [], [], []
+    for i, row in frame.iterrows():
+        series = np.asarray(row["series_value"], dtype=np.float64)[None]
+        series_id = str(row.get("series_name", i))
+        labels = _tsf_labels(row.get("start_timestamp"), frequency, series.shape[1])
+        _check_complete(series, labels, ["value"], str(path), series_id)
+        ids.append(series_id)
+        values.append(series.astype(np.float32))
+        times.append(labels)
+    return SeriesTable(ids, ["value"], values, times, str(path),
+                       layout=f".tsf, {len(ids)} series, frequency {frequency or 'not given'}")
+
+
+def _tsf_labels(start: object, frequency: str, length: int) -> np.ndarray:
+    """Time labels from a series' start and the file's frequency; step numbers when either is missing."""
+    freq = TSF_FREQUENCIES.get(frequency)
+    if freq is None or start is None or pd.isna(start):
+        return np.arange(length).astype(str)
+    if freq in ("Y", "Q", "M"):
+        return np.array([str(p) for p in pd.period_range(pd.Timestamp(start), periods=length, freq=freq)])
+    stamps = pd.date_range(pd.Timestamp(start), periods=length, freq=freq)
+    return np.array([t.strftime("%Y-%m-%d") if freq in ("D", "W-MON") else str(t) for t in stamps])
 
 
 def _read_aeon(source: str) -> SeriesTable:
@@ -103,7 +163,7 @@ def _read_aeon(source: str) -> SeriesTable:
     spec = AEON_SERIES[known[name.lower()]]
     frame = pd.read_csv(aeon_data_dir() / spec.file).drop(columns=list(spec.drop))
     table = table_from_frame(frame, source=source, time_column=spec.time_column, default_id=known[name.lower()])
-    table.season = spec.season
+    table.season, table.season_from = spec.season, "aeon's dataset description"
     return table
 
 
@@ -157,26 +217,27 @@ def table_from_frame(
     return _from_wide(frame, source, time_column=time_column, default_id=default_id or Path(source).stem)
 
 
-def _numeric(column: pd.Series, source: str, name: str) -> np.ndarray:
+def _numeric(column: pd.Series, source: str, name: str, *, layout: str = "") -> np.ndarray:
     values = pd.to_numeric(column, errors="coerce")
     bad = values.isna() & column.notna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
+        read_as = f"; read as {layout}" if layout else ""
         raise UserError(
-            f"{source}: column '{name}' holds a non-numeric value {column.iloc[row]!r} (data row {row + 1}); "
-            f"use numbers only"
+            f"{source}: column '{name}' holds a non-numeric value {column.iloc[row]!r} (data row {row + 1}){read_as}; "
+            f"use numbers only{', or name the time column with --set data.time_column=NAME' if layout else ''}"
         )
     return values.to_numpy(dtype=np.float64)
 
 
 def _time_order(times: pd.Series) -> np.ndarray:
-    """Sort key for time labels: numbers, then dates, else the labels' own order in the file."""
+    """Sort key for time labels: numbers, then periods or dates, else the labels' own order in the file."""
     as_number = pd.to_numeric(times, errors="coerce")
     if as_number.notna().all():
         return np.argsort(as_number.to_numpy(), kind="stable")
-    as_date = pd.to_datetime(times, errors="coerce", utc=True, format="mixed")
-    if as_date.notna().all():
-        return np.argsort(as_date.to_numpy(), kind="stable")
+    index = parse_times(times.astype(str).to_numpy())
+    if index is not None:
+        return np.argsort(index.asi8, kind="stable")
     return np.arange(len(times))
 
 
@@ -214,10 +275,11 @@ def _from_long(frame: pd.DataFrame, source: str) -> SeriesTable:
         ids.append(str(series_id))
         values.append(array.astype(np.float32))
         times.append(series_times)
-    return SeriesTable(ids, variables, values, times, source)
+    return SeriesTable(ids, variables, values, times, source, layout="long form: id, time, variable, value")
 
 
-def _find_time_column(frame: pd.DataFrame, time_column: str | None, source: str) -> str | None:
+def _find_time_column(frame: pd.DataFrame, time_column: str | None, source: str, *, skip: set[str]) -> str | None:
+    """The named column; else one with a time-like name; else the first text column that reads as dates."""
     if time_column is not None:
         if time_column not in frame.columns:
             raise UserError(
@@ -225,18 +287,36 @@ def _find_time_column(frame: pd.DataFrame, time_column: str | None, source: str)
             )
         return time_column
     for column in frame.columns:
-        if column.lower() in TIME_NAMES:
+        if column.lower() in TIME_NAMES and column not in skip:
+            return column
+    for column in frame.columns:
+        text = frame[column]
+        if column not in skip and pd.to_numeric(text, errors="coerce").isna().any() and parse_times(text) is not None:
             return column
     return None
 
 
 def _from_wide(frame: pd.DataFrame, source: str, *, time_column: str | None, default_id: str) -> SeriesTable:
-    time_column = _find_time_column(frame, time_column, source)
-    id_column = next((c for c in frame.columns if c.lower() == "id"), None)
+    id_column = next((c for c in frame.columns if c.lower() in ID_NAMES), None)
+    parts = calendar_columns(frame) if time_column is None else ()
+    if parts:
+        # Split calendar columns are one time index, not variables to forecast.
+        labels = calendar_labels(frame, parts, source=source)
+        frame = frame.drop(columns=list(parts)).assign(**{"+".join(parts): labels})
+        time_column = "+".join(parts)
+    time_column = _find_time_column(frame, time_column, source, skip={id_column})
     variables = [c for c in frame.columns if c not in {time_column, id_column}]
     if not variables:
         raise UserError(f"{source}: no value columns besides the time/id columns; add one column per variable")
-    numeric = np.stack([_numeric(frame[v], source, v) for v in variables])  # (C, rows)
+    exogenous: list[str] = []
+    if set(NIXTLA_COLUMNS) <= set(frame.columns):
+        # Nixtla's layout: `y` is the target, any other numeric column an exogenous input.
+        exogenous = [v for v in variables if v != "y"]
+        variables = ["y", *exogenous]
+    time_text = repr(time_column) if time_column else "none (row order)"
+    id_text = repr(id_column) if id_column else "none (one series)"
+    layout = f"wide form: time column {time_text}, id column {id_text}, value columns {', '.join(variables)}"
+    numeric = np.stack([_numeric(frame[v], source, v, layout=layout) for v in variables])  # (C, rows)
     all_times = frame[time_column].astype(str).to_numpy() if time_column else np.arange(len(frame)).astype(str)
     groups = frame.groupby(id_column, sort=True).indices if id_column else {default_id: np.arange(len(frame))}
     ids, values, times = [], [], []
@@ -248,7 +328,7 @@ def _from_wide(frame: pd.DataFrame, source: str, *, time_column: str | None, def
         ids.append(str(series_id))
         values.append(array.astype(np.float32))
         times.append(series_times)
-    return SeriesTable(ids, variables, values, times, source)
+    return SeriesTable(ids, variables, values, times, source, exogenous=exogenous, layout=layout)
 
 
 def write_table(frame: pd.DataFrame, path: Path, *, like: Path) -> None:

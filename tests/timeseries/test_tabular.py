@@ -97,7 +97,7 @@ def test_bad_sources_are_user_errors(tmp_path):
         read_table("aeon:NoSuchSeries")
     with pytest.raises(UserError, match="does not exist"):
         read_table(tmp_path / "missing.csv")
-    with pytest.raises(UserError, match=r"\.csv or \.parquet"):
+    with pytest.raises(UserError, match=r"\.csv, \.parquet or \.tsf"):
         read_table(write(tmp_path / "data.txt", "1,2\n"))
     with pytest.raises(UserError, match="not a readable"):
         read_table(write(tmp_path / "broken.parquet", "not parquet"))
