@@ -15,6 +15,11 @@ the smaller sets are subsets of the larger ones) while the validation and test m
 Without `--sizes`, all training molecules are used and one more run gives the transformer SchNet's wall-
 clock time (the paper compares at equal compute).
 
+Invariance: `--invariance RUN [RUN ...]` trains nothing; for each trained run it measures, on the run's test
+split, every inference mode of `panformer.molecules.frames` (none, canonical, frames): the energy change and
+force equivariance error over 3 random rotations of every structure, predict time, and test accuracy, and
+appends that table to `--out` (issue 23).
+
     OMP_NUM_THREADS=1 .venv/bin/python apps/bench/molecules.py --out apps/bench/results/molecules-cpu.md
     python apps/bench/molecules.py --data .dev/molecules/nci-8c.npz --device cuda --jobs 8 \\
         --sizes 300,1000,2400 --seeds 2 --models direct schnet --out $OUT/molecules-h200.md
@@ -36,10 +41,12 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import numpy as np
 import torch
 from hardware import cpu_name  # apps/bench/hardware.py: run as a script, this folder is on sys.path
 
 from panformer.engine import checkpoint as ckpt
+from panformer.engine.cli import load_model
 from panformer.engine.config import load_recipe
 from panformer.engine.files import write_text_atomic
 from panformer.engine.trainer import Trainer, evaluate_model, select_device
@@ -47,9 +54,11 @@ from panformer.molecules.domain import (
     MoleculeRecipe,
     MoleculesDomain,
     drop_force_outliers,
+    invariance_report,
     molecule_split,
     nci_dataset,
 )
+from panformer.molecules.frames import INVARIANCE_MODES
 from panformer.molecules.structures import Structure, read_structures, write_npz
 
 TRANSFORMER = ["model.dim=64", "model.depth=3", "model.num_heads=4"]
@@ -250,6 +259,48 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *
     return "\n".join(lines)
 
 
+def invariance_section(runs: list[Path], *, command: str) -> str:
+    """A markdown section: for each run, every invariance mode's rotation errors, predict time and test scores
+    (the run's own test split; the same structures and rotations for every mode)."""
+    device = torch.device("cpu")
+    lines = ["", f"## Rotation invariance at inference (issue 23), {time.strftime('%Y-%m-%d')}", "",
+             f"Command: `{command}`  ",
+             f"Hardware: {cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} thread(s), CPU; the machine was shared with other jobs, so times are wall "
+             "clock under load.  ",
+             "Rotation errors: mean over 3 random rotations of every test structure of |E(Rx) - E(x)| (eV per "
+             "molecule) and of |F(Rx) - R F(x)| per atom (eV/Å); predict time per structure is the mean over those "
+             "4 passes. Test scores with each mode (checkpoint selected on validation with the recipe's mode).", ""]
+    for run in runs:
+        loaded = load_model(MoleculesDomain(), run, device)
+        splits = loaded.task.load_splits(loaded.recipe, source=loaded.config.get("data_source"))
+        structures, batch_size = splits.test.structures, loaded.recipe.train.batch_size
+        cfg = loaded.recipe.model
+        lines += [f"### `{run}`: {cfg.name}" + (f", {cfg.forces} forces, dim {cfg.dim}, depth {cfg.depth}"
+                                                if cfg.name == "coordformer" else "")
+                  + f"; test {len(structures)} structures of {splits.info['molecules']['test']} molecules", "",
+                  "| mode | rotation ΔE (eV/mol) | force equivariance error (eV/Å) | predict (ms/structure) | "
+                  "time vs none | test energy MAE (eV/mol) | test force MAE (eV/Å) |", "|---|---|---|---|---|---|---|"]
+        rows = {}
+        for mode in INVARIANCE_MODES[::-1]:  # none first: the others' times are relative to it
+            loaded.task.invariance = mode
+            report = invariance_report(loaded.model, structures, invariance=mode, device=device,
+                                       batch_size=batch_size)
+            test = evaluate_model(loaded.task, loaded.model, splits.test, loaded.info, batch_size=batch_size,
+                                  device=device, metrics=loaded.task.test_metrics(loaded.info))
+            rows[mode] = report
+            lines.append(f"| {mode} | {report['invariance_energy_error_eV']:.2e} | "
+                         f"{report['invariance_force_error_eV_A']:.2e} | {report['predict_ms_per_structure']:.2f} | "
+                         f"{report['predict_ms_per_structure'] / rows['none']['predict_ms_per_structure']:.1f}x | "
+                         f"{test['energy_mae_eV']:.3f} | {test['force_mae_eV_A']:.3f} |")
+            print(lines[-1], flush=True)
+        energies = np.array([s.energy for s in structures])
+        lines += ["", f"Spread of the test energies across structures (std): {energies.std():.3f} eV; mean atomic "
+                  f"force magnitude {np.mean([np.linalg.norm(s.forces, axis=1).mean() for s in structures]):.3f} "
+                  "eV/Å.", ""]
+    return "\n".join(lines)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None,
@@ -281,6 +332,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--no-equal-time", dest="equal_time", action="store_false",
                         help="skip the extra run of the transformer for SchNet's wall-clock time")
+    parser.add_argument("--invariance", type=Path, nargs="+", metavar="RUN", default=None,
+                        help="train nothing: measure these trained runs' inference invariance modes on their test "
+                        "split and append the table to --out")
     parser.add_argument("--out", type=Path, default=Path("apps/bench/results/molecules-cpu.md"))
     return parser.parse_args()
 
@@ -289,6 +343,10 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     command = " ".join(["python apps/bench/molecules.py", *sys.argv[1:]])
+    if args.invariance is not None:
+        previous = args.out.read_text() if args.out.is_file() else ""
+        write_text_atomic(args.out, previous.rstrip("\n") + "\n" + invariance_section(args.invariance, command=command))
+        return
     if args.device.startswith("cuda"):
         hardware = (f"{torch.cuda.get_device_name()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}"
                     if torch.cuda.is_available() else "CUDA requested but not available")

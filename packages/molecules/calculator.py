@@ -4,6 +4,8 @@
     atoms.calc = PanformerCalculator("runs/molecules/demo-...")
     atoms.get_potential_energy(), atoms.get_forces()     # eV, eV/Å
 
+Energies are rotation invariant and forces equivariant through the checkpoint's invariance mode (`frames`
+unless its recipe says otherwise; `invariance=` overrides it, see `panformer.molecules.frames`).
 The checkpoint is loaded through the engine (safetensors + JSON, never unpickled).
 """
 
@@ -17,6 +19,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from panformer.engine.errors import UserError
+from panformer.molecules.frames import Invariance, check_invariance, invariant_forward
 from panformer.molecules.structures import Structure, read_structures, write_extxyz
 
 
@@ -25,7 +28,9 @@ class PanformerCalculator(Calculator):
 
     implemented_properties = ("energy", "free_energy", "forces")
 
-    def __init__(self, checkpoint: str | Path, *, device: str = "cpu", **kwargs: Any) -> None:
+    def __init__(
+        self, checkpoint: str | Path, *, device: str = "cpu", invariance: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         from panformer.engine.cli import load_model
         from panformer.engine.trainer import select_device
@@ -35,6 +40,8 @@ class PanformerCalculator(Calculator):
         loaded = load_model(MoleculesDomain(), Path(checkpoint), self.device)
         self.model = loaded.model.eval()
         self.elements = set(loaded.info["elements"])
+        self.invariance: Invariance = (check_invariance(invariance, where="PanformerCalculator(invariance=...)")
+                                       if invariance is not None else loaded.task.invariance)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -46,7 +53,7 @@ class PanformerCalculator(Calculator):
         pos = torch.as_tensor(self.atoms.positions, dtype=torch.float32, device=self.device)[None]
         valid = torch.ones_like(z, dtype=torch.bool)
         with torch.no_grad():
-            energy, forces = self.model(z, pos, valid)
+            energy, forces = invariant_forward(self.model, z, pos, valid, mode=self.invariance)
         self.results = {
             "energy": float(energy[0]),
             "free_energy": float(energy[0]),
@@ -64,6 +71,7 @@ def relax_file(
     steps: int,
     skip_bad: bool = False,
     device: str = "cpu",
+    invariance: str | None = None,
 ) -> list[tuple[Path | None, str]]:
     """BFGS-optimise every structure of `input_path`; write the final structures (and every step).
 
@@ -78,7 +86,7 @@ def relax_file(
         if path is not None and path.suffix.lower() not in (".extxyz", ".xyz"):
             raise UserError(f"{path}: relax writes extended XYZ; give an .extxyz path")
     result = read_structures(input_path, skip_bad=skip_bad)
-    calculator = PanformerCalculator(checkpoint, device=device)
+    calculator = PanformerCalculator(checkpoint, device=device, invariance=invariance)
     check_elements(result.structures, sorted(calculator.elements), where=str(input_path))
     lines: list[tuple[Path | None, str]] = [(None, f"warning: skipped {m}") for m in result.skipped]
     finals: list[Structure] = []

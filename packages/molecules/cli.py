@@ -17,6 +17,8 @@ from panformer.engine.errors import UserError
 from panformer.molecules.domain import MoleculesDomain
 
 domain = MoleculesDomain()
+INVARIANCE_HELP = ("frames (exactly rotation invariant, 4 passes), canonical (1 pass) or none (the raw model) "
+                   "[default: the checkpoint recipe's model.invariance, frames]")
 
 
 @user_errors_exit_2
@@ -28,13 +30,14 @@ def predict(
                                          "per atom)")],
     plot: Annotated[bool, typer.Option("--plot", help="also write a parity plot (PNG) beside the output")] = False,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip (and report) bad records")] = False,
+    invariance: Annotated[str | None, typer.Option(help=INVARIANCE_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "auto",
 ) -> None:
     """Predict energies and forces for every structure of a file."""
     if not input.exists():
         raise UserError(f"--input {input} does not exist")
     run_predict(domain, checkpoint=checkpoint, input_path=input, output_path=output, device=device,
-                plot=plot, skip_bad=skip_bad)
+                plot=plot, skip_bad=skip_bad, invariance=invariance)
 
 
 app = build_cli(domain, predict=predict)
@@ -81,13 +84,14 @@ def relax(
     fmax: Annotated[float, typer.Option(min=0, help="stop when the largest force is below this (eV/Å)")] = 0.05,
     steps: Annotated[int, typer.Option(min=1, help="at most this many BFGS steps per structure")] = 200,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip (and report) bad records")] = False,
+    invariance: Annotated[str | None, typer.Option(help=INVARIANCE_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps")] = "cpu",
 ) -> None:
     """Optimise geometries with ASE's BFGS, using the trained model as the calculator."""
     from panformer.molecules.calculator import relax_file
 
     for path, line in relax_file(input, checkpoint=checkpoint, output=output, trajectory=trajectory, fmax=fmax,
-                                 steps=steps, skip_bad=skip_bad, device=device):
+                                 steps=steps, skip_bad=skip_bad, device=device, invariance=invariance):
         if line:
             typer.echo(line, err=True)
         if path is not None:

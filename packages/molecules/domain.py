@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,9 +21,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from panformer.engine.config import Recipe, StrictModel
-from panformer.engine.domain import Domain, Metrics, Splits, Task
+from panformer.engine.domain import Domain, Metrics, RecipeChoice, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.plots import pyplot, save_png
+from panformer.molecules.frames import Invariance, check_invariance, invariant_forward
 from panformer.molecules.label import LabelOptions, label_file, nci_smiles_path
 from panformer.molecules.metrics import EnergyForceMetrics
 from panformer.molecules.model import (
@@ -33,6 +35,9 @@ from panformer.molecules.model import (
     random_rotations,
 )
 from panformer.molecules.structures import (
+    NPZ_SUFFIX,
+    SDF_SUFFIXES,
+    SMILES_SUFFIXES,
     Structure,
     read_structures,
     write_extxyz,
@@ -96,6 +101,10 @@ class CoordFormerConfig(StrictModel):
     distance_hidden: int = Field(0, ge=0, description="distance bias: MLP width from radial functions to heads "
                                  "(0: linear)")
     forces: Literal["direct", "conservative"] = "direct"
+    invariance: Invariance = Field(
+        "frames", description="inference (predict, evaluate, the ASE calculator): frames (average over the 4 "
+        "sign choices of the principal axes: exactly rotation invariant, 4x the cost), canonical (one signed "
+        "principal-axes frame, 1x) or none (the raw model); training is unchanged (rotation augmentation)")
     loss: LossConfig = LossConfig()
 
 
@@ -275,8 +284,9 @@ class EnergyForceTask(Task):
     monitor_mode = "min"
     demo_output_name = "predictions.extxyz"
 
-    def __init__(self, *, loss: LossConfig | None = None) -> None:
+    def __init__(self, *, loss: LossConfig | None = None, invariance: Invariance = "frames") -> None:
         self.loss_config = loss or LossConfig()
+        self.invariance = invariance  # evaluation and predict; training runs the raw model
 
     def load_splits(self, recipe: MoleculeRecipe, *, source: str | None = None) -> Splits:
         data = recipe.data
@@ -335,7 +345,10 @@ class EnergyForceTask(Task):
             rotation = random_rotations(len(positions), device=positions.device)
             positions = positions @ rotation.transpose(1, 2)
             reference_forces = reference_forces @ rotation.transpose(1, 2)
-        energy, forces = model(batch["numbers"], positions, batch["valid"])
+        if model.training:
+            energy, forces = model(batch["numbers"], positions, batch["valid"])
+        else:  # validation and test score what predict returns
+            energy, forces = invariant_forward(core, batch["numbers"], positions, batch["valid"], mode=self.invariance)
         valid = batch["valid"]
         scale = core.scale
         energy_error = (energy - batch["energy"]) / core.energy_norm
@@ -350,7 +363,7 @@ class EnergyForceTask(Task):
         reference_energy = (core.element_energy[batch["numbers"]] * valid).sum(1)
         outputs = {"energy": energy.detach(), "forces": forces.detach(), "reference_energy": reference_energy}
         if not model.training:
-            outputs.update(rotation_errors(model, batch, energy, forces))
+            outputs.update(rotation_errors(core, batch, energy, forces, invariance=self.invariance))
         return loss, outputs
 
     def metrics(self, info: dict[str, Any]) -> Metrics:
@@ -367,16 +380,19 @@ class EnergyForceTask(Task):
         device: torch.device,
         plot: bool = False,
         skip_bad: bool = False,
+        invariance: str | None = None,
     ) -> list[Path]:
-        """Energies (eV) and forces (eV/Å) for every structure of `input_path`, as extended XYZ, .npz or CSV."""
+        """Energies (eV) and forces (eV/Å) for every structure of `input_path`, as extended XYZ, .npz or CSV.
+        `invariance` overrides the recipe's mode (see `panformer.molecules.frames`)."""
         if output_path.suffix.lower() not in (".extxyz", ".xyz", ".npz", ".csv"):
             raise UserError(f"--output {output_path}: give an .extxyz, .xyz, .npz or .csv path")
+        mode = check_invariance(invariance, where="--invariance") if invariance is not None else self.invariance
         result = read_structures(input_path, skip_bad=skip_bad, energy_key=recipe.data.energy_key,
                                  energy_unit=recipe.data.energy_unit)
         for message in result.skipped:
             print(f"warning: skipped {message}", file=sys.stderr)
         check_elements(result.structures, info["elements"], where=str(input_path))
-        predicted = predict_structures(model, result.structures, device=device)
+        predicted = predict_structures(model, result.structures, device=device, invariance=mode)
         written = [write_structures(output_path, predicted)]
         if plot:
             written.append(parity_plot(result.structures, predicted, output_path.with_suffix(".png")))
@@ -387,8 +403,20 @@ class EnergyForceTask(Task):
         device: torch.device,
     ) -> Path:
         structures = dataset.structures
-        return parity_plot(structures, predict_structures(model, structures, device=device, batch_size=batch_size),
-                           path)
+        predicted = predict_structures(model, structures, device=device, batch_size=batch_size,
+                                       invariance=self.invariance)
+        return parity_plot(structures, predicted, path)
+
+    def evaluation_extras(
+        self, model: nn.Module, *, recipe: MoleculeRecipe, info: dict[str, Any], splits: Splits, device: torch.device
+    ) -> dict[str, float]:
+        """The invariance errors on the test split with the recipe's mode and without it, and what it costs."""
+        structures = splits.test.structures
+        batch_size = recipe.train.batch_size
+        print(f"invariance: {self.invariance} (the `_off` keys: none)", file=sys.stderr)
+        on = invariance_report(model, structures, invariance=self.invariance, device=device, batch_size=batch_size)
+        off = invariance_report(model, structures, invariance="none", device=device, batch_size=batch_size)
+        return on | {f"{key}_off": value for key, value in off.items()}
 
     def demo_input(self, recipe: MoleculeRecipe, info: dict[str, Any], workdir: Path) -> Path:
         """The test split (molecules the model never trained on), as extended XYZ."""
@@ -396,14 +424,15 @@ class EnergyForceTask(Task):
 
 
 def rotation_errors(
-    model: nn.Module, batch: dict[str, Tensor], energy: Tensor, forces: Tensor
+    model: EnergyModel, batch: dict[str, Tensor], energy: Tensor, forces: Tensor, *, invariance: Invariance
 ) -> dict[str, Tensor]:
-    """Run the model on randomly rotated copies: |E(Rx) - E(x)| (B,) eV and sum over atoms of
-    |F(Rx) - R F(x)| (B,) eV/Å. Rotations come from a fixed seed, so evaluation is repeatable."""
+    """Run the model (under `invariance`) on randomly rotated copies: |E(Rx) - E(x)| (B,) eV and sum over
+    atoms of |F(Rx) - R F(x)| (B,) eV/Å. Rotations come from a fixed seed, so evaluation is repeatable."""
     positions = batch["positions"]
     generator = torch.Generator().manual_seed(1234)
     rotation = random_rotations(len(positions), generator=generator, device=positions.device)
-    rotated_energy, rotated_forces = model(batch["numbers"], positions @ rotation.transpose(1, 2), batch["valid"])
+    rotated_energy, rotated_forces = invariant_forward(
+        model, batch["numbers"], positions @ rotation.transpose(1, 2), batch["valid"], mode=invariance)
     expected = forces @ rotation.transpose(1, 2)
     return {
         "rotation_energy_change": (rotated_energy - energy).abs().detach(),
@@ -412,9 +441,10 @@ def rotation_errors(
 
 
 def predict_structures(
-    model: nn.Module, structures: list[Structure], *, device: torch.device, batch_size: int = 32
+    model: nn.Module, structures: list[Structure], *, device: torch.device, batch_size: int = 32,
+    invariance: Invariance = "frames",
 ) -> list[Structure]:
-    """Copies of `structures` carrying the model's energy and forces."""
+    """Copies of `structures` carrying the model's energy and forces (made invariant by `invariance`)."""
     from panformer.engine.trainer import to_device
 
     model.eval()
@@ -423,11 +453,44 @@ def predict_structures(
         chunk = structures[start:start + batch_size]
         batch = to_device(collate(chunk), device)
         with torch.no_grad():
-            energy, forces = model(batch["numbers"], batch["positions"], batch["valid"])
+            energy, forces = invariant_forward(model, batch["numbers"], batch["positions"], batch["valid"],
+                                               mode=invariance)
         for i, s in enumerate(chunk):
             out.append(Structure(s.numbers, s.positions, float(energy[i]), forces[i, :len(s)].double().cpu().numpy(),
                                  molecule=s.molecule, name=s.name, info=dict(s.info)))
     return out
+
+
+def invariance_report(
+    model: nn.Module, structures: list[Structure], *, invariance: Invariance, device: torch.device,
+    batch_size: int = 32, rotations: int = 3,
+) -> dict[str, float]:
+    """How far predictions under `invariance` are from exact symmetry, over `rotations` random rotations of
+    every structure (fixed seed): mean |E(Rx) - E(x)| (eV per molecule), mean over atoms of |F(Rx) - R F(x)|
+    (eV/Å), and the prediction time (ms per structure, mean over the 1 + `rotations` passes)."""
+
+    def timed(items: list[Structure]) -> tuple[list[Structure], float]:
+        started = time.perf_counter()
+        predicted = predict_structures(model, items, device=device, batch_size=batch_size, invariance=invariance)
+        return predicted, time.perf_counter() - started
+
+    reference, seconds = timed(structures)
+    generator = torch.Generator().manual_seed(1234)
+    energy_errors, force_errors = [], []
+    for _ in range(rotations):
+        matrices = random_rotations(len(structures), generator=generator, dtype=torch.float64).numpy()
+        rotated = [Structure(s.numbers, s.positions @ r.T, molecule=s.molecule, name=s.name)
+                   for s, r in zip(structures, matrices, strict=True)]
+        predicted, spent = timed(rotated)
+        seconds += spent
+        for p, q, r in zip(reference, predicted, matrices, strict=True):
+            energy_errors.append(abs(q.energy - p.energy))
+            force_errors.append(np.linalg.norm(q.forces - p.forces @ r.T, axis=1))
+    return {
+        "invariance_energy_error_eV": float(np.mean(energy_errors)),
+        "invariance_force_error_eV_A": float(np.concatenate(force_errors).mean()),
+        "predict_ms_per_structure": 1000 * seconds / ((1 + rotations) * len(structures)),
+    }
 
 
 def parity_plot(reference: list[Structure], predicted: list[Structure], path: Path) -> Path:
@@ -469,4 +532,24 @@ class MoleculesDomain(Domain):
     cli_app = "panformer.molecules.cli:app"
 
     def task(self, recipe: Recipe) -> Task:
-        return EnergyForceTask(loss=recipe.model.loss)
+        # SchNet is invariant by construction: no frames (its model would skip them anyway).
+        invariance = recipe.model.invariance if isinstance(recipe.model, CoordFormerConfig) else "none"
+        return EnergyForceTask(loss=recipe.model.loss, invariance=invariance)
+
+    def default_recipe(self, data: str | None) -> RecipeChoice:
+        # Every recipe reads every structure file; they differ in the model. The main one is `coordformer`.
+        if data is None or data == "nci":
+            where = "no --data" if data is None else "nci"
+            return RecipeChoice("coordformer", f"{where}: MMFF94-labelled NCI molecules, the coordinate transformer")
+        path = Path(data)
+        suffix = path.suffix.lower()
+        if not path.is_file():
+            raise self.unrecognised_data(data, "no such file; give a structure file (.npz, .extxyz, .xyz, .sdf) "
+                                               "or nci")
+        if suffix in SMILES_SUFFIXES:
+            raise self.unrecognised_data(data, f"a SMILES list has no coordinates or energies; run "
+                                               f"`panformer-molecules label {data} --output {path.stem}.npz` first")
+        if suffix in (*SDF_SUFFIXES, NPZ_SUFFIX, ".xyz", ".extxyz", ".traj"):
+            return RecipeChoice("coordformer", f"a structure file ({suffix}), the coordinate transformer")
+        raise self.unrecognised_data(data, "not a structure file (.npz, .extxyz, .xyz, .traj, .sdf, .mol) or a "
+                                           "SMILES list (.smi)")

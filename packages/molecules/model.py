@@ -14,7 +14,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,9 @@ class EnergyModel(nn.Module):
     `energy_scale`, direct forces (B, N, 3) in units of `scale`, or None)`, so the networks see targets of
     order one. `energy_norm` (eV per molecule) only normalises the energy loss.
     """
+
+    # True where energies are rotation invariant by construction: `frames.invariant_forward` then skips its frames.
+    rotation_invariant: ClassVar[bool] = False
 
     def __init__(self, *, forces: ForceMode) -> None:
         super().__init__()
@@ -253,6 +256,8 @@ def radius_pairs(positions: Tensor, batch: Tensor, *, cutoff: float) -> tuple[Te
 
 class SchNetModel(EnergyModel):
     """torch_geometric's SchNet on the same padded batches; forces conservative (-dE/dx)."""
+
+    rotation_invariant = True  # interatomic distances only
 
     def __init__(
         self, *, hidden: int = 64, filters: int = 64, interactions: int = 3, gaussians: int = 25, cutoff: float = 5.0

@@ -15,6 +15,7 @@ from rdkit.Chem import AllChem
 from panformer.engine.cli import load_model
 from panformer.engine.config import list_recipes, load_recipe
 from panformer.molecules.domain import MoleculeRecipe, MoleculesDomain
+from panformer.molecules.model import random_rotations
 from panformer.molecules.structures import Structure, read_structures, write_extxyz
 from tests.cli import assert_user_error
 from tests.molecules.helpers import SMILES, cli, water, write_smiles
@@ -62,6 +63,47 @@ def test_train_writes_a_run_and_evaluate_prints_json(run):
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert scores["energy_mae_eV"] == pytest.approx(metrics["test"]["energy_mae_eV"], rel=1e-4)
     assert {"force_mae_eV_A", "force_cosine", "energy_mae_meV_per_atom", "equivariance_error_eV_A"} <= set(scores)
+    # The invariance errors over random rotations of the test set, with the default mode (frames) and without.
+    assert scores["invariance_energy_error_eV"] < 1e-3 * scores["invariance_energy_error_eV_off"]
+    assert scores["invariance_force_error_eV_A"] < 1e-2 * scores["invariance_force_error_eV_A_off"]
+    assert scores["predict_ms_per_structure"] > 0 and scores["predict_ms_per_structure_off"] > 0
+    assert "invariance: frames" in result.stderr
+
+
+def test_calculator_and_predict_are_rotation_invariant(run):
+    from panformer.molecules.calculator import PanformerCalculator
+
+    structures = read_structures(run / "labelled.extxyz").structures[:6]
+    rotations = random_rotations(len(structures), generator=torch.Generator().manual_seed(0),
+                                 dtype=torch.float64).numpy()
+    rotated = [Structure(s.numbers, s.positions @ r.T, molecule=s.molecule, name=s.name)
+               for s, r in zip(structures, rotations, strict=True)]
+    changes = {}
+    for invariance in (None, "none"):  # the checkpoint's mode (frames), then the raw model
+        calculator = PanformerCalculator(run / "run", invariance=invariance)
+        energy_changes = []
+        for s, t, r in zip(structures, rotated, rotations, strict=True):
+            atoms, turned = Atoms(numbers=s.numbers, positions=s.positions), Atoms(numbers=t.numbers,
+                                                                                    positions=t.positions)
+            atoms.calc = turned.calc = calculator
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            energy_changes.append(abs(turned.get_potential_energy() - energy) / max(abs(energy), 1.0))
+            if invariance is None:
+                np.testing.assert_allclose(turned.get_forces(), forces @ r.T, atol=1e-4 * np.abs(forces).max())
+        changes[invariance] = max(energy_changes)
+    assert changes[None] < 1e-4 < changes["none"]
+    # predict (in-process, as the CLI runs it): the same energies for the rotated file, forces turned with it.
+    write_extxyz(run / "turned.extxyz", rotated)
+    write_extxyz(run / "six.extxyz", structures)
+    loaded = load_model(MoleculesDomain(), run / "run", torch.device("cpu"))
+    for name in ("six", "turned"):
+        loaded.task.predict(loaded.model, recipe=loaded.recipe, info=loaded.info, input_path=run / f"{name}.extxyz",
+                            output_path=run / f"{name}-pred.extxyz", device=torch.device("cpu"))
+    plain = read_structures(run / "six-pred.extxyz").structures
+    turned = read_structures(run / "turned-pred.extxyz").structures
+    for p, q, r in zip(plain, turned, rotations, strict=True):
+        assert q.energy == pytest.approx(p.energy, rel=1e-4, abs=1e-4)
+        np.testing.assert_allclose(q.forces, p.forces @ r.T, atol=1e-4 * np.abs(p.forces).max())
 
 
 def test_predict_writes_energies_and_forces_as_extxyz_and_csv(run):
@@ -133,6 +175,9 @@ def test_bad_inputs_exit_2_with_one_line(run, tmp_path):
                                                              name="silane", molecule="SiH4")])
     assert_user_error(cli("predict", "--checkpoint", str(run / "run"), "--input", str(silane),
                           "--output", str(tmp_path / "p.extxyz")), "silane", "Si")
+    assert not (tmp_path / "p.extxyz").exists()
+    assert_user_error(cli("predict", "--checkpoint", str(run / "run"), "--input", str(run / "labelled.extxyz"),
+                          "--output", str(tmp_path / "p.extxyz"), "--invariance", "sphere"), "--invariance", "frames")
     assert not (tmp_path / "p.extxyz").exists()
 
 
