@@ -12,9 +12,12 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 
 venv: $(STAMP)
 
+# NATTEN is a test-only oracle for shared_attention's na1d/na2d/na3d: its pure-Python package (no CUDA library:
+# no GPU visible, NATTEN_CUDA_ARCH empty) builds in seconds; its setup imports torch, hence no build isolation.
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
+	CUDA_VISIBLE_DEVICES= NATTEN_CUDA_ARCH= $(BIN)/python -m pip install -q --no-build-isolation -c constraints.txt natten==0.21.7
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -4,7 +4,8 @@
 Tokens of a grid arrive in raster order (q (B, H, L, D), L = prod(grid), as the core's
 ``masks.Neighborhood`` numbers them). Along each axis a query attends the ``kernel`` keys of its
 dilation group nearest to it, the window shifted inward at the borders (NAT / NATTEN); along a
-causal axis, the ``kernel`` most recent keys of its group, itself included.
+causal axis, the ``kernel`` most recent keys of its group, itself included. With a ``stride`` s, runs
+of s queries share the window of their leader (the middle one; the last one along a causal axis).
 
 Implementations: on CUDA the Triton kernels of ``triton_neighborhood_attention`` (forward and
 backward), which read tiles of tokens straight from raster order, so a tile of queries walks only
@@ -26,18 +27,21 @@ from torch import Tensor
 
 
 def neighborhood_mask(
-    grid: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int], causal: Sequence[bool], *, device=None
+    grid: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int], causal: Sequence[bool],
+    stride: Sequence[int], *, device=None,
 ) -> Tensor:
     """bool (L, L), raster order: query i (row) sees key j (column)."""
     allowed = torch.ones(1, 1, dtype=torch.bool, device=device)
-    for n, k, d, is_causal in zip(grid, kernel_size, dilation, causal, strict=True):
+    for n, k, d, is_causal, s in zip(grid, kernel_size, dilation, causal, stride, strict=True):
         i = torch.arange(n, device=device)
         group, sub = i % d, i // d
+        group_size = (n - group + d - 1) // d
+        # The query whose window a run of s queries shares (itself when s == 1).
+        leader = torch.minimum((sub // s) * s + (s - 1 if is_causal else s // 2), group_size - 1)
         if is_causal:
-            start, end = (sub - k + 1).clamp(min=0), sub + 1
+            start, end = (leader - k + 1).clamp(min=0), sub + 1
         else:
-            group_size = (n - group + d - 1) // d
-            start = torch.minimum((sub - k // 2).clamp(min=0), (group_size - k).clamp(min=0))
+            start = torch.minimum((leader - k // 2).clamp(min=0), (group_size - k).clamp(min=0))
             end = start + k
         ok = (group[None, :] == group[:, None]) & (sub[None, :] >= start[:, None]) & (sub[None, :] < end[:, None])
         # Raster order: this axis varies faster than the ones before it.
@@ -45,27 +49,28 @@ def neighborhood_mask(
     return allowed
 
 
-def _reference_forward(q, k, v, grid, kernel_size, dilation, causal, scale) -> tuple[Tensor, Tensor]:
+def _reference_forward(q, k, v, grid, kernel_size, dilation, causal, stride, scale) -> tuple[Tensor, Tensor]:
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1).float(), v.repeat_interleave(group, dim=1).float()
     scores = (q.float() @ k.transpose(-2, -1)) * scale
-    allowed = neighborhood_mask(grid, kernel_size, dilation, causal, device=q.device)
+    allowed = neighborhood_mask(grid, kernel_size, dilation, causal, stride, device=q.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
     lse = scores.logsumexp(-1)
     out = (scores - lse[..., None]).exp() @ v
     return out.to(q.dtype), lse
 
 
-def _reference_backward(grad_out, q, k, v, out, lse, grid, kernel_size, dilation, causal, scale):
+def _reference_backward(grad_out, grad_lse, q, k, v, out, lse, grid, kernel_size, dilation, causal, stride, scale):
     batch, heads, length, _ = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads
     kf, vf = k.repeat_interleave(group, dim=1).float(), v.repeat_interleave(group, dim=1).float()
     do, qf = grad_out.float(), q.float()
-    allowed = neighborhood_mask(grid, kernel_size, dilation, causal, device=q.device)
+    allowed = neighborhood_mask(grid, kernel_size, dilation, causal, stride, device=q.device)
     scores = ((qf @ kf.transpose(-2, -1)) * scale).masked_fill(~allowed, float("-inf"))
     p = (scores - lse[..., None]).exp()  # (B, H, L, L)
-    delta = (do * out.float()).sum(-1, keepdim=True)
+    # d lse / d scores = p: an lse gradient enters as a shift of delta = rowsum(dO * O).
+    delta = (do * out.float()).sum(-1, keepdim=True) - grad_lse.float()[..., None]
     ds = p * (do @ vf.transpose(-2, -1) - delta)
     dq = (ds @ kf) * scale
     dk = (ds.transpose(-2, -1) @ qf) * scale
@@ -77,52 +82,58 @@ def _reference_backward(grad_out, q, k, v, out, lse, grid, kernel_size, dilation
 
 
 # --------------------------------------------------------------------------------------------
-# Custom ops (grid, kernel_size, dilation, causal: 3 entries each)
+# Custom ops (grid, kernel_size, dilation, causal, stride: 3 entries each)
 
 
 @torch.library.custom_op("panformer::neighborhood_attention", mutates_args=())
 def _neighborhood_attention(
     q: Tensor, k: Tensor, v: Tensor, grid: list[int], kernel_size: list[int], dilation: list[int],
-    causal: list[bool], scale: float,
+    causal: list[bool], stride: list[int], scale: float,
 ) -> tuple[Tensor, Tensor]:
-    return _reference_forward(q, k, v, grid, kernel_size, dilation, causal, scale)
+    return _reference_forward(q, k, v, grid, kernel_size, dilation, causal, stride, scale)
 
 
 @_neighborhood_attention.register_kernel("cuda")
-def _neighborhood_attention_cuda(q, k, v, grid, kernel_size, dilation, causal, scale):
+def _neighborhood_attention_cuda(q, k, v, grid, kernel_size, dilation, causal, stride, scale):
     from panformer_kernels.triton_neighborhood_attention import neighborhood_forward
 
     return neighborhood_forward(
         q, k, v, grid=tuple(grid), kernel_size=tuple(kernel_size), dilation=tuple(dilation), causal=tuple(causal),
-        scale=scale,
+        stride=tuple(stride), scale=scale,
     )
 
 
 @_neighborhood_attention.register_fake
-def _neighborhood_attention_fake(q, k, v, grid, kernel_size, dilation, causal, scale):
+def _neighborhood_attention_fake(q, k, v, grid, kernel_size, dilation, causal, stride, scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)  # contiguous, as the kernels
 
 
 @torch.library.custom_op("panformer::neighborhood_attention_backward", mutates_args=())
 def _neighborhood_attention_backward(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grid: list[int],
-    kernel_size: list[int], dilation: list[int], causal: list[bool], scale: float,
+    grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grid: list[int],
+    kernel_size: list[int], dilation: list[int], causal: list[bool], stride: list[int], scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _reference_backward(grad_out, q, k, v, out, lse, grid, kernel_size, dilation, causal, scale)
+    return _reference_backward(
+        grad_out, grad_lse, q, k, v, out, lse, grid, kernel_size, dilation, causal, stride, scale
+    )
 
 
 @_neighborhood_attention_backward.register_kernel("cuda")
-def _neighborhood_attention_backward_cuda(grad_out, q, k, v, out, lse, grid, kernel_size, dilation, causal, scale):
+def _neighborhood_attention_backward_cuda(
+    grad_out, grad_lse, q, k, v, out, lse, grid, kernel_size, dilation, causal, stride, scale
+):
     from panformer_kernels.triton_neighborhood_attention import neighborhood_backward
 
     return neighborhood_backward(
         grad_out, q, k, v, out, lse, grid=tuple(grid), kernel_size=tuple(kernel_size), dilation=tuple(dilation),
-        causal=tuple(causal), scale=scale,
+        causal=tuple(causal), stride=tuple(stride), scale=scale, grad_lse=grad_lse,
     )
 
 
 @_neighborhood_attention_backward.register_fake
-def _neighborhood_attention_backward_fake(grad_out, q, k, v, out, lse, grid, kernel_size, dilation, causal, scale):
+def _neighborhood_attention_backward_fake(
+    grad_out, grad_lse, q, k, v, out, lse, grid, kernel_size, dilation, causal, stride, scale
+):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -133,20 +144,21 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.options = options
 
 
-def _backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
+def _backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = torch.ops.panformer.neighborhood_attention_backward(
-        grad_out.contiguous(), q, k, v, out, lse, *ctx.options
-    )
-    return dq, dk, dv, None, None, None, None, None
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+    grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse.contiguous()
+    dq, dk, dv = torch.ops.panformer.neighborhood_attention_backward(grad_out, grad_lse, q, k, v, out, lse, *ctx.options)
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 _neighborhood_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 def as_three_axes(
-    grid: Sequence[int], kernel_size: int | Sequence[int], dilation: int | Sequence[int], causal: bool | Sequence[bool]
-) -> tuple[list[int], list[int], list[int], list[bool]]:
+    grid: Sequence[int], kernel_size: int | Sequence[int], dilation: int | Sequence[int],
+    causal: bool | Sequence[bool], stride: int | Sequence[int] = 1,
+) -> tuple[list[int], list[int], list[int], list[bool], list[int]]:
     """Per-axis options of a 1-3 axis grid, padded with leading size-1 axes to 3."""
     axes = len(grid)
     if axes not in (1, 2, 3):
@@ -160,7 +172,7 @@ def as_three_axes(
 
     return (
         per_axis(grid, "grid", 1), per_axis(kernel_size, "kernel_size", 1), per_axis(dilation, "dilation", 1),
-        [bool(c) for c in per_axis(causal, "causal", False)],
+        [bool(c) for c in per_axis(causal, "causal", False)], per_axis(stride, "stride", 1),
     )
 
 
@@ -173,19 +185,23 @@ def neighborhood_attention(
     kernel_size: int | Sequence[int],
     dilation: int | Sequence[int] = 1,
     causal: bool | Sequence[bool] = False,
+    stride: int | Sequence[int] = 1,
     scale: float | None = None,
-) -> Tensor:
-    """q (B, H, L, D), k and v (B, Hkv, L, D), raster order over a 1-3 axis ``grid`` -> (B, H, L, D).
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """q (B, H, L, D), k and v (B, Hkv, L, D), raster order over a 1-3 axis ``grid`` -> (B, H, L, D),
+    and with ``return_lse`` the fp32 log-sum-exp of each query's scores (B, H, L) (natural log).
 
-    ``kernel_size``, ``dilation`` and ``causal`` are one value for every axis or one per axis.
-    Differentiable in q, k, v. Triton on CUDA, reference math elsewhere.
+    ``kernel_size``, ``dilation``, ``causal`` and ``stride`` are one value for every axis or one per axis.
+    Differentiable in q, k, v (through the output and the log-sum-exp). Triton on CUDA, reference math
+    elsewhere.
     """
-    grid3, kernel3, dilation3, causal3 = as_three_axes(grid, kernel_size, dilation, causal)
+    grid3, kernel3, dilation3, causal3, stride3 = as_three_axes(grid, kernel_size, dilation, causal, stride)
     if q.shape[2] != math.prod(grid3) or k.shape[2] != q.shape[2]:
         raise ValueError(f"neighborhood_attention wants L = {math.prod(grid3)} tokens of grid {tuple(grid)}; "
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if q.shape[1] % k.shape[1] or k.shape != v.shape:
         raise ValueError(f"heads {q.shape[1]} must be a multiple of key/value heads {k.shape[1]}, and k, v alike")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    out, _ = torch.ops.panformer.neighborhood_attention(q, k, v, grid3, kernel3, dilation3, causal3, scale)
-    return out
+    out, lse = torch.ops.panformer.neighborhood_attention(q, k, v, grid3, kernel3, dilation3, causal3, stride3, scale)
+    return (out, lse) if return_lse else out

@@ -36,45 +36,51 @@ LOG2E = math.log2(math.e)
 
 
 @triton.jit
-def _start(i, m, kernel, CAUSAL: tl.constexpr):
-    """First sub-grid cell of the window of sub-grid cell i (axis of m cells)."""
+def _start(i, m, kernel, stride, CAUSAL: tl.constexpr):
+    """First sub-grid cell of the window of sub-grid cell i (axis of m cells). With a stride, runs of
+    ``stride`` cells share the window of their leader: the middle cell (the last one if causal)."""
     if CAUSAL:  # the k most recent cells, fewer at the start
-        return tl.maximum(i - kernel + 1, 0)
-    return tl.minimum(tl.maximum(i - kernel // 2, 0), tl.maximum(m - kernel, 0))
+        leader = tl.minimum((i // stride) * stride + stride - 1, m - 1)
+        return tl.maximum(leader - kernel + 1, 0)
+    leader = tl.minimum((i // stride) * stride + stride // 2, m - 1)
+    return tl.minimum(tl.maximum(leader - kernel // 2, 0), tl.maximum(m - kernel, 0))
 
 
 @triton.jit
-def _end(i, m, kernel, CAUSAL: tl.constexpr):
+def _end(i, m, kernel, stride, CAUSAL: tl.constexpr):
     """One past the last sub-grid cell of the window of cell i (keys past m are masked as invalid)."""
-    if CAUSAL:
+    if CAUSAL:  # never a key after the query itself
         return i + 1
-    return _start(i, m, kernel, False) + kernel
+    return _start(i, m, kernel, stride, False) + kernel
 
 
 @triton.jit
-def _key_range(tile, TILE: tl.constexpr, m, kernel, CAUSAL: tl.constexpr):
+def _key_range(tile, TILE: tl.constexpr, m, kernel, stride, CAUSAL: tl.constexpr):
     """[first, last) cells that any window of the queries of tile number ``tile`` (TILE cells along the
-    axis) covers: windows move monotonically, so the first and last real query bound them."""
+    axis) covers: windows move monotonically, so the first and last real query bound them. With a
+    stride, a tile's runs share windows, so the box shrinks (the work GNA saves)."""
     first_query, last_query = tile * TILE, tl.minimum(tile * TILE + TILE, m) - 1
-    return _start(first_query, m, kernel, CAUSAL), tl.minimum(_end(last_query, m, kernel, CAUSAL), m)
+    return _start(first_query, m, kernel, stride, CAUSAL), tl.minimum(_end(last_query, m, kernel, stride, CAUSAL), m)
 
 
 @triton.jit
-def _query_range(tile, TILE: tl.constexpr, m, kernel, CAUSAL: tl.constexpr):
-    """[first, last) cells whose windows hold a key of tile number ``tile`` (TILE cells along the axis)."""
+def _query_range(tile, TILE: tl.constexpr, m, kernel, stride, CAUSAL: tl.constexpr):
+    """[first, last) cells whose windows may hold a key of tile number ``tile`` (TILE cells along the
+    axis); exact for stride 1, a superset otherwise (a leader is within stride - 1 cells of its run's
+    queries; the per-pair mask drops the rest)."""
     first_key, last_key = tile * TILE, tl.minimum(tile * TILE + TILE, m) - 1
-    if CAUSAL:
+    if CAUSAL:  # a query sees keys at most kernel - 1 cells back, whatever the stride
         return first_key, tl.minimum(last_key + kernel - 1, m - 1) + 1
     first = tl.where(first_key - kernel + 1 <= 0, 0, first_key - kernel + 1 + kernel // 2)
     last = tl.where(last_key >= m - kernel, m - 1, last_key + kernel // 2)
-    return first, tl.minimum(last, m - 1) + 1
+    return tl.maximum(first - stride + 1, 0), tl.minimum(last + stride - 1, m - 1) + 1
 
 
 @triton.jit
-def _axis_in(i, j, m, kernel, CAUSAL: tl.constexpr):
+def _axis_in(i, j, m, kernel, stride, CAUSAL: tl.constexpr):
     """(queries, keys) bool along one axis: key cell j lies in query cell i's window."""
-    start = _start(i, m, kernel, CAUSAL)
-    return (j[None, :] >= start[:, None]) & (j[None, :] < _end(i, m, kernel, CAUSAL)[:, None])
+    start = _start(i, m, kernel, stride, CAUSAL)
+    return (j[None, :] >= start[:, None]) & (j[None, :] < _end(i, m, kernel, stride, CAUSAL)[:, None])
 
 
 @triton.jit
@@ -120,12 +126,12 @@ def _program(n_t, n_h, n_w, d_t, d_h, d_w, tiles_t, tiles_r, tiles_c):
 
 
 @triton.jit
-def _visible(qt, qr, qc, kt, kr, kc, k_valid, m_t, m_r, m_c, k_t, k_h, k_w,
+def _visible(qt, qr, qc, kt, kr, kc, k_valid, m_t, m_r, m_c, k_t, k_h, k_w, s_t, s_h, s_w,
              CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr, THREE_D: tl.constexpr):
     """(queries, keys) bool: every axis holds the key in the query's window."""
-    ok = _axis_in(qr, kr, m_r, k_h, CAUSAL_H) & _axis_in(qc, kc, m_c, k_w, CAUSAL_W) & k_valid[None, :]
+    ok = _axis_in(qr, kr, m_r, k_h, s_h, CAUSAL_H) & _axis_in(qc, kc, m_c, k_w, s_w, CAUSAL_W) & k_valid[None, :]
     if THREE_D:
-        ok = ok & _axis_in(qt, kt, m_t, k_t, CAUSAL_T)
+        ok = ok & _axis_in(qt, kt, m_t, k_t, s_t, CAUSAL_T)
     return ok
 
 
@@ -134,7 +140,7 @@ def _forward_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
     heads, kv_group, dim, length, scale_log2,
-    n_t, n_h, n_w, k_t, k_h, k_w, d_t, d_h, d_w, tiles_t, tiles_r, tiles_c,
+    n_t, n_h, n_w, k_t, k_h, k_w, d_t, d_h, d_w, s_t, s_h, s_w, tiles_t, tiles_r, tiles_c,
     TILE_T: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
     CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr, THREE_D: tl.constexpr,
@@ -151,9 +157,9 @@ def _forward_kernel(
     q = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + q_tok[:, None] * sql + offs_d[None, :],
                 mask=q_valid[:, None] & in_d[None, :], other=0.0)
     # The box of keys the tile's windows cover.
-    first_t, last_t = _key_range(tile_t, TILE_T, m_t, k_t, CAUSAL_T)
-    first_r, last_r = _key_range(tile_r, TILE_H, m_r, k_h, CAUSAL_H)
-    first_c, last_c = _key_range(tile_c, TILE_W, m_c, k_w, CAUSAL_W)
+    first_t, last_t = _key_range(tile_t, TILE_T, m_t, k_t, s_t, CAUSAL_T)
+    first_r, last_r = _key_range(tile_r, TILE_H, m_r, k_h, s_h, CAUSAL_H)
+    first_c, last_c = _key_range(tile_c, TILE_W, m_c, k_w, s_w, CAUSAL_W)
 
     k_base = k_ptr + b.to(tl.int64) * skb + hkv * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hkv * svh
@@ -171,7 +177,7 @@ def _forward_kernel(
                 k = tl.load(k_base + k_tok[:, None] * skl + offs_d[None, :], mask=load_mask, other=0.0)
                 v = tl.load(v_base + k_tok[:, None] * svl + offs_d[None, :], mask=load_mask, other=0.0)
                 scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-                visible = _visible(qt, qr, qc, kt, kr, kc, k_valid, m_t, m_r, m_c, k_t, k_h, k_w,
+                visible = _visible(qt, qr, qc, kt, kr, kc, k_valid, m_t, m_r, m_c, k_t, k_h, k_w, s_t, s_h, s_w,
                                    CAUSAL_T, CAUSAL_H, CAUSAL_W, THREE_D)
                 scores = tl.where(visible, scores, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -193,7 +199,7 @@ def _backward_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
     heads, kv_group, dim, length, scale_log2,
-    n_t, n_h, n_w, k_t, k_h, k_w, d_t, d_h, d_w, tiles_t, tiles_r, tiles_c,
+    n_t, n_h, n_w, k_t, k_h, k_w, d_t, d_h, d_w, s_t, s_h, s_w, tiles_t, tiles_r, tiles_c,
     TILE_T: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
     CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr, THREE_D: tl.constexpr,
@@ -213,9 +219,9 @@ def _backward_dq_kernel(
     do = tl.load(do_ptr + row[:, None] * dim + offs_d[None, :], mask=q_mask, other=0.0)
     lse2 = tl.load(lse_ptr + row, mask=q_valid, other=0.0) * 1.4426950408889634
     delta = tl.load(delta_ptr + row, mask=q_valid, other=0.0)
-    first_t, last_t = _key_range(tile_t, TILE_T, m_t, k_t, CAUSAL_T)
-    first_r, last_r = _key_range(tile_r, TILE_H, m_r, k_h, CAUSAL_H)
-    first_c, last_c = _key_range(tile_c, TILE_W, m_c, k_w, CAUSAL_W)
+    first_t, last_t = _key_range(tile_t, TILE_T, m_t, k_t, s_t, CAUSAL_T)
+    first_r, last_r = _key_range(tile_r, TILE_H, m_r, k_h, s_h, CAUSAL_H)
+    first_c, last_c = _key_range(tile_c, TILE_W, m_c, k_w, s_w, CAUSAL_W)
 
     k_base = k_ptr + b.to(tl.int64) * skb + hkv * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hkv * svh
@@ -230,7 +236,7 @@ def _backward_dq_kernel(
                 k = tl.load(k_base + k_tok[:, None] * skl + offs_d[None, :], mask=load_mask, other=0.0)
                 v = tl.load(v_base + k_tok[:, None] * svl + offs_d[None, :], mask=load_mask, other=0.0)
                 scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-                visible = _visible(qt, qr, qc, kt, kr, kc, k_valid, m_t, m_r, m_c, k_t, k_h, k_w,
+                visible = _visible(qt, qr, qc, kt, kr, kc, k_valid, m_t, m_r, m_c, k_t, k_h, k_w, s_t, s_h, s_w,
                                    CAUSAL_T, CAUSAL_H, CAUSAL_W, THREE_D)
                 p = tl.where(visible, tl.exp2(scores - lse2[:, None]), 0.0)
                 dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -245,7 +251,7 @@ def _backward_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
     heads, kv_group, dim, length, scale_log2,
-    n_t, n_h, n_w, k_t, k_h, k_w, d_t, d_h, d_w, tiles_t, tiles_r, tiles_c,
+    n_t, n_h, n_w, k_t, k_h, k_w, d_t, d_h, d_w, s_t, s_h, s_w, tiles_t, tiles_r, tiles_c,
     TILE_T: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
     CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr, THREE_D: tl.constexpr,
@@ -263,9 +269,9 @@ def _backward_dkdv_kernel(
     k_mask = k_valid[:, None] & in_d[None, :]
     k = tl.load(k_ptr + b.to(tl.int64) * skb + hkv * skh + k_tok[:, None] * skl + offs_d[None, :], mask=k_mask, other=0.0)
     v = tl.load(v_ptr + b.to(tl.int64) * svb + hkv * svh + k_tok[:, None] * svl + offs_d[None, :], mask=k_mask, other=0.0)
-    first_t, last_t = _query_range(tile_t, TILE_T, m_t, k_t, CAUSAL_T)
-    first_r, last_r = _query_range(tile_r, TILE_H, m_r, k_h, CAUSAL_H)
-    first_c, last_c = _query_range(tile_c, TILE_W, m_c, k_w, CAUSAL_W)
+    first_t, last_t = _query_range(tile_t, TILE_T, m_t, k_t, s_t, CAUSAL_T)
+    first_r, last_r = _query_range(tile_r, TILE_H, m_r, k_h, s_h, CAUSAL_H)
+    first_c, last_c = _query_range(tile_c, TILE_W, m_c, k_w, s_w, CAUSAL_W)
 
     TILE: tl.constexpr = TILE_T * TILE_H * TILE_W
     dk = tl.zeros((TILE, BLOCK_D), dtype=tl.float32)
@@ -286,7 +292,7 @@ def _backward_dkdv_kernel(
                     do = tl.load(do_ptr + row[:, None] * dim + offs_d[None, :], mask=q_mask, other=0.0)
                     lse2 = tl.load(lse_ptr + row, mask=q_valid, other=0.0) * 1.4426950408889634
                     delta = tl.load(delta_ptr + row, mask=q_valid, other=0.0)
-                    visible = _visible(qt, qr, qc, kt, kr, kc, k_valid, m_t, m_r, m_c, k_t, k_h, k_w,
+                    visible = _visible(qt, qr, qc, kt, kr, kc, k_valid, m_t, m_r, m_c, k_t, k_h, k_w, s_t, s_h, s_w,
                                        CAUSAL_T, CAUSAL_H, CAUSAL_W, THREE_D) & q_valid[:, None]
                     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # (queries, keys)
                     p = tl.where(visible, tl.exp2(scores - lse2[:, None]), 0.0)
@@ -318,7 +324,7 @@ def _unit_d(t: Tensor) -> Tensor:
 
 
 def _launch(kernel, q: Tensor, k: Tensor, v: Tensor, tensors: tuple, heads_axis: int, *, grid, kernel_size, dilation,
-            causal, scale: float, config: dict) -> None:
+            causal, stride, scale: float, config: dict) -> None:
     tile = config["tile"]
     sub = [-(-n // d) for n, d in zip(grid, dilation, strict=True)]  # the largest group's sub-grid
     tiles = [-(-m // t) for m, t in zip(sub, tile, strict=True)]
@@ -327,7 +333,7 @@ def _launch(kernel, q: Tensor, k: Tensor, v: Tensor, tensors: tuple, heads_axis:
         *tensors,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         q.shape[1], q.shape[1] // k.shape[1], q.shape[3], q.shape[2], scale * LOG2E,
-        *grid, *kernel_size, *dilation, *tiles,
+        *grid, *kernel_size, *dilation, *stride, *tiles,
         TILE_T=tile[0], TILE_H=tile[1], TILE_W=tile[2],
         BLOCK_T=config["block"][0], BLOCK_H=config["block"][1], BLOCK_W=config["block"][2],
         CAUSAL_T=causal[0], CAUSAL_H=causal[1], CAUSAL_W=causal[2], THREE_D=grid[0] > 1,
@@ -340,6 +346,7 @@ def _launch(kernel, q: Tensor, k: Tensor, v: Tensor, tensors: tuple, heads_axis:
 def neighborhood_forward(
     q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int, int], kernel_size: tuple[int, int, int],
     dilation: tuple[int, int, int], causal: tuple[bool, bool, bool], scale: float, config: dict | None = None,
+    stride: tuple[int, int, int] = (1, 1, 1),
 ) -> tuple[Tensor, Tensor]:
     """q (B, H, L, D), k and v (B, Hkv, L, D) over a 3-axis grid (1-D and 2-D grids with leading 1s)
     -> out (B, H, L, D) contiguous, lse fp32 (B, H, L) (natural log)."""
@@ -348,24 +355,29 @@ def neighborhood_forward(
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     _launch(_forward_kernel, q, k, v, (q, k, v, out, lse), q.shape[0] * q.shape[1], grid=grid,
-            kernel_size=kernel_size, dilation=dilation, causal=causal, scale=scale, config=config)
+            kernel_size=kernel_size, dilation=dilation, causal=causal, stride=stride, scale=scale, config=config)
     return out, lse
 
 
 def neighborhood_backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *, grid: tuple[int, int, int],
     kernel_size: tuple[int, int, int], dilation: tuple[int, int, int], causal: tuple[bool, bool, bool],
-    scale: float, config: dict | None = None,
+    scale: float, config: dict | None = None, stride: tuple[int, int, int] = (1, 1, 1), grad_lse: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of ``neighborhood_forward``: dq (like q), dk, dv (like k, v), all contiguous."""
+    """Gradients of ``neighborhood_forward``: dq (like q), dk, dv (like k, v), all contiguous. ``grad_lse``
+    (B, H, L), the gradient reaching the log-sum-exp, if any (merging attentions uses it)."""
     q, k, v = _unit_d(q), _unit_d(k), _unit_d(v)
     config = config or default_config(grid, q.shape[3])
     grad_out, lse = grad_out.contiguous(), lse.contiguous()
-    delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # rowsum(dO * O), (B, H, L)
+    delta = (grad_out.float() * out.float()).sum(-1)  # rowsum(dO * O), (B, H, L)
+    if grad_lse is not None:  # d lse / d scores = p: the same form as the output's term, shifted
+        delta = delta - grad_lse.float()
+    delta = delta.contiguous()
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    options = dict(grid=grid, kernel_size=kernel_size, dilation=dilation, causal=causal, scale=scale, config=config)
+    options = dict(grid=grid, kernel_size=kernel_size, dilation=dilation, causal=causal, stride=stride, scale=scale,
+                   config=config)
     _launch(_backward_dq_kernel, q, k, v, (q, k, v, grad_out, lse, delta, dq), q.shape[0] * q.shape[1], **options)
     _launch(_backward_dkdv_kernel, q, k, v, (q, k, v, grad_out, lse, delta, dk, dv), k.shape[0] * k.shape[1], **options)
     return dq, dk, dv

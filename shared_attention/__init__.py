@@ -1,6 +1,7 @@
 """The shared attention core: one API for masks, score mods, positions, variants and backends.
 
 from shared_attention import Attention, attention, masks, score_mods, positions
+from shared_attention import na1d, na2d, na3d   # NATTEN's functional interface, heads last
 """
 
 from shared_attention import dispatch, masks, positions, score_mods, variants
@@ -23,6 +24,7 @@ from shared_attention.masks import (
     SameValue,
     SlidingWindow,
 )
+from shared_attention.neighborhood import na1d, na2d, na3d
 from shared_attention.positions import ALiBi, CoPE, LearnedAbsolute, NoPosition, RoPE, Sinusoidal
 from shared_attention.quantized_cache import KVPrecision, QuantizedKVCache, quantized_caches
 from shared_attention.score_mods import (
@@ -91,6 +93,9 @@ __all__ = [
     "explain",
     "explain_case",
     "masks",
+    "na1d",
+    "na2d",
+    "na3d",
     "positions",
     "quantized_caches",
     "score_mods",

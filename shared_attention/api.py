@@ -120,6 +120,7 @@ class Attention(nn.Module):
         positions: Tensor | None = None,
         cache=None,
         backend: str = "auto",
+        additional_tokens: Tensor | None = None,
     ) -> Tensor:
         """x (B, L, dim) -> (B, L, dim).
 
@@ -131,7 +132,13 @@ class Attention(nn.Module):
             default 0..L-1, shifted by the cache's length when decoding.
         cache: a KVCache; new keys/values are appended and attention runs over all of them.
         backend: "auto" or a backend name, passed to the softmax attention.
+        additional_tokens: (B, N, kv_dim) tokens every query may attend besides the keys of x (or
+            ``context``): registers, text tokens. Their keys and values (no position encoding) come after
+            the others, Lk + N in all, so the mask must cover them, e.g. ``Neighborhood(grid, 7,
+            additional_keys=N)`` (NATTEN's additional keys/values). Not with a cache.
         """
+        if cache is not None and additional_tokens is not None:
+            raise NotImplementedError("additional_tokens cannot be combined with a KV cache yet")
         if cache is not None and isinstance(self.score_mod_module, ForgetGateModule):
             # Its bias needs the gates of every cached token, which the cache does not keep.
             raise NotImplementedError("ForgetGate does not support decoding with a KV cache yet")
@@ -147,6 +154,10 @@ class Attention(nn.Module):
         k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, Hkv, Lk, D)
         if context is None:
             q, k = self.position.encode_qk(q, k, positions, positions)
+        if additional_tokens is not None:
+            extra = self.kv_proj(additional_tokens).view(batch, -1, 2, self.num_kv_heads, self.head_dim)
+            extra_k, extra_v = extra.permute(2, 0, 3, 1, 4)
+            k, v = torch.cat([k, extra_k], dim=2), torch.cat([v, extra_v], dim=2)
         if cache is not None and self._fused_decode(cache, q, mask, score_mod, context, key_padding_mask, backend):
             # Straight from the quantised cache's codes: nothing dequantised to (B, Hkv, T, D).
             out = cache.decode_attention(q, k, v, scale=self.scale)

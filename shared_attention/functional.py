@@ -64,14 +64,17 @@ def attention(
     score_mod: ScoreMod | None = None,
     scale: float | None = None,
     backend: str = "auto",
-) -> Tensor:
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Softmax attention: q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> (B, H, Lq, Dv).
 
     ``scale`` defaults to D ** -0.5. ``backend`` is "auto" (the fastest backend that supports the
-    call on this device and mode) or a backend's name ("reference", "sdpa", "flex"); a named backend
-    that cannot run the call raises ValueError with the reason. Rows with no allowed key give 0.
+    call on this device and mode) or a backend's name ("reference", "sdpa", "flex", "neighborhood");
+    a named backend that cannot run the call raises ValueError with the reason. Rows with no allowed
+    key give 0. ``return_lse=True`` also returns each query's fp32 log-sum-exp of its (scaled) scores,
+    (B, H, Lq), natural log, differentiable (op "softmax_lse": every backend but SDPA).
     """
-    case = make_case(q, k, v, mask=mask, score_mod=score_mod)
+    case = make_case(q, k, v, mask=mask, score_mod=score_mod, op="softmax_lse" if return_lse else "softmax")
     return select(case, backend)(q, k, v, mask=mask, score_mod=score_mod, scale=scale)
 
 

@@ -17,6 +17,7 @@ KV cache (Lq < Lk).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -190,18 +191,31 @@ class Neighborhood(Mask):
     so every query sees exactly prod(k) keys (when n >= k * d). Along a ``causal`` axis (one flag,
     or one per axis) it attends the k most recent keys of its group instead, itself included (fewer
     at the start), as in NATTEN's causal neighbourhoods (e.g. time in a video).
+
+    ``stride`` s (1 <= s <= k; Generalized Neighborhood Attention): queries move their window in steps
+    of s. Within a dilation group the queries fall into runs of s, and each run shares the window of
+    one leader query: the middle one (the right one of the two middles when s is even), or the last
+    one along a causal axis, where each query still sees no key after itself; a run cut short by the
+    border takes the group's last query. ``stride == kernel_size`` is blocked (Swin-style window)
+    attention.
+
+    ``additional_keys`` N: keys past the grid's L tokens (Lk = L + N: registers, text tokens) that
+    every query attends besides its window, in the same softmax. Queries are the grid's tokens
+    (Lq = L) and the grid's keys come first.
     """
 
     grid: tuple[int, ...]
     kernel_size: tuple[int, ...] | int
     dilation: tuple[int, ...] | int = 1
     causal: tuple[bool, ...] | bool = False
+    stride: tuple[int, ...] | int = 1
+    additional_keys: int = 0
 
     def __post_init__(self):
         n = len(self.grid)
         if n not in (1, 2, 3):
             raise ValueError(f"Neighborhood grid must have 1-3 axes, got {self.grid}")
-        for name in ("kernel_size", "dilation", "causal"):
+        for name in ("kernel_size", "dilation", "causal", "stride"):
             value = getattr(self, name)
             value = (value,) * n if isinstance(value, (int, bool)) else tuple(value)
             if len(value) != n:
@@ -209,31 +223,63 @@ class Neighborhood(Mask):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "causal", tuple(bool(c) for c in self.causal))
         object.__setattr__(self, "grid", tuple(self.grid))
+        if min(self.kernel_size) < 1 or min(self.dilation) < 1:
+            raise ValueError(
+                f"Neighborhood kernel_size={self.kernel_size} and dilation={self.dilation} must be >= 1"
+            )
+        if any(not 1 <= s <= k for s, k in zip(self.stride, self.kernel_size, strict=True)):
+            raise ValueError(
+                f"Neighborhood stride={self.stride} must be between 1 and kernel_size={self.kernel_size} per axis"
+            )
+        if self.additional_keys < 0:
+            raise ValueError(f"Neighborhood additional_keys={self.additional_keys} must be >= 0")
 
     @property
     def partial_tile_weight(self) -> float:
         # Index arithmetic per axis (div, mod, clamp): measured ~3.5x a window's cost in 2-D.
         return 1.0 + 1.25 * len(self.grid)
 
+    @property
+    def num_tokens(self) -> int:
+        """L: the grid's tokens (the queries, and the first L keys)."""
+        return math.prod(self.grid)
+
+    def dense(self, q_len, kv_len, *, device=None):
+        want_kv = self.num_tokens + self.additional_keys
+        if q_len != self.num_tokens or kv_len != want_kv:
+            extra = f" + {self.additional_keys} additional" if self.additional_keys else ""
+            raise ValueError(
+                f"Neighborhood over grid {self.grid} wants {self.num_tokens} queries and {self.num_tokens}{extra} "
+                f"keys, got {q_len} queries and {kv_len} keys"
+            )
+        return super().dense(q_len, kv_len, device=device)
+
     def allowed(self, b, h, q_idx, kv_idx, q_len, kv_len):
         ok = torch.ones_like(q_idx == kv_idx)
         q_rest, kv_rest = q_idx, kv_idx
         # Walk axes from the last (fastest-varying) to the first.
-        for n, k, d, causal in zip(
-            reversed(self.grid), reversed(self.kernel_size), reversed(self.dilation), reversed(self.causal), strict=True
+        for n, k, d, s, causal in zip(
+            reversed(self.grid), reversed(self.kernel_size), reversed(self.dilation), reversed(self.stride),
+            reversed(self.causal), strict=True,
         ):
             qi, ki = q_rest % n, kv_rest % n
             q_rest, kv_rest = q_rest // n, kv_rest // n
             group = qi % d
             q_g, k_g = qi // d, ki // d
+            group_size = (n - group + d - 1) // d  # tokens in this dilation group along the axis
+            leader = q_g
+            if s > 1:  # the query whose window this run of s queries shares
+                run_start = (q_g // s) * s
+                leader = torch.minimum(run_start + (s - 1 if causal else s // 2), group_size - 1)
             if causal:
-                start, end = (q_g - k + 1).clamp(min=0), q_g + 1
+                start, end = (leader - k + 1).clamp(min=0), q_g + 1
             else:
-                group_size = (n - group + d - 1) // d  # tokens in this dilation group along the axis
-                start = (q_g - k // 2).clamp(min=0)
+                start = (leader - k // 2).clamp(min=0)
                 start = torch.minimum(start, (group_size - k).clamp(min=0))
                 end = start + k
             ok = ok & (ki % d == group) & (k_g >= start) & (k_g < end)
+        if self.additional_keys:
+            ok = (ok & (kv_idx < self.num_tokens)) | (kv_idx >= self.num_tokens)
         return ok
 
 

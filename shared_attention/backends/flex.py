@@ -177,9 +177,13 @@ def predicted_flex_over_sdpa(
 
 
 def flex_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, mask=None, score_mod=None, scale: float | None = None
-) -> Tensor:
-    """q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> (B, H, Lq, Dv)."""
+    q: Tensor, k: Tensor, v: Tensor, *, mask=None, score_mod=None, scale: float | None = None,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> (B, H, Lq, Dv), and with
+    ``return_lse`` the fp32 log-sum-exp of each query's scores (B, H, Lq) (natural log)."""
+    from torch.nn.attention.flex_attention import AuxRequest
+
     q_len, kv_len = q.shape[2], k.shape[2]
     block_mask = (
         None
@@ -187,7 +191,7 @@ def flex_attention(
         else block_mask_for(mask, q_len, kv_len, q.shape[0], q.shape[1], q.device)
     )
     flex_mod = None if score_mod is None else score_mod.flex(q_len, kv_len)
-    return _compiled_flex()(
+    result = _compiled_flex()(
         q,
         k,
         v,
@@ -195,7 +199,12 @@ def flex_attention(
         block_mask=block_mask,
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
+        return_aux=AuxRequest(lse=True) if return_lse else None,
     )
+    if not return_lse:
+        return result
+    out, aux = result
+    return out, aux.lse
 
 
 class FlexBackend:
@@ -235,3 +244,20 @@ class FlexBackend:
 
     def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
         return flex_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale)
+
+
+class FlexLseBackend(FlexBackend):
+    """Op "softmax_lse": (output, log-sum-exp). Where Flex would not beat SDPA's dense mask (rank 50),
+    the materialised math (the reference, 100) is also cheaper than a Flex kernel: it goes behind it."""
+
+    def supports(self, case: Case) -> str | None:
+        if case.device_type == "cpu":
+            return "compiled Flex on CPU returns no log-sum-exp"
+        return super().supports(case)
+
+    def rank(self, case: Case) -> float:
+        rank = super().rank(case)
+        return rank if rank < 50.0 else 110.0
+
+    def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
+        return flex_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale, return_lse=True)

@@ -3,7 +3,7 @@
 and backward; reference math elsewhere).
 
 It takes self-attention over a whole grid (Lq == Lk == the grid's cells) with a ``Neighborhood``
-mask and no score mod. On CUDA it ranks ahead of Flex (11 vs 12): on an H200 it ran
+mask (any stride) and no score mod; additional keys go to Flex (or the reference). On CUDA it ranks ahead of Flex (11 vs 12): on an H200 it ran
 a 15 x 15 window on a 128 x 128 grid 3.0x faster than Flex forward, 2.1x forward + backward
 (apps/bench/results/speed-h200.md); except 1-D masks in training (13), where Flex's backward is faster. On CPU the op runs the materialised reference math, reached
 only by name.
@@ -36,6 +36,8 @@ class NeighborhoodBackend:
         mask = case.mask
         if not isinstance(mask, Neighborhood):
             return "takes only a Neighborhood mask"
+        if mask.additional_keys:
+            return "no additional keys (Flex and the reference take them)"
         if case.score_mod is not None:
             return "no score mods"
         if not case.q_len == case.kv_len == math.prod(mask.grid):
@@ -65,5 +67,17 @@ class NeighborhoodBackend:
 
         return neighborhood_attention(
             q, k, v, grid=mask.grid, kernel_size=mask.kernel_size, dilation=mask.dilation, causal=mask.causal,
-            scale=scale,
+            stride=mask.stride, scale=scale,
+        )
+
+
+class NeighborhoodLseBackend(NeighborhoodBackend):
+    """Op "softmax_lse": (output, log-sum-exp), both differentiable."""
+
+    def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
+        from panformer_kernels.neighborhood_attention import neighborhood_attention
+
+        return neighborhood_attention(
+            q, k, v, grid=mask.grid, kernel_size=mask.kernel_size, dilation=mask.dilation, causal=mask.causal,
+            stride=mask.stride, scale=scale, return_lse=True,
         )

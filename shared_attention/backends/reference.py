@@ -12,9 +12,11 @@ from shared_attention.dispatch import Case
 
 
 def reference_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, mask=None, score_mod=None, scale: float | None = None
-) -> Tensor:
-    """Softmax attention. q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> (B, H, Lq, Dv)."""
+    q: Tensor, k: Tensor, v: Tensor, *, mask=None, score_mod=None, scale: float | None = None,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Softmax attention. q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> (B, H, Lq, Dv),
+    and with ``return_lse`` the fp32 log-sum-exp of each query's scores (B, H, Lq) (-inf where no key)."""
     out_dtype = q.dtype
     q, k, v = q.float(), k.float(), v.float()
     heads, kv_heads = q.shape[1], k.shape[1]
@@ -27,13 +29,17 @@ def reference_attention(
     if score_mod is not None:
         scores = score_mod.apply(scores)
     if mask is None:
-        return (scores.softmax(dim=-1) @ v).to(out_dtype)
+        out = (scores.softmax(dim=-1) @ v).to(out_dtype)
+        return (out, scores.logsumexp(dim=-1)) if return_lse else out
     allowed = mask.dense(q.shape[2], k.shape[2], device=q.device)
     has_keys = allowed.any(dim=-1, keepdim=True)
     # Fully masked rows: softmax over zeros (finite), then zeroed, so no NaN reaches the gradients.
     scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(~has_keys, 0.0)
     probs = scores.softmax(dim=-1) * has_keys
-    return (probs @ v).to(out_dtype)
+    out = (probs @ v).to(out_dtype)
+    if not return_lse:
+        return out
+    return out, scores.logsumexp(dim=-1).masked_fill(~has_keys[..., 0], float("-inf"))
 
 
 class ReferenceBackend:
@@ -48,3 +54,10 @@ class ReferenceBackend:
 
     def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
         return reference_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale)
+
+
+class ReferenceLseBackend(ReferenceBackend):
+    """The oracle for op "softmax_lse": (output, log-sum-exp)."""
+
+    def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
+        return reference_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale, return_lse=True)

@@ -150,6 +150,47 @@ def test_neighborhood(data, dims):
     check(Neighborhood(grid, kernel, dilation, causal), brute(1, length, length, rule))
 
 
+def strided_neighbours(n: int, k: int, d: int, s: int, i: int, causal: bool) -> set[int]:
+    """GNA on one axis: runs of s queries of a dilation group share the window of their leader (the middle
+    one, the last one if causal, cut at the border); a causal query still sees no key after itself."""
+    group = [x for x in range(n) if x % d == i % d]
+    pos = group.index(i)
+    leader = min(pos // s * s + (s - 1 if causal else s // 2), len(group) - 1)
+    if causal:
+        return set(group[max(0, leader - k + 1) : pos + 1])
+    start = max(0, min(leader - k // 2, len(group) - k))
+    return set(group[start : start + k])
+
+
+@SETTINGS
+@given(data=st.data(), dims=st.integers(1, 3), extra=st.integers(0, 3))
+def test_neighborhood_with_stride_and_additional_keys(data, dims, extra):
+    grid = tuple(data.draw(st.lists(st.integers(1, 6), min_size=dims, max_size=dims)))
+    kernel = tuple(data.draw(st.integers(1, 4)) for _ in grid)
+    stride = tuple(data.draw(st.integers(1, k)) for k in kernel)
+    dilation = tuple(data.draw(st.integers(1, 2)) for _ in grid)
+    causal = tuple(data.draw(st.booleans()) for _ in grid)
+    coords = list(itertools.product(*(range(n) for n in grid)))
+    length = len(coords)
+
+    def rule(b, i, j):
+        i -= extra  # brute() aligns queries to the end of the keys; the grid's queries are its first L
+        return j >= length or all(
+            coords[j][a] in strided_neighbours(grid[a], kernel[a], dilation[a], stride[a], coords[i][a], causal[a])
+            for a in range(dims)
+        )
+
+    mask = Neighborhood(grid, kernel, dilation, causal, stride=stride, additional_keys=extra)
+    check(mask, brute(1, length, length + extra, rule))
+
+
+def test_neighborhood_rejects_a_stride_past_the_kernel_and_the_wrong_lengths():
+    with pytest.raises(ValueError, match=r"stride=\(1, 4\) must be between 1 and kernel_size=\(3, 3\)"):
+        Neighborhood((6, 7), 3, stride=(1, 4))
+    with pytest.raises(ValueError, match="wants 42 queries and 42 \\+ 2 additional keys, got 42 queries and 42 keys"):
+        Neighborhood((6, 7), 3, additional_keys=2).dense(42, 42)
+
+
 def test_neighborhood_sees_full_window_at_borders():
     mask = Neighborhood((6, 7), 3).dense(42, 42)
     assert (mask.sum(-1) == 9).all()

@@ -33,9 +33,16 @@ CASES = [
     ((5, 4, 6), (3, 2, 3), (1, 1, 2), (True, False, False), 2, 1),  # 3-D, causal in time
     ((4, 5, 3), 3, 1, False, 1, 1),  # 3-D, ragged against 4 x 4 x 4 tiles
 ]
+# Strided windows (GNA), with the stride appended: runs cut by the border, even strides, causal axes.
+STRIDED_CASES = [
+    ((9, 11), (3, 5), (1, 2), False, 2, 1, (2, 4)),
+    ((7, 10), (4, 3), 1, (True, False), 2, 2, (3, 3)),  # causal rows; stride == kernel: blocked columns
+    ((37,), 6, 2, False, 2, 1, 5),  # 1-D
+    ((5, 6, 7), (3, 3, 4), (1, 2, 1), (True, False, False), 2, 1, (2, 1, 4)),  # 3-D, causal in time
+]
 
 
-def check_triton_kernels(grid, kernel_size, dilation, causal, heads, kv_heads) -> None:
+def check_triton_kernels(grid, kernel_size, dilation, causal, heads, kv_heads, stride=1) -> None:
     """The Triton forward and backward (small tiles and blocks of other shapes than the tiles; q and v
     given as transposed views, as a model's projections make them) against the oracle; raises on mismatch."""
     from panformer_kernels.triton_neighborhood_attention import (
@@ -45,14 +52,14 @@ def check_triton_kernels(grid, kernel_size, dilation, causal, heads, kv_heads) -
 
     length = math.prod(grid)
     q, k, v = qkv(1, heads, kv_heads, length, length, 16, requires_grad=True)
-    mask = Neighborhood(grid, kernel_size, dilation, causal)
+    mask = Neighborhood(grid, kernel_size, dilation, causal, stride)
     expected, expected_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
 
-    grid3, kernel3, dilation3, causal3 = as_three_axes(grid, kernel_size, dilation, causal)
+    grid3, kernel3, dilation3, causal3, stride3 = as_three_axes(grid, kernel_size, dilation, causal, stride)
     config = {1: dict(tile=(1, 1, 16), block=(1, 1, 16)), 2: dict(tile=(1, 4, 4), block=(1, 2, 8)),
               3: dict(tile=(2, 2, 4), block=(4, 2, 2))}[len(grid)] | dict(num_warps=4, num_stages=1)
     options = dict(grid=tuple(grid3), kernel_size=tuple(kernel3), dilation=tuple(dilation3), causal=tuple(causal3),
-                   scale=16**-0.5, config=config)
+                   stride=tuple(stride3), scale=16**-0.5, config=config)
     strided = lambda t: t.detach().transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731  (B, L, H, D) memory
     out, lse = neighborhood_forward(strided(q), k.detach(), strided(v), **options)
     assert_close(out, expected)
@@ -60,10 +67,19 @@ def check_triton_kernels(grid, kernel_size, dilation, causal, heads, kv_heads) -
     grads = neighborhood_backward(weight, q.detach(), k.detach(), v.detach(), out, lse, **options)
     for actual, wanted in zip(grads, expected_grads, strict=True):
         assert_close(actual, wanted)
+    if stride != 1:  # a gradient reaching the log-sum-exp too (merging attentions sends one)
+        ref_out, ref_lse = reference_attention(q, k, v, mask=mask, return_lse=True)
+        assert_close(lse, ref_lse.detach())
+        lse_weight = torch.randn(lse.shape, generator=torch.Generator().manual_seed(8))
+        wanted = torch.autograd.grad((ref_out * weight).sum() + (ref_lse * lse_weight).sum(), (q, k, v))
+        grads = neighborhood_backward(weight, q.detach(), k.detach(), v.detach(), out, lse, **options,
+                                      grad_lse=lse_weight)
+        for actual, expected_grad in zip(grads, wanted, strict=True):
+            assert_close(actual, expected_grad)
 
 
 def test_triton_kernels_match_the_oracle_in_the_interpreter():
-    run_in_interpreter(__name__, expected_ok=len(CASES))
+    run_in_interpreter(__name__, expected_ok=len(CASES) + len(STRIDED_CASES), timeout=300)
 
 
 def test_kernels_compile_for_hopper_without_a_gpu():
@@ -78,7 +94,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     from panformer_kernels import triton_neighborhood_attention as kernels
 
     ints = ("heads", "kv_group", "dim", "length", "n_t", "n_h", "n_w", "k_t", "k_h", "k_w", "d_t", "d_h", "d_w",
-            "tiles_t", "tiles_r", "tiles_c")
+            "s_t", "s_h", "s_w", "tiles_t", "tiles_r", "tiles_c")
     strides = [f"s{t}{a}" for t in "qkv" for a in "bhl"]
     scalars = dict.fromkeys((*ints, *strides), "i32") | {"scale_log2": "fp32"}
     meta = {"TILE_T": 1, "TILE_H": 8, "TILE_W": 8, "BLOCK_T": 1, "BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_D": 64,
@@ -99,14 +115,19 @@ def test_kernels_compile_for_hopper_without_a_gpu():
         assert compiled.asm["cubin"], fn.__name__
 
 
-@pytest.mark.parametrize(("grid", "kernel_size", "dilation", "causal", "heads", "kv_heads"), CASES)
-def test_op_cpu_path_matches_the_oracle(grid, kernel_size, dilation, causal, heads, kv_heads):
+@pytest.mark.parametrize(
+    ("grid", "kernel_size", "dilation", "causal", "heads", "kv_heads", "stride"),
+    [(*case, 1) for case in CASES] + STRIDED_CASES,
+)
+def test_op_cpu_path_matches_the_oracle(grid, kernel_size, dilation, causal, heads, kv_heads, stride):
     length = math.prod(grid)
     q, k, v = qkv(2, heads, kv_heads, length, length, 8, requires_grad=True)
-    mask = Neighborhood(grid, kernel_size, dilation, causal)
+    mask = Neighborhood(grid, kernel_size, dilation, causal, stride)
     expected, expected_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
     actual, grads = values_and_grads(
-        lambda *t: neighborhood_attention(*t, grid=grid, kernel_size=kernel_size, dilation=dilation, causal=causal),
+        lambda *t: neighborhood_attention(
+            *t, grid=grid, kernel_size=kernel_size, dilation=dilation, causal=causal, stride=stride
+        ),
         q, k, v,
     )
     assert_close(actual, expected)
@@ -118,7 +139,7 @@ def test_op_registrations_pass_opcheck():
     q, k, v = qkv(1, 2, 1, 20, 20, 8, requires_grad=True)
     torch.library.opcheck(
         torch.ops.panformer.neighborhood_attention.default,
-        (q, k, v, [1, 4, 5], [1, 3, 3], [1, 1, 2], [False, True, False], 0.3),
+        (q, k, v, [1, 4, 5], [1, 3, 3], [1, 1, 2], [False, True, False], [1, 2, 3], 0.3),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
 
@@ -181,6 +202,6 @@ def test_cuda_kernel_matches_the_oracle(dtype, mask):
 if __name__ == "__main__":  # run by the interpreter test above, in its own process
     assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1"
     torch.manual_seed(0)
-    for case in CASES:
+    for case in CASES + STRIDED_CASES:
         check_triton_kernels(*case)
         print("ok", case, flush=True)
