@@ -130,8 +130,24 @@ def time_case(case: Case, args, device: torch.device, dtype: torch.dtype, traini
     mask = Neighborhood(case.grid, case.kernel_size, causal=options["is_causal"], stride=options["stride"])
     with torch.set_grad_enabled(training):
         choice = explain(heads_first, heads_first, heads_first, mask=mask).chosen
-        times = time_interleaved(fns, device, warmup=args.warmup, iters=args.iters)
-    return dict(case=case.name, mode="fwd+bwd" if training else "fwd", choice=choice, times=times)
+        times, failed = time_surviving(fns, device, args)
+    return dict(case=case.name, mode="fwd+bwd" if training else "fwd", choice=choice, times=times, failed=failed)
+
+
+def time_surviving(fns: dict[str, Callable[[], object]], device: torch.device, args) -> tuple[dict, dict]:
+    """Interleaved timings of the contenders that run; one that raises (NATTEN's Flex falling back to its
+    dense math path and running out of memory, say) is timed as failed with its error's first line."""
+    failed: dict[str, str] = {}
+    for name, fn in fns.items():
+        try:
+            fn()
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    running = {name: fn for name, fn in fns.items() if name not in failed}
+    times = time_interleaved(running, device, warmup=args.warmup, iters=args.iters) if running else {}
+    return times, failed
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +218,9 @@ def time_classifier(args, device: torch.device, dtype: torch.dtype, training: bo
             return logits
 
         fns[name] = step if training else torch.no_grad()(step)
-    times = time_interleaved(fns, device, warmup=args.warmup, iters=args.iters)
+    times, failed = time_surviving(fns, device, args)
     name = f"NAT classifier {size}x{size}, batch {args.image_batch}, {kernel}x{kernel} windows"
-    return dict(case=name, mode="train step" if training else "inference", choice="end to end", times=times)
+    return dict(case=name, mode="train step" if training else "inference", choice="end to end", times=times, failed=failed)
 
 
 def render(rows: list[dict], args, device: torch.device, command: str) -> str:
@@ -226,9 +242,12 @@ def render(rows: list[dict], args, device: torch.device, command: str) -> str:
     ]
     for row in rows:
         t = row["times"]
-        lines.append(f"| {row['case']} | {row['mode']} | {t['ours']:.3f} ({row['choice']}) | {t['natten']:.3f} | "
-                     f"{t['ours'] / t['natten']:.2f} |")
-    return "\n".join(lines) + "\n"
+        ours = f"{t['ours']:.3f} ({row['choice']})" if "ours" in t else "failed"
+        natten_ms = f"{t['natten']:.3f}" if "natten" in t else "failed"
+        ratio = f"{t['ours'] / t['natten']:.2f}" if len(t) == 2 else "–"
+        lines.append(f"| {row['case']} | {row['mode']} | {ours} | {natten_ms} | {ratio} |")
+    notes = [f"- {row['case']}, {row['mode']}: {name} failed: {why}" for row in rows for name, why in row["failed"].items()]
+    return "\n".join(lines + (["", "Failures:", *notes] if notes else [])) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

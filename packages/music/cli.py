@@ -22,6 +22,8 @@ def predict(
     checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
     input: Annotated[Path | None, typer.Option("--input", "--prompt", help="a .mid file to continue")] = None,
     bars: Annotated[int | None, typer.Option(help="bars to generate (after the prompt)")] = None,
+    prompt_bars: Annotated[int | None, typer.Option(
+        help="use the prompt's last N bars (default: all of it, or the most that fit the context)")] = None,
     instruments: Annotated[str | None, typer.Option(help="comma-separated instruments, e.g. piano,violin,cello")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     temperature: Annotated[float | None, typer.Option(min=0, help="override every field's temperature")] = None,
@@ -34,7 +36,8 @@ def predict(
     if input is not None and not input.exists():
         raise UserError(f"--prompt {input} does not exist")
     run_predict(domain, checkpoint=checkpoint, input_path=input, output_path=output, device=device,
-                plot=plot, instruments=instruments, bars=bars, audio=audio, seed=seed, temperature=temperature, top_p=top_p)
+                plot=plot, instruments=instruments, bars=bars, prompt_bars=prompt_bars, audio=audio, seed=seed,
+                temperature=temperature, top_p=top_p)
 
 
 app = build_cli(domain, predict=predict)

@@ -7,6 +7,7 @@ per event; `predict` generates MIDI (unconditional, instrument-informed or conti
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +19,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from panformer.engine.config import Recipe, StrictModel
-from panformer.engine.domain import Domain, Metrics, Splits, Task
+from panformer.engine.domain import Domain, Metrics, RecipeChoice, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.music.data import (
+    MUSIC21_PREFIX,
     WindowDataset,
     collate,
     fingerprint,
@@ -29,11 +31,20 @@ from panformer.music.data import (
     mmt_windows,
     split_pieces,
 )
-from panformer.music.generate import FieldSampling, generate
+from panformer.music.generate import (
+    BarWindow,
+    FieldSampling,
+    bar_window,
+    continue_bars,
+    fit_bars,
+    generate,
+    note_bars,
+)
 from panformer.music.metrics import FieldNLL
-from panformer.music.midi import DEFAULT_QPM, Piece, read_midi, write_midi
+from panformer.music.midi import DEFAULT_QPM, MIDI_SUFFIXES, Piece, read_midi, write_midi
 from panformer.music.model import CompoundTransformer
 from panformer.music.representation import (
+    BEAT,
     FIELDS,
     INSTRUMENT,
     INSTRUMENT_EVENT,
@@ -83,7 +94,7 @@ class GenerateConfig(StrictModel):
 
     default: Sampling = Sampling()
     fields: dict[str, Sampling] = Field(default_factory=dict, description="per field: type, beat, position, ...")
-    max_events: int = Field(1024, ge=4, description="events in a generated song, prompt included")
+    max_events: int = Field(1024, ge=4, description="events in a generated song, prompt included (without --bars)")
     max_beat_jump: int = Field(8, ge=1, description="beats a note may start after the previous note")
     eval_samples: int = Field(4, ge=0, description="songs `evaluate` generates for the musical metrics")
     eval_events: int = Field(256, ge=8, description="events per song `evaluate` generates (and times)")
@@ -126,6 +137,47 @@ def parse_instruments(text: str) -> list[str]:
         if name not in INSTRUMENTS:
             raise UserError(f"--instruments: unknown instrument '{name}'; known: {', '.join(INSTRUMENTS)}")
     return names
+
+
+def fit_prompt(codes: np.ndarray, *, path: Path, beats_per_bar: float, context: int, max_beat: int,
+               bars: int | None, prompt_bars: int | None) -> tuple[BarWindow, str | None]:
+    """The part of a prompt (header and notes, no end-of-song) the model reads, and the one line that says
+    which part when it is not the whole prompt.
+
+    The whole prompt when it fits the context and the beat vocabulary with room for the continuation
+    (`bars` of the prompt's busiest bar, at most half the context; half of both without `bars`), else its
+    latest whole bars that fit, or its last `prompt_bars` bars (a UserError when those do not fit).
+    """
+    if bars is None:
+        room_events, room_beats, room = context // 2, max_beat // 2, "room to continue it"
+    else:
+        busiest = int(np.bincount(note_bars(codes, beats_per_bar=beats_per_bar)).max())
+        room_events = min(bars * busiest, context // 2)
+        room_beats = min(math.ceil((bars + 1) * beats_per_bar), max_beat // 2)  # + the prompt's last bar
+        room = f"room for {bars} bar{'s' * (bars != 1)}"
+    limits = dict(max_events=context - room_events, max_beat=max_beat - room_beats)
+    whole = bar_window(codes, first_bar=0, beats_per_bar=beats_per_bar)
+    best = fit_bars(codes, beats_per_bar=beats_per_bar, **limits)
+    if prompt_bars is not None:
+        if prompt_bars < 1:
+            raise UserError("--prompt-bars: give a positive number of bars")
+        if prompt_bars > whole.bars:
+            raise UserError(f"--prompt-bars {prompt_bars}: {path} has {whole.bars} bars; give at most {whole.bars}")
+        window = bar_window(codes, first_bar=whole.bars - prompt_bars, beats_per_bar=beats_per_bar)
+        if not window.fits(**limits):
+            fix = f"give --prompt-bars {best.bars} or fewer" if best else "give fewer --bars"
+            raise UserError(f"--prompt-bars {prompt_bars}: the last {prompt_bars} bars of {path} ({len(window.codes)} "
+                            f"events, {window.last_beat + 1} beats) do not fit the context of {context} events and "
+                            f"{max_beat} beats with {room}; {fix}")
+        return window, f"prompt: using its last {window.bars} bars ({len(window.codes)} events)"
+    if whole.fits(**limits):
+        return whole, None
+    too_long = (f"{len(codes)} events do not fit the context of {context}" if len(codes) > limits["max_events"]
+                else f"its {whole.last_beat + 1} beats do not fit the model's {max_beat}")
+    if best is None:
+        raise UserError(f"--prompt {path}: {too_long} with {room}, not even its last bar; give fewer --bars "
+                        "or use a model with a longer context")
+    return best, f"prompt: {too_long} with {room}; using its last {best.bars} bars ({len(best.codes)} events)"
 
 
 def build_model(recipe: MusicRecipe, info: dict[str, Any]) -> CompoundTransformer:
@@ -273,6 +325,7 @@ class MusicTask(Task):
         plot: bool = False,
         instruments: str | None = None,
         bars: int | None = None,
+        prompt_bars: int | None = None,
         audio: bool = False,
         seed: int = 0,
         temperature: float | None = None,
@@ -280,54 +333,63 @@ class MusicTask(Task):
     ) -> list[Path]:
         """Generate a MIDI file: unconditional, with `instruments`, or continuing the MIDI `input_path`.
 
-        `bars`: how many bars to generate (after the prompt); default until end-of-song or the context.
+        `bars`: how many bars to generate (after the prompt), past the context if need be; default until
+        end-of-song or the context. `prompt_bars`: how many of the prompt's last bars to read (default: all,
+        or the most that fit the context with room for the continuation; `fit_prompt`).
         """
         if output_path.suffix.lower() not in (".mid", ".midi"):
             raise UserError(f"--output {output_path}: write the generated music to a .mid file")
         if info["representation"] == "remi":
-            if input_path is not None or instruments is not None or bars is not None:
+            if input_path is not None or instruments is not None or bars is not None or prompt_bars is not None:
                 raise UserError("REMI baseline checkpoints generate unconditionally only; drop --prompt, "
-                                "--instruments and --bars (or use an MMT checkpoint)")
+                                "--prompt-bars, --instruments and --bars (or use an MMT checkpoint)")
             return self._predict_remi(model, recipe=recipe, info=info, output_path=output_path, device=device,
                                       plot=plot, seed=seed, temperature=temperature, top_p=top_p)
         if input_path is not None and instruments is not None:
             raise UserError("give either --prompt (continue a MIDI file) or --instruments, not both")
+        if prompt_bars is not None and input_path is None:
+            raise UserError("--prompt-bars: give --prompt FILE.mid too (it picks how many of its last bars to use)")
+        if bars is not None and bars < 1:
+            raise UserError("--bars: give a positive number of bars")
         max_events = min(recipe.generate.max_events, info["max_len"])
         qpm, beats_per_bar, prompt_beats = DEFAULT_QPM, 4.0, None
-        allowed = None
+        allowed, shift = None, 0
         if input_path is not None:
             piece = read_midi(input_path)
-            prompt = encode_notes(piece.notes, max_beat=10**9)[:-1]  # without end-of-song
-            last_beat = max(n.beat for n in piece.notes)
-            if len(prompt) >= max_events or len(prompt) >= info["max_len"]:
-                raise UserError(f"--prompt {input_path}: {len(prompt)} events do not fit the model's context of "
-                                f"{min(max_events, info['max_len'])}; give a shorter prompt")
-            if last_beat > info["max_beat"]:
-                raise UserError(f"--prompt {input_path}: it spans {last_beat} beats, beyond the model's "
-                                f"{info['max_beat']}; give a shorter prompt")
+            whole_prompt = encode_notes(piece.notes, max_beat=10**9)[:-1]  # without end-of-song
+            # With --bars the window slides over the model's context; without, the song ends at max_events.
+            context = info["max_len"] if bars is not None else max_events
+            window, note = fit_prompt(whole_prompt, path=input_path, beats_per_bar=piece.beats_per_bar,
+                                      context=context, max_beat=info["max_beat"], bars=bars,
+                                      prompt_bars=prompt_bars)
+            if note is not None:
+                print(note, file=sys.stderr)
+            prompt, shift = window.codes, window.shift
             qpm, beats_per_bar, prompt_beats = piece.qpm, piece.beats_per_bar, piece.beats
-            start_beat = last_beat
+            start_beat = max(n.beat for n in piece.notes)
         elif instruments is not None:
             names = parse_instruments(instruments)
-            prompt = header_codes(names)
+            prompt = whole_prompt = header_codes(names)
             allowed = {instrument_code(n) for n in names}
             start_beat = 0
         else:
-            prompt = header_codes([])[:1]  # start-of-song only: the model picks among those it trained on
+            prompt = whole_prompt = header_codes([])[:1]  # start-of-song only: the model picks among those it trained on
             allowed = {instrument_code(n) for n in info["instruments"]}
             start_beat = 0
-        end_beat = info["max_beat"] + 1  # beats beyond the vocabulary end the song
-        if bars is not None:
-            if bars < 1:
-                raise UserError("--bars: give a positive number of bars")
+        sampling = recipe.generate.per_field(temperature=temperature, top_p=top_p)
+        if bars is None:  # until end-of-song, the context, or beats beyond the vocabulary
+            result = generate(model, prompt, max_events=max_events, sampling=sampling, seed=seed,
+                              end_beat=info["max_beat"] + 1, allowed_instruments=allowed,
+                              max_beat_jump=recipe.generate.max_beat_jump, device=device)
+        else:
             bar_start = int(np.ceil(prompt_beats / beats_per_bar) * beats_per_bar) if prompt_beats else start_beat
-            end_beat = min(int(bar_start + bars * beats_per_bar), info["max_beat"] + 1)
-        result = generate(
-            model, prompt, max_events=max_events, sampling=recipe.generate.per_field(temperature=temperature, top_p=top_p),
-            seed=seed, end_beat=end_beat, allowed_instruments=allowed, may_end=bars is None,
-            max_beat_jump=recipe.generate.max_beat_jump, device=device,
-        )
-        notes = decode_notes(result.codes)
+            result = continue_bars(model, prompt, end_beat=int(bar_start + bars * beats_per_bar) - shift,
+                                   beats_per_bar=beats_per_bar, sampling=sampling, origin=shift, seed=seed,
+                                   allowed_instruments=allowed, max_beat_jump=recipe.generate.max_beat_jump,
+                                   device=device)
+        continuation = result.new_codes.copy()
+        continuation[continuation[:, TYPE] == NOTE, BEAT] += shift  # back to the piece's beats
+        notes = decode_notes(np.concatenate([whole_prompt, continuation]))
         if not notes:
             raise UserError("the model generated no notes; try another --seed or a higher --temperature")
         written = [write_midi(notes, output_path, qpm=qpm, beats_per_bar=beats_per_bar)]
@@ -383,6 +445,18 @@ class MusicDomain(Domain):
     def task(self, recipe: Recipe) -> Task:
         assert isinstance(recipe, MusicRecipe)
         return MusicTask(recipe)
+
+    def default_recipe(self, data: str | None) -> RecipeChoice:
+        if data is None or data.startswith(MUSIC21_PREFIX):
+            where = "no --data: the Bach chorales" if data is None else f"the music21 corpus ({data})"
+            return RecipeChoice("mmt", f"{where}, the Multitrack Music Transformer at paper size")
+        path = Path(data)
+        if path.is_file() and path.suffix.lower() in MIDI_SUFFIXES:
+            raise self.unrecognised_data(data, "one MIDI file; give the folder holding the .mid files")
+        if path.is_dir() and any(p.suffix.lower() in MIDI_SUFFIXES for p in path.rglob("*")):
+            return RecipeChoice("mmt", "a folder of MIDI files, the Multitrack Music Transformer at paper size")
+        problem = "no such folder" if not path.exists() else "no .mid/.midi files in it"
+        raise self.unrecognised_data(data, f"{problem}; give a folder of MIDI files or music21:<composer>")
 
 
 __all__ = ["MusicDomain", "MusicRecipe", "MusicTask", "parse_instruments"]

@@ -6,11 +6,17 @@ forward within a beat; pitches, durations and beats are real codes (never "none"
 is one declared in the header (or given by the user). Decoding uses the core's KV cache unless
 `use_cache=False` (the same model and seed then give the same events, only slower).
 
-Legend: P prompt events, F = 6 fields, V_f vocabulary of field f.
+`continue_bars` continues a song for a given number of bars, past the model's context if need be: the
+KV cache is not rolled (MMT needs the song header at the front and counts beats from the window's
+start), the window slides instead: the header and the latest whole bars are kept (`fit_bars`), their
+beats moved back, and the model reads them again into fresh caches.
+
+Legend: P prompt events, W window events, F = 6 fields, V_f vocabulary of field f.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -199,3 +205,111 @@ def generate(
             logits = model(torch.as_tensor([codes], dtype=torch.long, device=device))
     seconds = time.perf_counter() - started
     return Generated(np.asarray(codes, dtype=np.int64), len(prompt), seconds)
+
+
+# --- windows of whole bars -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BarWindow:
+    """The song header and the notes from bar `first_bar` on, their beats moved back by `shift`."""
+
+    codes: np.ndarray  # (W, F): start-of-song, instruments, start-of-notes, notes
+    first_bar: int  # counted from the piece's start
+    bars: int  # from `first_bar` to the last note's bar, both included
+    shift: int  # beats taken off every note's beat (relative to the codes it was cut from)
+
+    @property
+    def last_beat(self) -> int:
+        """The beat of the last note's onset (0 without notes)."""
+        notes = self.codes[self.codes[:, TYPE] == NOTE]
+        return int(notes[:, BEAT].max()) - 1 if len(notes) else 0
+
+    def fits(self, *, max_events: int, max_beat: int) -> bool:
+        return len(self.codes) <= max_events and self.last_beat <= max_beat
+
+
+def _header_and_notes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    codes = np.asarray(codes, dtype=np.int64)
+    son = int(np.flatnonzero(codes[:, TYPE] == SON)[0])
+    return codes[:son + 1], codes[son + 1:][codes[son + 1:, TYPE] == NOTE]
+
+
+def note_bars(codes: np.ndarray, *, beats_per_bar: float, origin: int = 0) -> np.ndarray:
+    """The bar of each note of `codes` (N, F); `origin`: beats the codes were already moved back by,
+    so bars are counted from the piece's start."""
+    _, notes = _header_and_notes(codes)
+    onsets = (notes[:, BEAT] - 1 + origin) * RESOLUTION + notes[:, POSITION] - 1  # grid steps
+    return onsets // round(beats_per_bar * RESOLUTION)
+
+
+def bar_window(codes: np.ndarray, *, first_bar: int, beats_per_bar: float, origin: int = 0) -> BarWindow:
+    """The header of `codes` and its notes from bar `first_bar` on, moved back to start near beat 0
+    (by whole beats: a bar of a compound metre may start mid-beat)."""
+    header, notes = _header_and_notes(codes)
+    bars = note_bars(codes, beats_per_bar=beats_per_bar, origin=origin)
+    kept = notes[bars >= first_bar].copy()
+    shift = max(int(first_bar * beats_per_bar) - origin, 0)
+    kept[:, BEAT] -= shift
+    last_bar = int(bars.max()) if len(bars) else first_bar
+    return BarWindow(np.concatenate([header, kept]), first_bar, last_bar - first_bar + 1, shift)
+
+
+def fit_bars(codes: np.ndarray, *, beats_per_bar: float, max_events: int, max_beat: int,
+             origin: int = 0) -> BarWindow | None:
+    """The window of the most latest whole bars of `codes` that holds at most `max_events` events, its
+    notes starting at `max_beat` or before; None when even the last bar does not fit."""
+    bars = note_bars(codes, beats_per_bar=beats_per_bar, origin=origin)
+    first = int(bars.min()) if len(bars) else 0
+    for first_bar in range(first, int(bars.max(initial=first)) + 1):
+        window = bar_window(codes, first_bar=first_bar, beats_per_bar=beats_per_bar, origin=origin)
+        if window.fits(max_events=max_events, max_beat=max_beat):
+            return window
+    return None
+
+
+def continue_bars(
+    model: CompoundTransformer,
+    prompt: np.ndarray,
+    *,
+    end_beat: int,
+    beats_per_bar: float,
+    sampling: Mapping[str, FieldSampling],
+    origin: int = 0,
+    seed: int = 0,
+    allowed_instruments: set[int] | None = None,
+    max_beat_jump: int = 8,
+    device: torch.device | str = "cpu",
+) -> Generated:
+    """Continue `prompt` (P, 6: header and notes, no end-of-song) with notes before `end_beat`, past the
+    model's context and beat vocabulary if need be.
+
+    When either fills, the window slides (module docstring): it keeps the latest whole bars that fill at
+    most half of each, and sampling goes on with the next seed. The song ends early only where the bar
+    being written fills half the context alone. `origin`: beats the prompt was moved back by, so that
+    windows are cut where the piece's bars begin. Beats of the returned codes count as the prompt's do.
+    """
+    max_beat = model.vocab_sizes[BEAT] - 2
+    beat_limit = max(max_beat + 1 - max_beat_jump, 1)  # a note from here on could not jump freely: slide
+    window, shift, rows, seconds = np.asarray(prompt, dtype=np.int64), 0, [], 0.0
+    for segment in itertools.count():
+        finishes = end_beat - shift <= beat_limit
+        result = generate(model, window, max_events=model.max_len, sampling=sampling, seed=seed + segment,
+                          end_beat=min(end_beat - shift, beat_limit), allowed_instruments=allowed_instruments,
+                          max_beat_jump=max_beat_jump, may_end=False, device=device)
+        seconds += result.seconds
+        new = result.new_codes.copy()
+        new[new[:, TYPE] == NOTE, BEAT] += shift
+        ended = len(new) > 0 and new[-1, TYPE] == EOS
+        if ended and finishes:
+            rows.append(new)
+            break
+        rows.append(new[:-1] if ended else new)
+        seen = result.codes[:-1] if ended else result.codes  # the window and its new notes
+        slid = fit_bars(seen, beats_per_bar=beats_per_bar, max_events=model.max_len // 2,
+                        max_beat=beat_limit // 2, origin=origin + shift)
+        if slid is None:
+            rows.append(np.asarray([[EOS, 0, 0, 0, 0, 0]]))
+            break
+        window, shift = slid.codes, shift + slid.shift
+    return Generated(np.concatenate([np.asarray(prompt, dtype=np.int64), *rows]), len(prompt), seconds)

@@ -9,21 +9,32 @@ import torch
 
 from panformer.music.data import collate, header_codes, mmt_windows
 from panformer.music.domain import MusicDomain, MusicRecipe, parse_instruments
-from panformer.music.generate import FieldSampling, filter_logits, generate
+from panformer.music.generate import (
+    FieldSampling,
+    bar_window,
+    continue_bars,
+    filter_logits,
+    fit_bars,
+    generate,
+)
 from panformer.music.midi import Piece
 from panformer.music.model import CompoundTransformer
 from panformer.music.representation import (
     BEAT,
+    DURATION,
     EOS,
     FIELDS,
     INSTRUMENT,
     INSTRUMENT_EVENT,
     NOTE,
+    PITCH,
     POSITION,
     SON,
     SOS,
     TYPE,
+    Note,
     Vocabulary,
+    encode_notes,
     instrument_code,
 )
 from tests.music.helpers import grid_notes
@@ -114,3 +125,36 @@ def test_loss_is_the_sum_of_field_nlls_per_event(model):
     counts = outputs["field_counts"]
     assert counts[TYPE] == outputs["events"] and counts[BEAT] == outputs["notes"]
     assert counts[INSTRUMENT] > counts[BEAT]  # instrument events score the instrument field too
+
+
+def test_bar_windows_keep_the_header_and_start_at_a_bar():
+    # 6/8: bars of 1.5 beats (18 grid steps), three notes each; bar 1 begins mid-beat (beat 1, position 6).
+    notes = [Note(b, p, 60 + b, 6, "violin") for b in range(6) for p in (0, 6)] + [Note(0, 0, 40, 12, "cello")]
+    codes = encode_notes(notes)[:-1]
+    window = bar_window(codes, first_bar=1, beats_per_bar=1.5)
+    assert window.codes[:4, TYPE].tolist() == [SOS, INSTRUMENT_EVENT, INSTRUMENT_EVENT, SON]
+    kept, original = window.codes[4:], codes[8:]  # bar 0 holds four notes (the cello's too)
+    assert window.shift == 1 and window.bars == 3 and len(kept) == 9
+    assert (kept[0, BEAT], kept[0, POSITION]) == (1, 7)  # beat 0, position 6: where bar 1 begins
+    np.testing.assert_array_equal(kept[:, BEAT] + 1, original[:, BEAT])
+    np.testing.assert_array_equal(kept[:, [POSITION, PITCH, DURATION, INSTRUMENT]],
+                                  original[:, [POSITION, PITCH, DURATION, INSTRUMENT]])
+    fitted = fit_bars(codes, beats_per_bar=1.5, max_events=4 + 6, max_beat=10)
+    assert fitted.first_bar == 2 and fitted.bars == 2 and fitted.shift == 3 and fitted.codes[4, BEAT] == 1
+    assert fit_bars(codes, beats_per_bar=1.5, max_events=4 + 6, max_beat=1).bars == 1  # beats limit too
+    assert fit_bars(codes, beats_per_bar=1.5, max_events=4 + 2, max_beat=10) is None  # no bar fits
+
+
+def test_continue_bars_slides_past_the_context_and_the_beat_vocabulary():
+    torch.manual_seed(0)
+    small = CompoundTransformer(vocab_sizes=Vocabulary(max_beat=16).sizes, dim=32, depth=1, num_heads=4,
+                                dropout=0.0, max_len=40).eval()
+    prompt = header_codes(["piano", "cello"])
+    result = continue_bars(small, prompt, end_beat=48, beats_per_bar=4.0, sampling=SAMPLING, seed=1,
+                           max_beat_jump=2)
+    assert_valid_song(result.codes)
+    assert result.codes[-1, TYPE] == EOS and len(result.codes) > small.max_len
+    beats = result.codes[result.codes[:, TYPE] == NOTE, BEAT] - 1
+    assert beats.max() > 16 and beats.max() < 48  # past the vocabulary's 16 beats, stopped before beat 48
+    again = continue_bars(small, prompt, end_beat=48, beats_per_bar=4.0, sampling=SAMPLING, seed=1, max_beat_jump=2)
+    np.testing.assert_array_equal(result.codes, again.codes)
