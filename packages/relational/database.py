@@ -1,10 +1,15 @@
-"""Reading a relational database (DuckDB, SQLite, PostgreSQL) and discovering its schema.
+"""Reading a relational database (DuckDB, SQLite, PostgreSQL) and discovering its schema, out of core.
 
-The user's database is opened read-only (DuckDB `read_only=True`, SQLite `mode=ro`, PostgreSQL
-`default_transaction_read_only`) and copied table by table into an in-memory DuckDB, where context
-sampling and the baseline's aggregates run the same way whatever the source. The task's SQL is the
-user's own, so it runs on the source itself, read-only, in the source's dialect (SQLite's date functions
-on SQLite, PostgreSQL's on PostgreSQL); its rows come back as the same (entity_id, timestamp, label) frame.
+Nothing is copied into pandas. A DuckDB file is ATTACHed read-only to an in-memory DuckDB (DuckDB reads
+it from disk as queries need it). DuckDB's SQLite and PostgreSQL scanners are extensions that are not
+available offline, so a SQLite file or a PostgreSQL database is streamed once, in chunks of rows, into a
+DuckDB copy beside the run's data (`cache_dir`; a SQLite copy is reused while the file is unchanged, a
+PostgreSQL copy lives for the process) and that copy is attached read-only the same way. The user's
+database is only ever opened read-only (DuckDB `READ_ONLY`, SQLite `mode=ro`, PostgreSQL
+`default_transaction_read_only`). Context sampling and the baseline's aggregates are DuckDB SQL over the
+attached tables, whatever the source. The task's SQL is the user's own, so it runs on the source itself,
+read-only, in the source's dialect (SQLite's date functions on SQLite, PostgreSQL's on PostgreSQL); its
+rows come back as the same (entity_id, timestamp, label) frame.
 
 The schema (primary key, foreign keys, one time column per table) comes from the database's own
 constraints, with a YAML override file for databases without them:
@@ -18,8 +23,13 @@ constraints, with a YAML override file for databases without them:
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import hashlib
 import re
+import shutil
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +40,11 @@ import pandas as pd
 import yaml
 
 from panformer.engine.errors import UserError
+from panformer.engine.files import atomic_path
+from panformer.engine.runlog import progress_bar
+
+COPY_CHUNK_ROWS = 200_000  # rows per chunk when streaming a SQLite/PostgreSQL table into DuckDB
+SOURCE = "src"  # the attached database's catalog name
 
 
 @dataclass
@@ -41,42 +56,73 @@ class TableSchema:
     foreign_keys: dict[str, str] = field(default_factory=dict)
     time_column: str | None = None
 
-    def feature_columns(self, frame: pd.DataFrame) -> list[str]:
-        """Columns that become cells: every column but the keys."""
+    def feature_columns(self, columns: Iterable[str]) -> list[str]:
+        """Columns that become cells: every column but the keys (`columns`: names, or a DataFrame)."""
         keys = {self.primary_key, *self.foreign_keys}
-        return [c for c in frame.columns if c not in keys]
+        return [c for c in columns if c not in keys]
 
 
 DIALECTS = {"duckdb": "DuckDB", "sqlite": "SQLite", "postgresql": "PostgreSQL"}  # URI scheme -> dialect
 
 
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 @dataclass
 class Database:
-    """All tables of one database as DataFrames, their schema, and an in-memory DuckDB over them.
+    """A database's schema, the cell kind of every column, and a DuckDB connection whose default
+    catalog holds its tables (`catalog`: the attached source, or `memory` for frames built in code).
 
-    `uri` is the source the tables were read from, where task SQL runs; None (RelBench, frames built in
-    code) runs task SQL on the in-memory DuckDB."""
+    `uri` is the source, where task SQL runs; None (RelBench, frames built in code) runs task SQL on the
+    in-memory DuckDB."""
 
     name: str
-    tables: dict[str, pd.DataFrame]
     schema: dict[str, TableSchema]
-    connection: duckdb.DuckDBPyConnection = field(repr=False, default=None)  # type: ignore[assignment]
+    columns: dict[str, dict[str, str]]  # table -> column -> cell kind (number, bool, time, text), in order
+    connection: duckdb.DuckDBPyConnection = field(repr=False)
+    catalog: str = "memory"
     uri: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.connection is None:
-            self.connection = duckdb.connect(":memory:")
-            self.connection.execute("SET threads TO 1")
-            for name, frame in self.tables.items():
-                self.connection.register(name, frame)
+    @classmethod
+    def from_frames(cls, name: str, tables: dict[str, pd.DataFrame], schema: dict[str, TableSchema]) -> Database:
+        """Tables already in memory (RelBench, tests): copied into an in-memory DuckDB."""
+        con = _connection()
+        for table, frame in tables.items():
+            frame = _naive_times(frame)
+            con.register("_frame", frame)
+            con.execute(f"CREATE TABLE {quote(table)} AS SELECT * FROM _frame")
+            con.unregister("_frame")
+        columns = _column_kinds(con, "memory")
+        _infer_time_columns(schema, columns)
+        validate_schema(schema, columns, source=name)
+        return cls(name, schema, columns, con)
 
     @property
     def dialect(self) -> str:
         """The SQL dialect task SQL is written in: the source's (DuckDB for the in-memory copy)."""
         return "DuckDB" if self.uri is None else DIALECTS[_scheme(self.uri)]
 
+    def table_ref(self, name: str) -> str:
+        """The table's fully qualified name (for queries on cursors, which do not share `USE`)."""
+        return f"{quote(self.catalog)}.main.{quote(name)}"
+
+    def row_count(self, name: str) -> int:
+        return int(self.connection.execute(f"SELECT count(*) FROM {self.table_ref(name)}").fetchall()[0][0])
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """One whole table as a DataFrame (times as naive UTC): for small tables and tests only."""
+        return self.connection.execute(f"SELECT {self.select_list(name)} FROM {self.table_ref(name)}").df()
+
+    def select_list(self, name: str, *, alias: str | None = None) -> str:
+        """The table's columns for SELECT, times cast to naive UTC TIMESTAMPs (DATE and WITH TIME ZONE
+        columns included), so every reader sees the same types."""
+        prefix = f"{alias}." if alias else ""
+        return ", ".join(f"CAST({prefix}{quote(c)} AS TIMESTAMP) AS {quote(c)}" if kind == "time"
+                         else f"{prefix}{quote(c)}" for c, kind in self.columns[name].items())
+
     def sql(self, query: str, *, what: str) -> pd.DataFrame:
-        """Run DuckDB SQL over the in-memory copy (the baseline's aggregates); a failure names `what`."""
+        """Run DuckDB SQL over the tables (the baseline's aggregates); a failure names `what`."""
         try:
             return self.connection.execute(query).df()
         except duckdb.Error as err:
@@ -86,10 +132,8 @@ class Database:
         """Run the task's SQL on the source, read-only, in its own dialect; a failure is one line naming
         `what`, the dialect and the source."""
         try:
-            if self.uri is None:
+            if self.uri is None or self.dialect == "DuckDB":  # the attached file is the source itself
                 return _run_in_memory(self.connection, query)
-            if self.dialect == "DuckDB":
-                return _run_duckdb(self.uri, query)
             return _run_sqlalchemy(self.uri, query)
         except _QueryFailed as err:
             where = _shown_uri(self.uri) if self.uri else f"the in-memory DuckDB copy of {self.name}"
@@ -98,14 +142,13 @@ class Database:
 
     def describe(self) -> str:
         """The discovered schema, one table per block (for the `schema` command)."""
-        lines = [f"database {self.name}: {len(self.tables)} tables"]
+        lines = [f"database {self.name}: {len(self.schema)} tables"]
         for name, table in self.schema.items():
-            frame = self.tables[name]
-            lines.append(f"  {name} ({len(frame)} rows)  primary key: {table.primary_key or '-'}  "
+            lines.append(f"  {name} ({self.row_count(name)} rows)  primary key: {table.primary_key or '-'}  "
                          f"time: {table.time_column or '-'}")
             for column, parent in table.foreign_keys.items():
                 lines.append(f"    {column} -> {parent}")
-            kinds = ", ".join(f"{c}:{cell_kind(frame[c])}" for c in table.feature_columns(frame))
+            kinds = ", ".join(f"{c}:{self.columns[name][c]}" for c in table.feature_columns(self.columns[name]))
             lines.append(f"    cells: {kinds or '-'}")
         return "\n".join(lines)
 
@@ -121,29 +164,106 @@ def cell_kind(column: pd.Series) -> str:
     return "text"
 
 
+def duckdb_kind(data_type: str) -> str:
+    """The cell kind of a DuckDB column type."""
+    t = data_type.upper()
+    if t == "BOOLEAN":
+        return "bool"
+    if t.startswith(("TIMESTAMP", "DATE")):
+        return "time"
+    if t.startswith(("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                     "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "REAL")):
+        return "number"
+    return "text"
+
+
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def read_database(uri: str, *, schema_file: str | Path | None = None) -> Database:
-    """Open `uri` read-only and load every table: `duckdb:///file.duckdb`, `sqlite:///file.db`,
-    `postgresql://user@host:port/db`, or a bare path to a .duckdb / .sqlite file."""
+def read_database(uri: str, *, schema_file: str | Path | None = None, cache_dir: str | Path | None = None) -> Database:
+    """Open `uri` read-only: `duckdb:///file.duckdb`, `sqlite:///file.db`, `postgresql://user@host:port/db`,
+    or a bare path to a .duckdb / .sqlite file. SQLite and PostgreSQL are streamed into a DuckDB copy
+    under `cache_dir` (default: the system's temporary folder)."""
     if "://" not in uri:
         suffix = Path(uri).suffix.lower()
         uri = f"sqlite:///{uri}" if suffix in {".sqlite", ".sqlite3", ".db"} else f"duckdb:///{uri}"
     scheme = uri.split("://", 1)[0].lower()
     if scheme == "duckdb":
-        tables, schema = _read_duckdb(uri)
+        path = _duckdb_path(uri)
+        if not path.is_file():
+            raise UserError(f"--data {uri}: no such DuckDB file; give an existing duckdb:///path.duckdb")
+        con = _attach(path, uri)
+        schema = _duckdb_constraints(con)
     elif scheme.startswith(("sqlite", "postgresql", "postgres")):
-        tables, schema = _read_sqlalchemy(uri)
+        path, schema = _duckdb_copy(uri, Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()))
+        con = _attach(path, uri)
     else:
         raise UserError(f"--data {uri}: unknown database URI; use duckdb:///FILE, sqlite:///FILE or postgresql://...")
-    if not tables:
+    columns = _column_kinds(con, SOURCE)
+    if not columns:
         raise UserError(f"--data {uri}: the database has no tables")
+    schema = {name: schema.get(name, TableSchema(name)) for name in columns}
     if schema_file is not None:
-        schema = apply_override(schema, tables, Path(schema_file))
-    _infer_time_columns(schema, tables)
-    validate_schema(schema, tables, source=str(schema_file or uri))
-    return Database(_display_name(uri), tables, schema, uri=uri)
+        schema = apply_override(schema, columns, Path(schema_file))
+    _infer_time_columns(schema, columns)
+    validate_schema(schema, columns, source=str(schema_file or uri))
+    return Database(_display_name(uri), schema, columns, con, catalog=SOURCE, uri=uri)
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET threads TO 1")
+    con.execute("SET TimeZone = 'UTC'")  # times compare as naive UTC everywhere (DuckDB, NumPy)
+    return con
+
+
+def _attach(path: Path, uri: str) -> duckdb.DuckDBPyConnection:
+    con = _connection()
+    try:
+        con.execute(f"ATTACH '{str(path).replace(chr(39), chr(39) * 2)}' AS {SOURCE} (TYPE duckdb, READ_ONLY)")
+        con.execute(f"USE {SOURCE}")
+    except duckdb.Error as err:
+        con.close()
+        raise UserError(f"--data {uri}: not a readable DuckDB database ({_first_line(err)})") from None
+    return con
+
+
+def _column_kinds(con: duckdb.DuckDBPyConnection, catalog: str) -> dict[str, dict[str, str]]:
+    columns: dict[str, dict[str, str]] = {}
+    for table, column, data_type in con.execute(
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = ? AND "
+        "schema_name = 'main' ORDER BY table_name, column_index", [catalog]
+    ).fetchall():
+        columns.setdefault(table, {})[column] = duckdb_kind(data_type)
+    return columns
+
+
+def _duckdb_constraints(con: duckdb.DuckDBPyConnection) -> dict[str, TableSchema]:
+    schema: dict[str, TableSchema] = {}
+    for table, kind, columns, parent in con.execute(
+        "SELECT table_name, constraint_type, constraint_column_names, referenced_table "
+        "FROM duckdb_constraints() WHERE database_name = ? AND schema_name = 'main'", [SOURCE]
+    ).fetchall():
+        entry = schema.setdefault(table, TableSchema(table))
+        if kind == "PRIMARY KEY" and len(columns) == 1:
+            entry.primary_key = columns[0]
+        elif kind == "FOREIGN KEY" and len(columns) == 1:
+            entry.foreign_keys[columns[0]] = parent
+    return schema
+
+
+def _naive_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """Python dates (SQLite, some drivers) as datetimes and zoned times as naive UTC."""
+    out = frame.copy(deep=False)
+    for column in out.columns:
+        values = out[column]
+        if values.dtype == object:
+            first = values.dropna().iloc[:1].tolist()
+            if first and isinstance(first[0], _DATES):
+                out[column] = values = pd.to_datetime(values, utc=True)
+        if isinstance(values.dtype, pd.DatetimeTZDtype):
+            out[column] = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    return out
 
 
 def _display_name(uri: str) -> str:
@@ -170,32 +290,6 @@ def _duckdb_path(uri: str) -> Path:
     return Path(rest[1:] if rest.startswith("/") else rest)  # duckdb:///relative, duckdb:////absolute
 
 
-def _read_duckdb(uri: str) -> tuple[dict[str, pd.DataFrame], dict[str, TableSchema]]:
-    path = _duckdb_path(uri)
-    if not path.is_file():
-        raise UserError(f"--data {uri}: no such DuckDB file; give an existing duckdb:///path.duckdb")
-    try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as err:
-        raise UserError(f"--data {uri}: not a readable DuckDB database ({str(err).splitlines()[0]})") from None
-    try:
-        names = [r[0] for r in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' ORDER BY table_name").fetchall()]
-        tables = {name: con.execute(f'SELECT * FROM "{name}"').df() for name in names}
-        schema = {name: TableSchema(name) for name in names}
-        for table, kind, columns, parent in con.execute(
-            "SELECT table_name, constraint_type, constraint_column_names, referenced_table "
-            "FROM duckdb_constraints() WHERE schema_name = 'main'"
-        ).fetchall():
-            if kind == "PRIMARY KEY" and len(columns) == 1:
-                schema[table].primary_key = columns[0]
-            elif kind == "FOREIGN KEY" and len(columns) == 1:
-                schema[table].foreign_keys[columns[0]] = parent
-    finally:
-        con.close()
-    return tables, schema
-
-
 def _sqlalchemy_url(uri: str) -> tuple[str, dict[str, Any]]:
     """SQLAlchemy's URL and driver arguments for a read-only connection to a SQLite file or PostgreSQL."""
     scheme, rest = uri.split("://", 1)
@@ -214,29 +308,99 @@ def _sqlalchemy_url(uri: str) -> tuple[str, dict[str, Any]]:
     return url, connect_args
 
 
-def _read_sqlalchemy(uri: str) -> tuple[dict[str, pd.DataFrame], dict[str, TableSchema]]:
+def _duckdb_copy(uri: str, cache_dir: Path) -> tuple[Path, dict[str, TableSchema]]:
+    """Stream every table of a SQLite/PostgreSQL database into a DuckDB file (bounded memory: one chunk
+    of rows at a time) and return it with the schema discovered from the source's constraints. A SQLite
+    copy is keyed by the file's path, size and modification time and reused; a PostgreSQL copy (whose
+    content cannot be fingerprinted cheaply) is private to this process and removed at exit."""
     import sqlalchemy
 
     url, connect_args = _sqlalchemy_url(uri)
+    if _scheme(uri) == "sqlite":
+        stat = Path(url.split("file:", 1)[1].split("?")[0]).stat()
+        key = hashlib.sha256(f"{url}\x00{stat.st_size}\x00{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = cache_dir / "copies" / f"{_display_name(uri)}-{key}.duckdb"
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="panformer-pg-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        target = folder / "copy.duckdb"
     try:
-        engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
         with engine.connect() as con:
             inspector = sqlalchemy.inspect(con)
-            names = sorted(inspector.get_table_names())
             schema = {}
-            for name in names:
+            for name in sorted(inspector.get_table_names()):
                 pk = inspector.get_pk_constraint(name).get("constrained_columns") or []
                 fks = {fk["constrained_columns"][0]: fk["referred_table"] for fk in inspector.get_foreign_keys(name)
                        if len(fk["constrained_columns"]) == 1}
                 schema[name] = TableSchema(name, pk[0] if len(pk) == 1 else None, fks)
-            tables = {name: pd.read_sql_table(name, con) for name in names}
+            if not target.is_file():
+                with atomic_path(target) as tmp:
+                    _stream_tables(con, inspector, list(schema), tmp, postgres=_scheme(uri) == "postgresql")
         engine.dispose()
     except ModuleNotFoundError as err:
         raise UserError(f"--data {uri}: the driver {err.name} is missing; pip install 'psycopg[binary]'") from None
     except sqlalchemy.exc.SQLAlchemyError as err:
         raise UserError(f"--data {_shown_uri(uri)}: cannot read the database ({_first_line(err)}); check the URI "
                         f"and the server") from None
-    return tables, schema
+    return target, schema
+
+
+def _duckdb_type(column_type: Any) -> str | None:
+    """The DuckDB type a SQLAlchemy column type is stored as (None: infer it from the values)."""
+    import sqlalchemy
+
+    if isinstance(column_type, sqlalchemy.Boolean):
+        return "BOOLEAN"
+    if isinstance(column_type, sqlalchemy.DateTime):
+        return "TIMESTAMPTZ" if column_type.timezone else "TIMESTAMP"
+    if isinstance(column_type, sqlalchemy.Date):
+        return "TIMESTAMP"
+    if isinstance(column_type, sqlalchemy.Integer):
+        return "BIGINT"
+    if isinstance(column_type, sqlalchemy.Float | sqlalchemy.Numeric):
+        return "DOUBLE"
+    if isinstance(column_type, sqlalchemy.types.NullType):
+        return None
+    return "VARCHAR"
+
+
+def _stream_tables(con: Any, inspector: Any, names: list[str], target: Path, *, postgres: bool) -> None:
+    """Each table in chunks of COPY_CHUNK_ROWS rows through the driver's cursor (server-side on
+    PostgreSQL, so the client never holds a whole table) into `target`."""
+    out = duckdb.connect(str(target))
+    out.execute("SET threads TO 1")
+    try:
+        with progress_bar(enabled=True) as bar:
+            task = bar.add_task(f"copying {len(names)} tables into DuckDB", total=len(names), status="")
+            for name in names:
+                types = {c["name"]: _duckdb_type(c["type"]) for c in inspector.get_columns(name)}
+                dbapi = con.connection.dbapi_connection
+                cursor = dbapi.cursor(name="panformer_copy") if postgres else dbapi.cursor()
+                try:
+                    cursor.execute(f"SELECT {', '.join(quote(c) for c in types)} FROM {quote(name)}")
+                    created, copied = False, 0
+                    while batch := cursor.fetchmany(COPY_CHUNK_ROWS):
+                        frame = _naive_times(pd.DataFrame.from_records(batch, columns=list(types), coerce_float=True))
+                        out.register("_chunk", frame)
+                        if not created:  # declared types; undeclared ones (SQLite) from the first chunk
+                            declared = ", ".join(
+                                f"{quote(c)} {t or ('DOUBLE' if pd.api.types.is_numeric_dtype(frame[c]) else 'VARCHAR')}"
+                                for c, t in types.items())
+                            out.execute(f"CREATE TABLE {quote(name)} ({declared})")
+                            created = True
+                        out.execute(f"INSERT INTO {quote(name)} SELECT * FROM _chunk")
+                        out.unregister("_chunk")
+                        copied += len(batch)
+                        bar.update(task, status=f"{name}: {copied:,} rows")
+                    if not created:
+                        declared = ", ".join(f"{quote(c)} {t or 'VARCHAR'}" for c, t in types.items())
+                        out.execute(f"CREATE TABLE {quote(name)} ({declared})")
+                finally:
+                    cursor.close()
+                bar.advance(task)
+    finally:
+        out.close()
 
 
 # --- task SQL on the source ------------------------------------------------------------------------
@@ -249,18 +413,6 @@ class _QueryFailed(Exception):
 def _run_in_memory(con: duckdb.DuckDBPyConnection, query: str) -> pd.DataFrame:
     try:
         return con.execute(query).df()
-    except duckdb.Error as err:
-        raise _QueryFailed(_first_line(err)) from None
-
-
-def _run_duckdb(uri: str, query: str) -> pd.DataFrame:
-    try:
-        con = duckdb.connect(str(_duckdb_path(uri)), read_only=True)
-        try:
-            con.execute("SET threads TO 1")
-            return con.execute(query).df()
-        finally:
-            con.close()
     except duckdb.Error as err:
         raise _QueryFailed(_first_line(err)) from None
 
@@ -308,7 +460,7 @@ def task_timestamps(values: pd.Series, *, what: str) -> pd.Series:
 
 
 def apply_override(
-    schema: dict[str, TableSchema], tables: dict[str, pd.DataFrame], path: Path
+    schema: dict[str, TableSchema], columns: dict[str, dict[str, str]], path: Path
 ) -> dict[str, TableSchema]:
     """Merge a YAML schema file (see the module docstring) over the discovered schema."""
     if not path.is_file():
@@ -321,8 +473,8 @@ def apply_override(
         raise UserError(f"schema file {path}: expected a `tables:` mapping of table name -> keys")
     allowed = {"primary_key", "foreign_keys", "time_column"}
     for name, spec in raw["tables"].items():
-        if name not in tables:
-            raise UserError(f"schema file {path}: table '{name}' is not in the database; known: {', '.join(tables)}")
+        if name not in columns:
+            raise UserError(f"schema file {path}: table '{name}' is not in the database; known: {', '.join(columns)}")
         spec = spec or {}
         unknown = set(spec) - allowed
         if unknown:
@@ -339,35 +491,24 @@ def apply_override(
 _DATES = (datetime.date, datetime.datetime)
 
 
-def _infer_time_columns(schema: dict[str, TableSchema], tables: dict[str, pd.DataFrame]) -> None:
+def _infer_time_columns(schema: dict[str, TableSchema], columns: dict[str, dict[str, str]]) -> None:
     """A table without a declared time column takes its first timestamp column (dates included)."""
     for name, table in schema.items():
-        frame = tables[name]
-        for column in frame.columns:
-            first = frame[column].dropna().iloc[:1].tolist()
-            if frame[column].dtype == object and first and isinstance(first[0], _DATES):
-                frame[column] = pd.to_datetime(frame[column])  # SQLite and some drivers return Python dates
         if table.time_column is None:
-            times = [c for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c])]
+            times = [c for c, kind in columns[name].items() if kind == "time"]
             table.time_column = times[0] if times else None
-        # Timestamps compare as naive UTC everywhere (DuckDB, NumPy).
-        for column in frame.columns:
-            if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
-                frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
 
 
-
-
-def validate_schema(schema: dict[str, TableSchema], tables: dict[str, pd.DataFrame], *, source: str) -> None:
+def validate_schema(schema: dict[str, TableSchema], columns: dict[str, dict[str, str]], *, source: str) -> None:
     """Keys must name existing columns and tables; a foreign key must reach a table with a primary key."""
     for name, table in schema.items():
-        columns = set(tables[name].columns)
-        if table.primary_key is not None and table.primary_key not in columns:
+        present = set(columns[name])
+        if table.primary_key is not None and table.primary_key not in present:
             raise UserError(f"{source}: table {name} has no primary-key column '{table.primary_key}'")
-        if table.time_column is not None and table.time_column not in columns:
+        if table.time_column is not None and table.time_column not in present:
             raise UserError(f"{source}: table {name} has no time column '{table.time_column}'")
         for column, parent in table.foreign_keys.items():
-            if column not in columns:
+            if column not in present:
                 raise UserError(f"{source}: table {name} has no foreign-key column '{column}'")
             if parent not in schema:
                 raise UserError(f"{source}: foreign key {name}.{column} points to a missing table '{parent}'; "

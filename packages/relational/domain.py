@@ -27,12 +27,19 @@ from panformer.engine.config import Recipe, StrictModel
 from panformer.engine.domain import Domain, Metrics, RecipeChoice, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
-from panformer.engine.runlog import console
+from panformer.engine.runlog import console, progress_bar
 from panformer.relational.baseline import aggregate_features, fit_trees
 from panformer.relational.database import Database, read_database, seconds, task_timestamps
 from panformer.relational.demo import VARIANTS, churn_sql, ensure_demo_database, name_of
 from panformer.relational.model import RelationalTransformer
-from panformer.relational.sampling import BOOL, NUMBER, Contexts, encode_database, sample_contexts
+from panformer.relational.sampling import (
+    BOOL,
+    CHUNK_QUERIES,
+    NUMBER,
+    Contexts,
+    encode_database,
+    sample_contexts,
+)
 
 # --- recipe --------------------------------------------------------------------------------------
 
@@ -50,7 +57,8 @@ class TaskSpec(StrictModel):
 class RelationalData(StrictModel):
     source: str = Field("demo", description="demo[:VARIANT:SEED], duckdb:///F, sqlite:///F, postgresql://...")
     schema_file: str | None = Field(None, description="YAML keys/time columns for databases without constraints")
-    cache_dir: str = Field("runs/data/relational", description="where generated demo databases are written")
+    cache_dir: str = Field("runs/data/relational", description="where generated demo databases and the DuckDB "
+                                                                "copies of SQLite/PostgreSQL sources are written")
     demo_customers: int = Field(500, ge=20)
     max_cells: int = Field(96, ge=8, description="cells per context (the label cell included)")
     children_per_table: int = Field(8, ge=1, description="latest rows per table pointing to the entity")
@@ -117,7 +125,7 @@ def resolve_source(source: str, data: RelationalData) -> tuple[Database, TaskSpe
         from panformer.relational.relbench_source import read_relbench
 
         return read_relbench(source, task)
-    return read_database(source, schema_file=data.schema_file), task
+    return read_database(source, schema_file=data.schema_file, cache_dir=data.cache_dir), task
 
 
 def load_task_data(source: str, data: RelationalData) -> tuple[TaskData, TaskSpec]:
@@ -149,21 +157,23 @@ class ContextDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         c = self.c
-        kind = torch.from_numpy(c.kind[i])
+        kind = torch.from_numpy(c.kind[i].astype(np.int64))
         maskable = (kind == NUMBER) | (kind == BOOL)
         masked = maskable & (torch.rand(kind.shape) < self.mask_prob) if self.mask_prob else torch.zeros_like(maskable)
-        return {"kind": kind, "value": torch.from_numpy(c.value[i]), "words": torch.from_numpy(c.words[i]),
-                "column_words": torch.from_numpy(c.column_words[i]), "table_words": torch.from_numpy(c.table_words[i]),
-                "column_ids": torch.from_numpy(c.column_ids[i]), "row_ids": torch.from_numpy(c.row_ids[i]),
-                "parent_rows": torch.from_numpy(c.parent_rows[i]), "label_pos": torch.tensor(c.label_pos[i]),
-                "masked": masked, "target": torch.tensor(self.labels[i])}
+        ids = {name: torch.from_numpy(getattr(c, name)[i].astype(np.int64))  # compact on the host, int64 batched
+               for name in ("words", "column_words", "table_words", "column_ids", "row_ids", "parent_rows")}
+        return {"kind": kind, "value": torch.from_numpy(c.value[i]), **ids,
+                "label_pos": torch.tensor(int(c.label_pos[i])), "masked": masked, "target": torch.tensor(self.labels[i])}
 
 
 def build_contexts(task: TaskData, rows: pd.DataFrame, data: RelationalData, *, stats_before: float | None,
                    label_name: str) -> Contexts:
     enc = encode_database(task.database, stats_before=stats_before, label_name=label_name)
-    return sample_contexts(enc, task.entity_table, rows["entity_id"].to_numpy(), seconds(rows["timestamp"]),
-                           max_cells=data.max_cells, children_per_table=data.children_per_table, source=task.source)
+    with progress_bar(enabled=len(rows) > CHUNK_QUERIES) as bar:
+        progress = (bar, bar.add_task(f"contexts from {task.source}", total=len(rows), status=""))
+        return sample_contexts(enc, task.entity_table, rows["entity_id"].to_numpy(), seconds(rows["timestamp"]),
+                               max_cells=data.max_cells, children_per_table=data.children_per_table,
+                               source=task.source, progress=progress)
 
 
 def split_rows(rows: pd.DataFrame, spec: TaskSpec, source: str) -> dict[str, pd.DataFrame]:

@@ -44,7 +44,7 @@ def read_relbench(source: str, spec):  # spec: TaskSpec (typed loosely to avoid 
     tables = {name: table.df.reset_index(drop=True) for name, table in rdb.table_dict.items()}
     schema = {name: TableSchema(name, table.pkey_col, dict(table.fkey_col_to_pkey_table), table.time_col)
               for name, table in rdb.table_dict.items()}
-    db = Database(dataset_name.rsplit("/", 1)[-1], tables, schema)
+    db = Database.from_frames(dataset_name.rsplit("/", 1)[-1], tables, schema)
     labels = pd.concat(splits, ignore_index=True)
     db.connection.register("relbench_labels", labels)
     sql = (f'SELECT "{task.entity_col}" AS entity_id, "{task.time_col}" AS timestamp, '

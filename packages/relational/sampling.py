@@ -3,23 +3,30 @@
 A context holds the entity's row, the rows it points to, the latest `children_per_table` rows of each
 table pointing to it (at or before the time), and the rows those point to; never a row whose time is
 after the prediction time. Every non-key value of those rows is a cell token; a last "label cell"
-(its row points to the entity's row) carries the task's question. Everything is vectorised over all
-queries at once with NumPy (sorted keys and `searchsorted`), not a Python loop per query.
+(its row points to the entity's row) carries the task's question.
+
+Out of core: the tables stay in DuckDB. For all queries at once, one SQL query per relation (the entity
+rows, their parents, each child table's latest rows by a window over the join, the children's parents)
+streams its rows in query order; queries are then assembled `CHUNK_QUERIES` at a time from just the
+rows they reached, vectorised with NumPy (sorted keys and `searchsorted`, no Python loop per query).
+Memory is bounded by the chunk, whatever the size of the tables; DuckDB joins and sorts out of core.
 
 Legend: N contexts, L cells per context, W hashed words per text cell, P parents per row.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from panformer.engine.errors import UserError
-from panformer.relational.database import Database, cell_kind, seconds
+from panformer.relational.database import Database, quote, seconds
 
 HASH_BUCKETS = 4096
 WORDS = 4  # hashed words kept per text cell and per name
@@ -27,6 +34,8 @@ WORDS = 4  # hashed words kept per text cell and per name
 PAD, NUMBER, BOOL, TIME, TEXT, LABEL = range(6)
 KIND_CODES = {"number": NUMBER, "bool": BOOL, "time": TIME, "text": TEXT}
 DAY = 86_400.0
+CHUNK_QUERIES = 4096  # queries assembled at once (bounds memory)
+_query_tables = itertools.count()
 
 
 def hash_words(text: str) -> list[int]:
@@ -37,10 +46,100 @@ def hash_words(text: str) -> list[int]:
 
 
 @dataclass
-class EncodedColumn:
-    """One feature column ready to become cells: `values` float (rows,) or `words` int (rows, W)."""
+class ColumnCodec:
+    """How one feature column becomes cells; numbers are z-scored with `mean` and `std`."""
 
     name: str
+    kind: int
+    column_id: int
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass
+class TableCodec:
+    """One table's cells and keys: `foreign_keys` lists (column, parent table id)."""
+
+    name: str
+    table_id: int
+    primary_key: str | None
+    time_column: str | None
+    columns: list[ColumnCodec]
+    foreign_keys: list[tuple[str, int]]
+    name_words: list[int] = field(default_factory=list)
+
+
+@dataclass
+class EncodedDatabase:
+    """How a database's cells are encoded (no rows: those stay in DuckDB); `column_words[column_id]`
+    names each column."""
+
+    database: Database
+    tables: list[TableCodec]
+    index: dict[str, int]
+    column_words: np.ndarray  # (C + 1, W); the last row names the label column
+    children: dict[int, list[tuple[int, int]]]  # parent table id -> [(child table id, parent slot)]
+
+    def table(self, name: str) -> TableCodec:
+        return self.tables[self.index[name]]
+
+
+def encode_database(db: Database, *, stats_before: float | None = None, label_name: str = "label") -> EncodedDatabase:
+    """Each column's cell kind and id, and number statistics in one SQL pass per table. Numbers are
+    z-scored per column over the rows dated before `stats_before` (seconds) when given, so statistics
+    never come from the test period."""
+    names = list(db.schema)
+    index = {name: i for i, name in enumerate(names)}
+    tables, column_words = [], []
+    for name in names:
+        schema, kinds = db.schema[name], db.columns[name]
+        columns = []
+        for column in schema.feature_columns(kinds):
+            columns.append(ColumnCodec(column, KIND_CODES[kinds[column]], len(column_words)))
+            column_words.append(hash_words(column))
+        _number_statistics(db, name, [c for c in columns if c.kind == NUMBER], stats_before)
+        foreign_keys = [(column, index[parent]) for column, parent in schema.foreign_keys.items()]
+        tables.append(TableCodec(name, index[name], schema.primary_key, schema.time_column, columns, foreign_keys,
+                                 hash_words(name)))
+    children: dict[int, list[tuple[int, int]]] = {}
+    for table in tables:
+        for slot, (_, parent_id) in enumerate(table.foreign_keys):
+            children.setdefault(parent_id, []).append((table.table_id, slot))
+    column_words.append(hash_words(label_name))
+    return EncodedDatabase(db, tables, index, np.array(column_words, dtype=np.int64), children)
+
+
+def _number_statistics(db: Database, table: str, columns: list[ColumnCodec], stats_before: float | None) -> None:
+    """Mean and population std of each number column over the rows before `stats_before` (rows of unknown
+    time included), or over all rows when none are before it."""
+    if not columns:
+        return
+    time_column = db.schema[table].time_column
+    fit = "TRUE"
+    if stats_before is not None and time_column is not None:
+        cutoff = pd.Timestamp(round(stats_before * 1e6), unit="us")
+        fit = f"NOT coalesce(CAST({quote(time_column)} AS TIMESTAMP) >= TIMESTAMP '{cutoff}', FALSE)"
+    parts = []
+    for c in columns:
+        x = f"CAST({quote(c.name)} AS DOUBLE)"
+        parts += [f"count({x}) FILTER (WHERE {fit})", f"avg({x}) FILTER (WHERE {fit})",
+                  f"stddev_pop({x}) FILTER (WHERE {fit})", f"avg({x})", f"stddev_pop({x})"]
+    stats = db.connection.execute(f"SELECT {', '.join(parts)} FROM {db.table_ref(table)}").fetchall()[0]
+    for i, c in enumerate(columns):
+        fitted, mean, std, all_mean, all_std = stats[5 * i:5 * i + 5]
+        if not fitted:
+            mean, std = all_mean, all_std
+        c.mean = float(mean) if mean is not None else 0.0
+        c.std = float(std) if std else 1.0
+
+
+# --- rows reached by the queries, streamed from DuckDB ---------------------------------------------
+
+
+@dataclass
+class EncodedColumn:
+    """One feature column of the fetched rows: `values` float (rows,) or `words` int (rows, W)."""
+
     kind: int
     column_id: int
     values: np.ndarray  # number: z-score; bool: 0/1; time: seconds; text: unused (zeros)
@@ -50,54 +149,110 @@ class EncodedColumn:
 
 @dataclass
 class EncodedTable:
-    name: str
+    """The rows of one table that a chunk of queries reached, in the table's row order."""
+
     table_id: int
+    size: int  # rows fetched
+    keys: pd.Index  # primary-key values of the rows (empty without a primary key)
     times: np.ndarray | None  # seconds (rows,), NaN = unknown
     columns: list[EncodedColumn]
     parents: list[tuple[int, np.ndarray]]  # (parent table id, parent row index (rows,), -1 = none)
-    name_words: list[int] = field(default_factory=list)
+    name_words: list[int]
 
 
-@dataclass
-class EncodedDatabase:
-    """A database turned into arrays the sampler indexes; `column_words[column_id]` names each column."""
+class _Stream:
+    """One relation's rows for all queries, in query order (column `qid`), read from DuckDB in pieces."""
 
-    database: Database
-    tables: list[EncodedTable]
-    index: dict[str, int]
-    column_words: np.ndarray  # (C + 1, W); the last row names the label column
-    children: dict[int, list[tuple[int, int]]]  # parent table id -> [(child table id, parent slot)]
+    def __init__(self, db: Database, table_id: int, query: str) -> None:
+        self.table_id = table_id
+        self.cursor = db.connection.cursor()
+        self.cursor.execute(query)
+        self.pending: pd.DataFrame | None = None
+        self.done = False
 
-    def table(self, name: str) -> EncodedTable:
-        return self.tables[self.index[name]]
+    def take(self, stop: int) -> pd.DataFrame:
+        """The rows of queries before `stop` (every earlier query's rows were taken before)."""
+        parts = [] if self.pending is None else [self.pending]
+        while not self.done and (not parts or parts[-1]["qid"].iloc[-1] < stop):
+            piece = self.cursor.fetch_df_chunk(8)
+            if piece.empty:
+                self.done = True
+                self.cursor.close()
+            else:
+                parts.append(piece)
+        if not parts:
+            return pd.DataFrame()
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        cut = int(np.searchsorted(frame["qid"].to_numpy(), stop, side="left"))
+        self.pending = frame.iloc[cut:] if cut < len(frame) else None
+        return frame.iloc[:cut]
+
+    def close(self) -> None:
+        if not self.done:
+            self.cursor.close()
 
 
-def encode_database(db: Database, *, stats_before: float | None = None, label_name: str = "label") -> EncodedDatabase:
-    """Encode every table's cells. Numbers are z-scored per column over the rows dated before
-    `stats_before` (seconds) when given, so statistics never come from the test period."""
-    names = list(db.schema)
-    index = {name: i for i, name in enumerate(names)}
-    tables, column_words = [], []
-    for name in names:
-        frame, schema = db.tables[name], db.schema[name]
-        times = seconds(frame[schema.time_column]) if schema.time_column else None
-        fit_rows = np.ones(len(frame), bool)
-        if stats_before is not None and times is not None:
-            fit_rows = ~(times >= stats_before)
+def _relation_queries(enc: EncodedDatabase, entity: TableCodec, queries: str, k: int) -> list[tuple[int, str]]:
+    """(table id, SQL) for each relation a context reaches; every row comes with its query (`qid`) and
+    its row number in the table (`_rowid`), ordered by query."""
+    db = enc.database
+
+    def rows_of(table: TableCodec, alias: str) -> str:
+        return f"{alias}.rowid AS _rowid, {db.select_list(table.name, alias=alias)}"
+
+    def time_of(table: TableCodec, alias: str) -> str:
+        return f"CAST({alias}.{quote(table.time_column)} AS TIMESTAMP)"
+
+    entity_join = (f"{queries} q JOIN {db.table_ref(entity.name)} e "
+                   f"ON e.{quote(entity.primary_key)} = q.entity_id")
+    out = [(entity.table_id, f"SELECT q.qid, {rows_of(entity, 'e')} FROM {entity_join} ORDER BY q.qid")]
+    for column, parent_id in entity.foreign_keys:
+        parent = enc.tables[parent_id]
+        out.append((parent_id, f"SELECT q.qid, {rows_of(parent, 'p')} FROM {entity_join} "
+                               f"JOIN {db.table_ref(parent.name)} p ON p.{quote(parent.primary_key)} = "
+                               f"e.{quote(column)} ORDER BY q.qid"))
+    for child_id, slot in enc.children.get(entity.table_id, []):
+        child = enc.tables[child_id]
+        fk = child.foreign_keys[slot][0]
+        # The latest k rows at or before the time (unknown times count as earliest, as in NumPy's sort);
+        # ties go to the later row, as the stable sort by row order does.
+        visible, order = "", "c.rowid DESC"
+        if child.time_column is not None:
+            visible = f" AND ({time_of(child, 'c')} <= q.ts OR c.{quote(child.time_column)} IS NULL)"
+            order = f"{time_of(child, 'c')} DESC NULLS LAST, c.rowid DESC"
+        picked = (f"SELECT q.qid, {rows_of(child, 'c')} FROM {queries} q JOIN {db.table_ref(child.name)} c "
+                  f"ON c.{quote(fk)} = q.entity_id{visible} "
+                  f"QUALIFY row_number() OVER (PARTITION BY q.qid ORDER BY {order}) <= {k}")
+        out.append((child_id, f"{picked} ORDER BY qid"))
+        for column, parent_id in child.foreign_keys:
+            if parent_id == entity.table_id:
+                continue
+            parent = enc.tables[parent_id]
+            out.append((parent_id, f"WITH picked AS ({picked}) SELECT c.qid, {rows_of(parent, 'p')} FROM picked c "
+                                   f"JOIN {db.table_ref(parent.name)} p ON p.{quote(parent.primary_key)} = "
+                                   f"c.{quote(column)} ORDER BY c.qid"))
+    return out
+
+
+def _encode_rows(enc: EncodedDatabase, frames: dict[int, pd.DataFrame]) -> list[EncodedTable]:
+    """The fetched rows of every table (one row per table row, in table order) as cell arrays."""
+    tables: list[EncodedTable] = []
+    for codec in enc.tables:
+        frame = frames.get(codec.table_id)
+        if frame is None:
+            frame = pd.DataFrame({"_rowid": np.zeros(0, np.int64)} | {c: [] for c in enc.database.columns[codec.name]})
+        keys = pd.Index(frame[codec.primary_key]) if codec.primary_key else pd.Index([])
+        times = seconds(frame[codec.time_column]) if codec.time_column else None
         columns = []
-        for column in schema.feature_columns(frame):
-            series = frame[column]
-            kind = KIND_CODES[cell_kind(series)]
+        for c in codec.columns:
+            series = frame[c.name]
             present = series.notna().to_numpy().copy()
             words = None
-            if kind == NUMBER:
-                values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-                ref = values[fit_rows & present] if (fit_rows & present).any() else values[present]
-                mean, std = (float(np.mean(ref)), float(np.std(ref))) if len(ref) else (0.0, 1.0)
-                values = (values - mean) / (std if std > 0 else 1.0)
-            elif kind == BOOL:
-                values = series.fillna(False).to_numpy(dtype=np.float64)
-            elif kind == TIME:
+            if c.kind == NUMBER:
+                values = np.nan_to_num((series.to_numpy(dtype=np.float64, na_value=np.nan) - c.mean) / c.std)
+            elif c.kind == BOOL:
+                values = series.astype("boolean").fillna(False).to_numpy(dtype=np.float64)
+            elif c.kind == TIME:
                 values = seconds(series)
                 present &= ~np.isnan(values)
             else:
@@ -105,40 +260,87 @@ def encode_database(db: Database, *, stats_before: float | None = None, label_na
                 table_words = np.array([hash_words(u) for u in uniques] + [[0] * WORDS], dtype=np.int64)
                 words = table_words[codes]  # -1 (null) picks the zero row
                 values = np.zeros(len(frame))
-            columns.append(EncodedColumn(column, kind, len(column_words), np.nan_to_num(values, nan=0.0)
-                                         if kind != TIME else values, words, present))
-            column_words.append(hash_words(column))
-        tables.append(EncodedTable(name, index[name], times, columns, [], hash_words(name)))
-    for name in names:
-        schema, table = db.schema[name], tables[index[name]]
-        for column, parent in schema.foreign_keys.items():
-            parent_keys = pd.Index(db.tables[parent][db.schema[parent].primary_key])
-            rows = parent_keys.get_indexer(db.tables[name][column])
-            table.parents.append((index[parent], rows.astype(np.int64)))
-    children: dict[int, list[tuple[int, int]]] = {}
-    for table in tables:
-        for slot, (parent_id, _) in enumerate(table.parents):
-            children.setdefault(parent_id, []).append((table.table_id, slot))
-    column_words.append(hash_words(label_name))
-    return EncodedDatabase(db, tables, index, np.array(column_words, dtype=np.int64), children)
+            columns.append(EncodedColumn(c.kind, c.column_id, values, words, present))
+        tables.append(EncodedTable(codec.table_id, len(frame), keys, times, columns, [], codec.name_words))
+    for codec, table in zip(enc.tables, tables, strict=True):
+        frame = frames.get(codec.table_id)
+        for column, parent_id in codec.foreign_keys:
+            rows = (tables[parent_id].keys.get_indexer(frame[column]) if frame is not None and len(frame)
+                    else np.zeros(0, np.int64))
+            table.parents.append((parent_id, rows.astype(np.int64)))
+    return tables
+
+
+def _chunks(enc: EncodedDatabase, entity: TableCodec, entity_ids: np.ndarray, cutoff: np.ndarray, k: int,
+            source: str) -> Iterator[tuple[int, list[EncodedTable]]]:
+    """(first query, rows reached by queries first..first+CHUNK_QUERIES) for all queries in order."""
+    db = enc.database
+    name = f"_queries_{next(_query_tables)}"
+    queries = f"memory.main.{name}"
+    frame = pd.DataFrame({"qid": np.arange(len(entity_ids), dtype=np.int64), "entity_id": entity_ids,
+                          "ts": pd.to_datetime(np.round(cutoff * 1e6).astype("int64"), unit="us")})
+    con = db.connection
+    con.register("_query_frame", frame)
+    con.execute(f"CREATE TABLE {queries} AS SELECT * FROM _query_frame")
+    con.unregister("_query_frame")
+    streams: list[_Stream] = []
+    try:
+        missing = con.execute(f"SELECT q.entity_id FROM {queries} q ANTI JOIN {db.table_ref(entity.name)} e "
+                              f"ON e.{quote(entity.primary_key)} = q.entity_id LIMIT 1").fetchall()
+        if missing:
+            raise UserError(f"{source}: entity id {missing[0][0]!r} is not in {entity.name}.{entity.primary_key}; "
+                            f"give ids that exist")
+        streams = [_Stream(db, table_id, sql) for table_id, sql in _relation_queries(enc, entity, queries, k)]
+        for first in range(0, len(entity_ids), CHUNK_QUERIES):
+            stop = first + CHUNK_QUERIES
+            parts: dict[int, list[pd.DataFrame]] = {}
+            for stream in streams:
+                parts.setdefault(stream.table_id, []).append(stream.take(stop))
+            frames = {}
+            for table_id, pieces in parts.items():
+                rows = pd.concat([p for p in pieces if len(p)] or pieces[:1], ignore_index=True)
+                if len(rows):
+                    rows = rows.drop(columns="qid").drop_duplicates("_rowid").sort_values("_rowid", kind="stable")
+                    frames[table_id] = rows.reset_index(drop=True)
+            yield first, _encode_rows(enc, frames)
+    finally:
+        for stream in streams:
+            stream.close()
+        con.execute(f"DROP TABLE IF EXISTS {queries}")
 
 
 @dataclass
 class Contexts:
-    """Padded contexts: every array has N rows; see the module legend."""
+    """Padded contexts: every array has N rows; see the module legend. Compact dtypes (word hashes are
+    below HASH_BUCKETS, rows within a context below max_cells); widened to int64 when batched."""
 
-    kind: np.ndarray  # int (N, L)
-    value: np.ndarray  # float (N, L): number/bool value, or the relative-time feature
-    words: np.ndarray  # int (N, L, W): hashed words of text cells
-    column_words: np.ndarray  # int (N, L, W): hashed words of the column name
-    table_words: np.ndarray  # int (N, L, W): hashed words of the table name
-    column_ids: np.ndarray  # int (N, L): same id = same column of the same table
-    row_ids: np.ndarray  # int (N, L): row within the context
-    parent_rows: np.ndarray  # int (N, L, P): parent rows of each cell's row, -1 none
-    label_pos: np.ndarray  # int (N,): where the label cell sits
+    kind: np.ndarray  # int8 (N, L)
+    value: np.ndarray  # float32 (N, L): number/bool value, or the relative-time feature
+    words: np.ndarray  # int16 (N, L, W): hashed words of text cells
+    column_words: np.ndarray  # int16 (N, L, W): hashed words of the column name
+    table_words: np.ndarray  # int16 (N, L, W): hashed words of the table name
+    column_ids: np.ndarray  # int32 (N, L): same id = same column of the same table
+    row_ids: np.ndarray  # int16 (N, L): row within the context
+    parent_rows: np.ndarray  # int16 (N, L, P): parent rows of each cell's row, -1 none
+    label_pos: np.ndarray  # int16 (N,): where the label cell sits
 
     def __len__(self) -> int:
         return len(self.kind)
+
+    @classmethod
+    def empty(cls, n: int, max_cells: int, parents: int) -> Contexts:
+        return cls(
+            kind=np.zeros((n, max_cells), np.int8), value=np.zeros((n, max_cells), np.float32),
+            words=np.zeros((n, max_cells, WORDS), np.int16), column_words=np.zeros((n, max_cells, WORDS), np.int16),
+            table_words=np.zeros((n, max_cells, WORDS), np.int16), column_ids=np.full((n, max_cells), -1, np.int32),
+            row_ids=np.full((n, max_cells), -1, np.int16), parent_rows=np.full((n, max_cells, parents), -1, np.int16),
+            label_pos=np.zeros(n, np.int16),
+        )
+
+    def assign(self, first: int, part: Contexts) -> None:
+        """Write `part` into rows first..first+len(part)."""
+        for name in self.__dataclass_fields__:
+            getattr(self, name)[first:first + len(part)] = getattr(part, name)
 
 
 def _latest_children(
@@ -175,20 +377,39 @@ def sample_contexts(
     max_cells: int = 96,
     children_per_table: int = 8,
     source: str = "task",
+    progress: object | None = None,
 ) -> Contexts:
-    """Contexts for N (entity id, timestamp) queries; timestamps are float seconds."""
+    """Contexts for N (entity id, timestamp) queries; timestamps are float seconds. `progress` (a rich
+    progress bar and task id) advances per chunk."""
     if entity_table not in enc.index:
         raise UserError(f"{source}: entity table '{entity_table}' is not in the database; known: {', '.join(enc.index)}")
-    table = enc.table(entity_table)
-    pk = enc.database.schema[entity_table].primary_key
-    if pk is None:
+    entity = enc.table(entity_table)
+    if entity.primary_key is None:
         raise UserError(f"{source}: entity table '{entity_table}' has no primary key; declare one in a schema file")
-    entity_rows = pd.Index(enc.database.tables[entity_table][pk]).get_indexer(pd.Series(entity_ids))
-    if (entity_rows < 0).any():
-        missing = entity_ids[entity_rows < 0][0]
-        raise UserError(f"{source}: entity id {missing!r} is not in {entity_table}.{pk}; give ids that exist")
-    n = len(entity_rows)
+    if max_cells > np.iinfo(np.int16).max:
+        raise UserError(f"{source}: max_cells {max_cells} is over {np.iinfo(np.int16).max}; use fewer cells")
+    entity_ids = np.asarray(entity_ids)
     cutoff = np.asarray(timestamps, dtype=np.float64)
+    parents = max([len(x.foreign_keys) for x in enc.tables] + [1])
+    out = Contexts.empty(len(entity_ids), max_cells, parents)
+    for first, tables in _chunks(enc, entity, entity_ids, cutoff, children_per_table, source):
+        stop = min(first + CHUNK_QUERIES, len(entity_ids))
+        entity_rows = tables[entity.table_id].keys.get_indexer(pd.Series(entity_ids[first:stop]))
+        part = _assemble(tables, enc.children, enc.column_words, entity.table_id, entity_rows, cutoff[first:stop],
+                         max_cells=max_cells, children_per_table=children_per_table, parents=parents)
+        out.assign(first, part)
+        if progress is not None:
+            bar, task = progress
+            bar.advance(task, stop - first)
+    return out
+
+
+def _assemble(tables: list[EncodedTable], children: dict[int, list[tuple[int, int]]], column_words: np.ndarray,
+              entity_id: int, entity_rows: np.ndarray, cutoff: np.ndarray, *, max_cells: int,
+              children_per_table: int, parents: int) -> Contexts:
+    """Contexts for one chunk of queries from the rows they reached (`tables`), vectorised."""
+    table = tables[entity_id]
+    n = len(entity_rows)
 
     def visible(t: EncodedTable, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
         if t.times is None:
@@ -199,10 +420,10 @@ def sample_contexts(
     parts = [(np.arange(n), np.full(n, table.table_id), entity_rows, np.zeros(n))]
     for parent_id, rows in table.parents:
         p = rows[entity_rows]
-        ok = (p >= 0) & visible(enc.tables[parent_id], np.maximum(p, 0), np.arange(n))
+        ok = (p >= 0) & visible(tables[parent_id], np.maximum(p, 0), np.arange(n))
         parts.append((np.arange(n)[ok], np.full(ok.sum(), parent_id), p[ok], np.ones(ok.sum())))
-    for child_id, slot in enc.children.get(table.table_id, []):
-        child = enc.tables[child_id]
+    for child_id, slot in children.get(table.table_id, []):
+        child = tables[child_id]
         times = child.times if child.times is not None else np.zeros(len(child.parents[slot][1]))
         query, rows = _latest_children(child.parents[slot][1], times, entity_rows, cutoff, children_per_table)
         rank = np.arange(len(query)) - np.repeat(np.r_[0, np.cumsum(np.bincount(query, minlength=n))[:-1]],
@@ -212,11 +433,11 @@ def sample_contexts(
             if parent_id == table.table_id:
                 continue
             p = prow[rows]
-            ok = (p >= 0) & visible(enc.tables[parent_id], np.maximum(p, 0), query)
+            ok = (p >= 0) & visible(tables[parent_id], np.maximum(p, 0), query)
             parts.append((query[ok], np.full(ok.sum(), parent_id), p[ok], 2.5 + rank[ok]))
     q, t, r, prio = (np.concatenate(x) for x in zip(*parts, strict=True))
-    rows_max = max(len(frame) for frame in enc.database.tables.values()) + 1
-    n_tables = len(enc.tables)
+    rows_max = max(x.size for x in tables) + 1
+    n_tables = len(tables)
     key = (q * n_tables + t) * rows_max + r
     order = np.lexsort((prio, key))  # by key, best priority first
     key, q, t, r, prio = key[order], q[order], t[order], r[order], prio[order]
@@ -228,7 +449,7 @@ def sample_contexts(
 
     # Cells: each row expands into its table's present feature columns.
     cell_parts = []
-    for x in enc.tables:
+    for x in tables:
         sel = np.flatnonzero(t == x.table_id)
         for c_i, col in enumerate(x.columns):
             s = sel[col.present[r[sel]]]
@@ -242,19 +463,12 @@ def sample_contexts(
     keep = pos < max_cells - 1  # the last slot is the label cell's
     cell_row, cell_col, cell_q, pos = cell_row[keep], cell_col[keep], cell_q[keep], pos[keep]
 
-    P = max([len(x.parents) for x in enc.tables] + [1])
-    out = Contexts(
-        kind=np.zeros((n, max_cells), np.int64), value=np.zeros((n, max_cells), np.float32),
-        words=np.zeros((n, max_cells, WORDS), np.int64), column_words=np.zeros((n, max_cells, WORDS), np.int64),
-        table_words=np.zeros((n, max_cells, WORDS), np.int64), column_ids=np.full((n, max_cells), -1, np.int64),
-        row_ids=np.full((n, max_cells), -1, np.int64), parent_rows=np.full((n, max_cells, P), -1, np.int64),
-        label_pos=np.zeros(n, np.int64),
-    )
+    out = Contexts.empty(n, max_cells, parents)
     # Parent rows of every context row, as local row numbers (-1 when the parent is not in the context).
-    row_parents = np.full((len(q), P), -1, np.int64)
+    row_parents = np.full((len(q), parents), -1, np.int64)
     by_key = np.argsort(key)
     key_sorted = key[by_key]
-    for x in enc.tables:
+    for x in tables:
         sel = np.flatnonzero(t == x.table_id)
         for slot, (parent_id, prow) in enumerate(x.parents):
             p = prow[r[sel]]
@@ -263,7 +477,7 @@ def sample_contexts(
             found = (key_sorted[hit] == want) & (p >= 0)
             row_parents[sel[found], slot] = row_local[by_key[hit[found]]]
     table_ids = t[cell_row]
-    for x in enc.tables:
+    for x in tables:
         m = table_ids == x.table_id
         if not m.any():
             continue
@@ -274,7 +488,7 @@ def sample_contexts(
             rows, qq, pp = r[cell_row[mm]], cell_q[mm], pos[mm]
             out.kind[qq, pp] = col.kind
             out.column_ids[qq, pp] = col.column_id
-            out.column_words[qq, pp] = enc.column_words[col.column_id]
+            out.column_words[qq, pp] = column_words[col.column_id]
             out.table_words[qq, pp] = x.name_words
             if col.kind == TIME:
                 days = (cutoff[qq] - col.values[rows]) / DAY
@@ -291,8 +505,8 @@ def sample_contexts(
     ar = np.arange(n)
     out.label_pos[:] = label_pos
     out.kind[ar, label_pos] = LABEL
-    out.column_ids[ar, label_pos] = len(enc.column_words) - 1
-    out.column_words[ar, label_pos] = enc.column_words[-1]
+    out.column_ids[ar, label_pos] = len(column_words) - 1
+    out.column_words[ar, label_pos] = column_words[-1]
     out.table_words[ar, label_pos] = hash_words("task")
     out.row_ids[ar, label_pos] = rows_per_query
     out.parent_rows[ar, label_pos, 0] = 0

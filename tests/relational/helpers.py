@@ -36,8 +36,8 @@ def write_relbench_folder(folder: Path, *, customers: int = 60) -> Path:
     (folder / "db").mkdir(parents=True, exist_ok=True)
     # RelBench keys are row numbers 0..n-1 in time order: sort each table by time and renumber the keys.
     frames, new_ids = {}, {}
-    for name, frame in db.tables.items():
-        s = db.schema[name]
+    for name in db.schema:
+        frame, s = db.read_table(name), db.schema[name]
         frame = frame.sort_values(s.time_column, kind="stable").reset_index(drop=True)
         new_ids[name] = pd.Series(range(len(frame)), index=frame[s.primary_key].to_numpy())
         frames[name] = frame

@@ -61,7 +61,8 @@ def test_sqlite_reader_and_yaml_override(tmp_path):
     db = read_database(f"sqlite:///{path}", schema_file=override)
     assert db.schema["orders"].foreign_keys == {"customer_id": "customers", "product_id": "products"}
     assert db.schema["orders"].time_column == "order_time"  # the first timestamp column
-    assert pd.api.types.is_datetime64_any_dtype(db.tables["orders"]["order_time"])
+    assert db.columns["orders"]["order_time"] == "time"
+    assert pd.api.types.is_datetime64_any_dtype(db.read_table("orders")["order_time"])
     assert path.read_bytes() == before  # read-only: the user's database is untouched
 
     override.write_text("tables:\n  orders: {foreign_keys: {customer_id: clients}}\n")
@@ -92,7 +93,7 @@ def test_contexts_never_see_the_future_and_take_the_latest_children(shop):
     assert (ctx.value[ctx.kind == TIME] >= 0).all()
     assert (ctx.kind[np.arange(len(rows)), ctx.label_pos] == LABEL).all()
     # The orders in context i are exactly that customer's 4 latest orders at or before the time.
-    orders = shop.tables["orders"]
+    orders = shop.read_table("orders")
     order_table = enc.index["orders"]
     for i in [0, len(rows) // 2, len(rows) - 1]:
         cust, t = rows.entity_id[i], rows.timestamp[i]
@@ -105,7 +106,7 @@ def test_contexts_never_see_the_future_and_take_the_latest_children(shop):
 
 
 def test_baseline_features_ignore_later_rows(shop):
-    orders = shop.tables["orders"]
+    orders = shop.read_table("orders")
     cust = int(orders.customer_id.iloc[0])
     t = orders[orders.customer_id == cust].order_time.min()
     feats = aggregate_features(shop, "customers", np.array([cust]), pd.Series([t - pd.Timedelta(seconds=1)]))
@@ -150,7 +151,7 @@ def test_postgres_reader_on_a_real_server(postgres_uri, tmp_path):
     db = read_database(postgres_uri)
     assert db.schema["reviews"].foreign_keys == {"customer_id": "customers", "product_id": "products"}
     assert db.schema["orders"].primary_key == "order_id" and db.schema["orders"].time_column == "order_time"
-    assert len(db.tables["orders"]) == len(frames["orders"])
+    assert db.row_count("orders") == len(frames["orders"])
     rows = db.sql(churn_sql("shop"), what="task")
     assert len(rows) > 0 and set(rows.label.unique()) <= {0, 1}
 
@@ -167,7 +168,7 @@ def test_postgres_reader_on_a_real_server(postgres_uri, tmp_path):
     with pytest.raises(UserError, match="read-only transaction"):
         task(postgres_uri, "DELETE FROM reviews RETURNING customer_id AS entity_id, review_time AS timestamp, "
                            "rating AS label")
-    assert len(read_database(postgres_uri).tables["reviews"]) == len(frames["reviews"])
+    assert read_database(postgres_uri).row_count("reviews") == len(frames["reviews"])
 
     with pytest.raises(UserError, match="cannot read the database"):
         read_database(postgres_uri.rsplit(":", 1)[0] + ":1/postgres")

@@ -1,0 +1,382 @@
+"""Scale benchmark: how time and peak memory grow with the size of a domain's data (issue #22).
+
+Each domain registers a generator of realistic large inputs (no downloads) and a measurement, in
+`DOMAINS`. Every size runs in two fresh processes, one generating the data and one measuring it, so the
+peak RSS reported is the measurement's alone. Sizes are in the domain's unit (relational: rows in the
+database; speech: mixtures; sign: sequences) and accept k/M suffixes.
+
+    OMP_NUM_THREADS=1 .venv/bin/python apps/bench/scale.py --domain relational --sizes 100k,1M,10M
+    OMP_NUM_THREADS=1 .venv/bin/python apps/bench/scale.py --domain relational --sizes 100k,1M,10M --engine sqlite
+
+Results are appended to apps/bench/results/scale-cpu.md (`--out`); generated data goes under a temporary
+folder (`--workdir`) and is deleted afterwards unless `--keep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hardware import cpu_name
+
+
+@dataclass(frozen=True)
+class ScaleDomain:
+    """One domain's generator and measurement. `measure` returns named numbers, with `time_s` (the
+    measured work) and `throughput` (in `unit_rate`) among them."""
+
+    unit: str  # what a size counts
+    unit_rate: str  # the throughput's unit
+    generate: Callable[..., None]  # (folder, size, *, options) -> None
+    measure: Callable[..., dict[str, float]]  # (folder, size, *, options) -> numbers
+
+
+# --- relational --------------------------------------------------------------------------------------
+
+REGIONS = ["north", "south", "east", "west"]
+WORDS = ["great", "quality", "fast", "delivery", "broken", "slow", "refund", "late", "love", "poor"]
+
+
+def relational_counts(rows: int) -> dict[str, int]:
+    """Table sizes summing to about `rows`: 1% customers, 80% orders, 19% reviews, a product catalogue."""
+    customers = max(rows // 100, 20)
+    products = max(min(rows // 1000, 5000), 10)
+    orders = int(rows * 0.80)
+    return {"customers": customers, "products": products, "orders": orders,
+            "reviews": max(rows - customers - products - orders, 1)}
+
+
+def generate_relational(folder: Path, rows: int, *, engine: str) -> None:
+    """A shop with keys, written by DuckDB's own generators (range(), hash()): customers, products,
+    orders (customer, product, time, quantity, amount) and reviews (rating, text). With `engine`
+    sqlite the same rows also go into a SQLite file (with an index on each foreign key, as a real
+    database would have for its task SQL)."""
+    import duckdb
+
+    n = relational_counts(rows)
+    path = folder / "shop.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("SET threads TO 2")
+    year = 365 * 86400
+    regions = "[" + ", ".join(f"'{r}'" for r in REGIONS) + "]"
+    words = "[" + ", ".join(f"'{w}'" for w in WORDS) + "]"
+    con.execute("CREATE TABLE customers (customer_id BIGINT PRIMARY KEY, signup_time TIMESTAMP, region VARCHAR, "
+                "age INTEGER)")
+    con.execute(f"INSERT INTO customers SELECT range, TIMESTAMP '2023-01-01' + to_seconds(CAST(hash(range) % {year} "
+                f"AS BIGINT)), {regions}[1 + CAST(hash(range + 1) % 4 AS INTEGER)], 18 + CAST(hash(range + 2) % 60 AS "
+                f"INTEGER) FROM range({n['customers']})")
+    con.execute("CREATE TABLE products (product_id BIGINT PRIMARY KEY, category VARCHAR, price DOUBLE, "
+                "launched TIMESTAMP)")
+    con.execute(f"INSERT INTO products SELECT range, 'category ' || (range % 12), round(5 + (hash(range) % 20000) / "
+                f"100.0, 2), TIMESTAMP '2022-01-01' + to_seconds(CAST(hash(range + 3) % {year} AS BIGINT)) "
+                f"FROM range({n['products']})")
+    # Orders: customers order at different rates (a skewed customer choice), spread over 2024.
+    con.execute("CREATE TABLE orders (order_id BIGINT PRIMARY KEY, customer_id BIGINT REFERENCES customers, "
+                "product_id BIGINT REFERENCES products, order_time TIMESTAMP, quantity INTEGER, amount DOUBLE)")
+    con.execute(f"INSERT INTO orders SELECT range, CAST(floor(pow((hash(range) % 1000003) / 1000003.0, 1.5) * "
+                f"{n['customers']}) AS BIGINT), CAST(hash(range + 5) % {n['products']} AS BIGINT), "
+                f"TIMESTAMP '2024-01-01' + to_seconds(CAST(hash(range + 7) % {year} AS BIGINT)), "
+                f"1 + CAST(hash(range + 11) % 4 AS INTEGER), round((hash(range + 13) % 30000) / 100.0, 2) "
+                f"FROM range({n['orders']})")
+    con.execute("CREATE TABLE reviews (review_id BIGINT PRIMARY KEY, customer_id BIGINT REFERENCES customers, "
+                "product_id BIGINT REFERENCES products, review_time TIMESTAMP, rating INTEGER, text VARCHAR)")
+    con.execute(f"INSERT INTO reviews SELECT range, CAST(hash(range + 17) % {n['customers']} AS BIGINT), "
+                f"CAST(hash(range + 19) % {n['products']} AS BIGINT), TIMESTAMP '2024-01-01' + "
+                f"to_seconds(CAST(hash(range + 23) % {year} AS BIGINT)), 1 + CAST(hash(range + 29) % 5 AS INTEGER), "
+                f"{words}[1 + CAST(hash(range + 31) % 10 AS INTEGER)] || ' ' || {words}[1 + CAST(hash(range + 37) % "
+                f"10 AS INTEGER)] FROM range({n['reviews']})")
+    if engine == "sqlite":
+        _copy_to_sqlite(con, folder / "shop.sqlite")
+        con.close()
+        path.unlink()
+    else:
+        con.close()
+
+
+SQLITE_DDL = {
+    "customers": "customer_id INTEGER PRIMARY KEY, signup_time TIMESTAMP, region TEXT, age INTEGER",
+    "products": "product_id INTEGER PRIMARY KEY, category TEXT, price REAL, launched TIMESTAMP",
+    "orders": "order_id INTEGER PRIMARY KEY, customer_id INTEGER REFERENCES customers, product_id INTEGER "
+              "REFERENCES products, order_time TIMESTAMP, quantity INTEGER, amount REAL",
+    "reviews": "review_id INTEGER PRIMARY KEY, customer_id INTEGER REFERENCES customers, product_id INTEGER "
+               "REFERENCES products, review_time TIMESTAMP, rating INTEGER, text TEXT",
+}
+
+
+def _copy_to_sqlite(con, path: Path) -> None:
+    """The DuckDB tables into SQLite (times as ISO text, as SQLite keeps them), in chunks of rows."""
+    import sqlite3
+
+    out = sqlite3.connect(path)
+    out.execute("PRAGMA journal_mode = OFF")
+    out.execute("PRAGMA synchronous = OFF")
+    for name, ddl in SQLITE_DDL.items():
+        out.execute(f"CREATE TABLE {name} ({ddl})")
+        columns = [c.split()[0] for c in ddl.split(", ")]
+        select = ", ".join(f"strftime({c}, '%Y-%m-%d %H:%M:%S')" if c.endswith(("_time", "launched")) else c
+                           for c in columns)
+        result = con.execute(f"SELECT {select} FROM {name}")
+        while batch := result.fetchmany(200_000):
+            out.executemany(f"INSERT INTO {name} VALUES ({', '.join('?' * len(columns))})", batch)
+        out.commit()
+    for table in ("orders", "reviews"):
+        out.execute(f"CREATE INDEX {table}_customer ON {table} (customer_id, {table[:-1]}_time)")
+    out.commit()
+    out.close()
+
+
+# The task: churn at three cut-offs (customers with an order in the 90 days before; label: no order in
+# the next 30), in each source's own SQL.
+RELATIONAL_TASK = {
+    "duckdb": """
+SELECT c.customer_id AS entity_id, t.ts AS timestamp,
+       CAST(NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.customer_id AND o.order_time > t.ts
+                        AND o.order_time <= t.ts + INTERVAL 30 DAY) AS INTEGER) AS label
+FROM (VALUES (TIMESTAMP '2024-06-01'), (TIMESTAMP '2024-08-01'), (TIMESTAMP '2024-10-01')) t(ts)
+JOIN customers c ON c.signup_time <= t.ts
+WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.customer_id AND o.order_time <= t.ts
+              AND o.order_time > t.ts - INTERVAL 90 DAY)
+""",
+    "sqlite": """
+WITH times(ts) AS (VALUES ('2024-06-01 00:00:00'), ('2024-08-01 00:00:00'), ('2024-10-01 00:00:00'))
+SELECT c.customer_id AS entity_id, t.ts AS timestamp,
+       NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.customer_id AND o.order_time > t.ts
+                   AND o.order_time <= datetime(t.ts, '+30 days')) AS label
+FROM times t JOIN customers c ON c.signup_time <= t.ts
+WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.customer_id AND o.order_time <= t.ts
+              AND o.order_time > datetime(t.ts, '-90 days'))
+""",
+}
+
+
+def measure_relational(folder: Path, rows: int, *, engine: str) -> dict[str, float]:
+    """Key discovery (opening the database; for SQLite the streamed DuckDB copy, then its reuse), the
+    task's SQL on the source, and context sampling for every task row, as `train` does them."""
+    from panformer.relational.database import read_database, seconds, task_timestamps
+    from panformer.relational.sampling import encode_database, sample_contexts
+
+    source = f"duckdb:///{folder / 'shop.duckdb'}" if engine == "duckdb" else f"sqlite:///{folder / 'shop.sqlite'}"
+    before = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    started = time.perf_counter()
+    db = read_database(source, cache_dir=folder / "cache")
+    out = {"open_s": time.perf_counter() - started}
+    if engine == "sqlite":
+        started = time.perf_counter()
+        db = read_database(source, cache_dir=folder / "cache")
+        out["reopen_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    task = db.task_sql(RELATIONAL_TASK[engine], what="scale task")
+    out["task_sql_s"] = time.perf_counter() - started
+    out["task_rows"] = len(task)
+    stamps = seconds(task_timestamps(task["timestamp"], what="scale task"))
+    started = time.perf_counter()
+    enc = encode_database(db, stats_before=float(seconds(np.array(["2024-08-01"], "datetime64[ns]"))[0]))
+    contexts = sample_contexts(enc, "customers", task["entity_id"].to_numpy(), stamps, max_cells=64,
+                               children_per_table=5)
+    out["sampling_s"] = time.perf_counter() - started
+    out["contexts_per_s"] = len(contexts) / out["sampling_s"]
+    out["time_s"] = sum(out[k] for k in ("open_s", "task_sql_s", "sampling_s"))
+    out["throughput"] = out["contexts_per_s"]
+    unchanged = all(p.stat().st_mtime_ns == t for p, t in before.items() if p.is_file())
+    out["source_untouched"] = float(unchanged)
+    return out
+
+
+# --- speech ---------------------------------------------------------------------------------------
+
+SPEECH_RATE = 8000
+SPEECH_SPLITS = {"train-360": 0.8, "dev": 0.1, "test": 0.1}
+# What one GPU step consumes: the end-to-end bench's MossFormer2 at the libri2mix recipe size on an
+# H200 trains 11.2 samples/s of 4 s (apps/bench/results/end-to-end-h200.md).
+GPU_AUDIO_S_PER_S = 11.2 * 4.0
+
+
+def generate_speech(folder: Path, mixtures: int) -> None:
+    """A Libri2Mix folder (wav8k/min/{train-360,dev,test}/{mix_clean,s1,s2}/ID.wav) of `mixtures`
+    short mixtures (0.5 s of two tone-and-noise "speakers"), written as 16-bit WAV."""
+    import soundfile as sf
+
+    root = folder / "Libri2Mix" / "wav8k" / "min"
+    rng = np.random.default_rng(0)
+    t = np.arange(SPEECH_RATE // 2) / SPEECH_RATE
+    done = 0
+    for split, share in SPEECH_SPLITS.items():
+        count = mixtures - done if split == "test" else int(mixtures * share)
+        for sub in ("mix_clean", "s1", "s2"):
+            (root / split / sub).mkdir(parents=True)
+        for i in range(count):
+            pitch = rng.uniform(90, 300, 2)
+            s = 0.1 * np.sin(2 * np.pi * pitch[:, None] * t) + 0.01 * rng.standard_normal((2, len(t)))
+            name = f"{done + i:06d}_{(done + i) % 251:03d}-{(done + i) % 241:03d}.wav"
+            for sub, wave in (("s1", s[0]), ("s2", s[1]), ("mix_clean", s.sum(0))):
+                sf.write(root / split / sub / name, wave.astype(np.float32), SPEECH_RATE, subtype="PCM_16")
+        done += count
+
+
+def measure_speech(folder: Path, mixtures: int) -> dict[str, float]:
+    """`train`'s data start-up (the libri2mix recipe's splits on the folder), the pre-mixed loader and
+    dynamic mixing (4 s mixtures from the folder's sources grouped into 100 speakers), in seconds of
+    audio per second in one worker process, next to what one GPU step consumes."""
+    import torch
+
+    from panformer.engine.config import load_recipe
+    from panformer.speech.data import DynamicMixDataset
+    from panformer.speech.domain import SeparationRecipe, SpeechDomain
+
+    root = folder / "Libri2Mix" / "wav8k" / "min"
+    recipe = load_recipe(SeparationRecipe, "speech", "libri2mix", overrides=[f"data.source={root}"])
+    started = time.perf_counter()
+    splits = SpeechDomain().task(recipe).load_splits(recipe)
+    out = {"startup_s": time.perf_counter() - started}
+    torch.manual_seed(0)
+    items = min(400, len(splits.train))
+    started = time.perf_counter()
+    audio = sum(splits.train[i]["length"] for i in range(items)) / SPEECH_RATE
+    out["premixed_audio_s_per_s"] = audio / (time.perf_counter() - started)
+    sources = sorted((root / "train-360" / "s1").iterdir()) + sorted((root / "train-360" / "s2").iterdir())
+    speakers = {f"spk{k}": sources[k::100] for k in range(100)}
+    mix = DynamicMixDataset(speakers, length=items, num_speakers=2, segment=4 * SPEECH_RATE, sample_rate=SPEECH_RATE)
+    started = time.perf_counter()
+    for i in range(items):
+        mix[i]
+    out["dynamic_mix_audio_s_per_s"] = items * 4.0 / (time.perf_counter() - started)
+    out["workers_per_gpu_step"] = GPU_AUDIO_S_PER_S / out["dynamic_mix_audio_s_per_s"]
+    out["time_s"] = out["startup_s"]
+    out["throughput"] = mixtures / out["startup_s"]
+    return out
+
+
+DOMAINS: dict[str, ScaleDomain] = {
+    "relational": ScaleDomain("rows", "contexts/s", generate_relational, measure_relational),
+    "speech": ScaleDomain("mixtures", "mixtures listed per s of start-up", generate_speech, measure_speech),
+}
+DOMAIN_OPTIONS = {"relational": {"engine": ("duckdb", "sqlite")}}
+
+
+# --- driver ---------------------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1].lower(), 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _child(args: argparse.Namespace) -> None:
+    """One step (generate or measure) of one size, in this fresh process; prints one JSON line."""
+    domain = DOMAINS[args.domain]
+    options = {k: getattr(args, k) for k in DOMAIN_OPTIONS.get(args.domain, {})}
+    started = time.perf_counter()
+    if args.step == "generate":
+        domain.generate(Path(args.folder), args.size, **options)
+        result = {"generate_s": time.perf_counter() - started}
+    else:
+        result = domain.measure(Path(args.folder), args.size, **options)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))
+
+
+def _run_step(args: argparse.Namespace, step: str, folder: Path, size: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--domain", args.domain, "--step", step, "--folder", str(folder),
+               "--size", str(size)]
+    for option in DOMAIN_OPTIONS.get(args.domain, {}):
+        command += [f"--{option}", getattr(args, option)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def growth_line(sizes: list[int], times: list[float], rss: list[float]) -> str:
+    """Whether time grew linearly: the exponent of time ~ size^k between the smallest and largest sizes."""
+    if len(sizes) < 2:
+        return "One size only: no growth measured."
+    k = np.log(times[-1] / times[0]) / np.log(sizes[-1] / sizes[0])
+    kind = "linear or better" if k <= 1.15 else "faster than linear"
+    return (f"Time grows as size^{k:.2f} from {sizes[0]:,} to {sizes[-1]:,} ({kind}); peak RSS "
+            f"{rss[0]:,.0f} -> {rss[-1]:,.0f} MB ({rss[-1] / rss[0]:.1f}x for {sizes[-1] / sizes[0]:.0f}x the data).")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domain", choices=sorted(DOMAINS), required=True)
+    parser.add_argument("--sizes", default="100k,1M,10M", help="comma-separated sizes in the domain's unit")
+    parser.add_argument("--engine", default="duckdb", choices=DOMAIN_OPTIONS["relational"]["engine"],
+                        help="relational: the database the data is written to")
+    parser.add_argument("--workdir", type=Path, default=None, help="where data is generated (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument("--out", type=Path, default=Path("apps/bench/results/scale-cpu.md"))
+    parser.add_argument("--step", choices=("generate", "measure"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        _child(args)
+        return
+    domain = DOMAINS[args.domain]
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="panformer-scale-", dir=args.workdir))
+    results = []
+    try:
+        for size in sizes:
+            folder = root / str(size)
+            folder.mkdir()
+            generated = _run_step(args, "generate", folder, size)
+            measured = _run_step(args, "measure", folder, size)
+            results.append((size, generated, measured))
+            print(f"{args.domain} {size:,} {domain.unit}: generated in {generated['generate_s']:.1f}s; {measured}",
+                  flush=True)
+            if not args.keep:
+                shutil.rmtree(folder)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    write_results(args, domain, results)
+
+
+def write_results(args: argparse.Namespace, domain: ScaleDomain, results: list) -> None:
+    options = " ".join(f"--{k} {getattr(args, k)}" for k in DOMAIN_OPTIONS.get(args.domain, {}))
+    extra = sorted({k for _, _, m in results for k in m} - {"time_s", "throughput", "peak_rss_mb"})
+    lines = [
+        f"## {args.domain}{' (' + options + ')' if options else ''}",
+        "",
+        f"CPU: {cpu_name()} ({os.cpu_count()} cores, shared), Python {platform.python_version()}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
+        f"Command: `OMP_NUM_THREADS=1 .venv/bin/python apps/bench/scale.py --domain {args.domain} --sizes "
+        f"{args.sizes}{' ' + options if options else ''}`",
+        "",
+        f"| size ({domain.unit}) | generate | time | peak RSS | throughput ({domain.unit_rate}) | "
+        + " | ".join(extra) + " |",
+        "|---|---|---|---|---|" + "---|" * len(extra),
+    ]
+    for size, generated, m in results:
+        cells = [f"{m[k]:,.3g}" if isinstance(m.get(k), float) else str(m.get(k, "-")) for k in extra]
+        lines.append(f"| {size:,} | {generated['generate_s']:.1f} s | {m['time_s']:.2f} s | {m['peak_rss_mb']:,.0f} MB "
+                     f"| {m['throughput']:,.0f} | " + " | ".join(cells) + " |")
+    lines += ["", growth_line([r[0] for r in results], [r[2]["time_s"] for r in results],
+                              [r[2]["peak_rss_mb"] for r in results]), ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as f:
+            f.write(("" if args.out.stat().st_size else "# Scale benchmark (CPU)\n\n") + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
