@@ -6,8 +6,9 @@ from shared_attention import na1d, na2d, na3d   # NATTEN's functional interface,
 
 from shared_attention import dispatch, masks, positions, score_mods, variants
 from shared_attention.api import Attention
-from shared_attention.cache import KVCache
+from shared_attention.cache import KVCache, L2NormEvictionCache
 from shared_attention.dispatch import explain as explain_case
+from shared_attention.entropy import AttentionEntropy
 from shared_attention.functional import attention, explain
 from shared_attention.masks import (
     Causal,
@@ -27,6 +28,7 @@ from shared_attention.masks import (
 from shared_attention.neighborhood import na1d, na2d, na3d
 from shared_attention.positions import ALiBi, CoPE, LearnedAbsolute, NoPosition, RoPE, Sinusoidal
 from shared_attention.quantized_cache import KVPrecision, QuantizedKVCache, quantized_caches
+from shared_attention.registers import Registers, TestTimeRegisters, find_register_neurons
 from shared_attention.score_mods import (
     Bias,
     Compose,
@@ -36,11 +38,16 @@ from shared_attention.score_mods import (
     SoftCap,
     Temperature,
 )
+from shared_attention.sigma_reparam import SigmaReparamLinear
 from shared_attention.variants import (
     Differential,
     Entmax15,
     GatedLocalGlobalAttention,
+    HiLo,
     LinearAttention,
+    MoBA,
+    Routing,
+    SharedDifferential,
     Sinks,
     Softmax,
     Sparsemax,
@@ -51,6 +58,7 @@ from shared_attention.variants import (
 __all__ = [
     "ALiBi",
     "Attention",
+    "AttentionEntropy",
     "Bias",
     "Causal",
     "Chunked",
@@ -64,21 +72,28 @@ __all__ = [
     "ForeignKey",
     "ForgetGate",
     "GatedLocalGlobalAttention",
+    "HiLo",
     "KVCache",
     "KVPrecision",
     "KeyPadding",
+    "L2NormEvictionCache",
     "LearnedAbsolute",
     "LinearAttention",
     "Mask",
+    "MoBA",
     "Neighborhood",
     "NoPosition",
     "QuantizedKVCache",
+    "Registers",
     "RelativeBias",
     "RoPE",
+    "Routing",
     "SameColumn",
     "SameRow",
     "SameValue",
     "ScoreMod",
+    "SharedDifferential",
+    "SigmaReparamLinear",
     "Sinks",
     "Sinusoidal",
     "SlidingWindow",
@@ -86,12 +101,14 @@ __all__ = [
     "Softmax",
     "Sparsemax",
     "Temperature",
+    "TestTimeRegisters",
     "Variant",
     "VariantModule",
     "attention",
     "dispatch",
     "explain",
     "explain_case",
+    "find_register_neurons",
     "masks",
     "na1d",
     "na2d",

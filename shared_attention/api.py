@@ -10,12 +10,16 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
+from shared_attention.cache import L2NormEvictionCache
+from shared_attention.forget_pruning import check_prunable, forget_gate_pruning
 from shared_attention.functional import attention
 from shared_attention.masks import Causal, KeyPadding, Mask
-from shared_attention.positions import NoPosition, Position, PositionModule
+from shared_attention.positions import CoPEModule, NoPosition, Position, PositionModule
 from shared_attention.quantized_cache import QuantizedKVCache
-from shared_attention.score_mods import Compose, ForgetGateModule, ScoreMod
+from shared_attention.score_mods import Compose, ForgetGateBias, ForgetGateModule, ScoreMod
+from shared_attention.sigma_reparam import SigmaReparamLinear
 from shared_attention.variants.base import Variant
+from shared_attention.variants.differential import SharedDifferential, SharedDifferentialAttention
 
 
 def _compose(*mods: ScoreMod | None) -> ScoreMod | None:
@@ -64,6 +68,8 @@ class Attention(nn.Module):
             SoftCap(50.0), ...); composed with the per-call ``score_mod``.
         qkv_bias: bias in the q/k/v projections.
         dropout: dropout on the attention output (before the output projection), in training.
+        sigma_reparam: σReparam projections (``SigmaReparamLinear``: spectrally normalised weights with a
+            learned scale, against attention entropy collapse).
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class Attention(nn.Module):
         score_mod: ScoreMod | None = None,
         qkv_bias: bool = False,
         dropout: float = 0.0,
+        sigma_reparam: bool = False,
     ):
         super().__init__()
         num_kv_heads = num_kv_heads or num_heads
@@ -92,17 +99,26 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim**-0.5
 
-        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=qkv_bias)
-        self.kv_proj = nn.Linear(kv_dim or dim, 2 * num_kv_heads * head_dim, bias=qkv_bias)
-        self.out_proj = nn.Linear(num_heads * head_dim, dim)
+        linear = SigmaReparamLinear if sigma_reparam else nn.Linear
+        self.q_proj = linear(dim, num_heads * head_dim, bias=qkv_bias)
+        self.kv_proj = linear(kv_dim or dim, 2 * num_kv_heads * head_dim, bias=qkv_bias)
+        self.out_proj = linear(num_heads * head_dim, dim)
+        # Set by shared_attention.entropy.AttentionEntropy while it measures this layer's attention.
+        self.probe = None
         self.dropout = nn.Dropout(dropout)
 
         self.position = (position or NoPosition()).build(
             dim=dim, num_heads=num_heads, head_dim=head_dim
         )
-        self.variant = (
-            variant.build(num_heads=num_heads, head_dim=head_dim) if variant is not None else None
-        )
+        if isinstance(variant, SharedDifferential):  # its low-rank parts read the layer's inputs
+            if isinstance(self.position, CoPEModule):
+                raise ValueError("SharedDifferential does not compose with CoPE (its gates read one q/k per head)")
+            self.variant = variant.build(num_heads=num_heads, head_dim=head_dim, dim=dim, kv_dim=kv_dim or dim,
+                                         num_kv_heads=num_kv_heads)
+        else:
+            self.variant = (
+                variant.build(num_heads=num_heads, head_dim=head_dim) if variant is not None else None
+            )
         # A learned score mod gets its module; a fixed one is used as given.
         self.score_mod_module = (
             score_mod.build(dim=dim, num_heads=num_heads) if score_mod is not None else None
@@ -139,9 +155,19 @@ class Attention(nn.Module):
         """
         if cache is not None and additional_tokens is not None:
             raise NotImplementedError("additional_tokens cannot be combined with a KV cache yet")
+        if isinstance(cache, L2NormEvictionCache) and not self._position_free(mask, score_mod, key_padding_mask):
+            raise ValueError(
+                "L2NormEvictionCache drops keys, so masks and score mods that read key indices would misplace the "
+                "survivors: use mask=Causal() or none, RoPE or absolute positions, no score mod or key padding"
+            )
         if cache is not None and isinstance(self.score_mod_module, ForgetGateModule):
-            # Its bias needs the gates of every cached token, which the cache does not keep.
-            raise NotImplementedError("ForgetGate does not support decoding with a KV cache yet")
+            history = cache.token_state.get("forget_gate")
+            if cache.length != (0 if history is None else history.shape[-1]):
+                raise ValueError(
+                    f"the KV cache holds {cache.length} tokens but forget gates for "
+                    f"{0 if history is None else history.shape[-1]}: fill it through this ForgetGate layer "
+                    "from the first token (or reset it)"
+                )
         batch, length, _ = x.shape
         offset = cache.offset if cache is not None else 0
         if positions is None:
@@ -152,11 +178,19 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         kv = self.kv_proj(source).view(batch, source.shape[1], 2, self.num_kv_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, Hkv, Lk, D)
-        if context is None:
+        shared_maps = isinstance(self.variant, SharedDifferentialAttention)
+        if shared_maps:  # Shared DIFF: base + each map's low-rank part, each map position-encoded, concatenated
+            maps = zip(self.variant.query_maps(q, x), self.variant.key_maps(k, source), strict=True)
+            if context is None:
+                maps = [self.position.encode_qk(qm, km, positions, positions) for qm, km in maps]
+            q, k = (torch.cat(parts, dim=-1) for parts in zip(*maps, strict=True))
+        elif context is None:
             q, k = self.position.encode_qk(q, k, positions, positions)
         if additional_tokens is not None:
             extra = self.kv_proj(additional_tokens).view(batch, -1, 2, self.num_kv_heads, self.head_dim)
             extra_k, extra_v = extra.permute(2, 0, 3, 1, 4)
+            if shared_maps:
+                extra_k = torch.cat(self.variant.key_maps(extra_k, additional_tokens), dim=-1)
             k, v = torch.cat([k, extra_k], dim=2), torch.cat([v, extra_v], dim=2)
         if cache is not None and self._fused_decode(cache, q, mask, score_mod, context, key_padding_mask, backend):
             # Straight from the quantised cache's codes: nothing dequantised to (B, Hkv, T, D).
@@ -167,9 +201,14 @@ class Attention(nn.Module):
 
         if key_padding_mask is not None:
             mask = _with_padding(mask, key_padding_mask)
-        learned = self.score_mod_module(x) if self.score_mod_module is not None else None
+        learned = self._learned_score_mod(x, cache)
         position_mod = self.position.score_mod(q, k, mask=mask, scale=self.scale)
+        if isinstance(learned, ForgetGateBias) and self.score_mod_module.prune_epsilon is not None:
+            mask = self._prune_forget_gate(q, k, learned, mask, (position_mod, self.fixed_score_mod, score_mod))
         score_mod = _compose(position_mod, self.fixed_score_mod, learned, score_mod)
+        if self.probe is not None:
+            query_valid = key_padding_mask if context is None else None
+            self.probe(self, q, k, mask=mask, score_mod=score_mod, query_valid=query_valid)
 
         if self.variant is None:
             out = attention(
@@ -180,6 +219,41 @@ class Attention(nn.Module):
             out = self.variant(q, k, v, mask=mask, score_mod=score_mod, scale=None, backend=backend)
         out = out.transpose(1, 2).reshape(batch, length, -1)
         return self.out_proj(self.dropout(out))
+
+    def _learned_score_mod(self, x: Tensor, cache) -> ScoreMod | None:
+        """This call's learned score mod; a ForgetGate continues the decay its cache keeps for earlier tokens."""
+        module = self.score_mod_module
+        if not isinstance(module, ForgetGateModule) or cache is None:
+            return module(x) if module is not None else None
+        bias = module(x, history=cache.token_state.get("forget_gate"))  # checked against the cache in forward
+        cache.token_state["forget_gate"] = bias.cumulative_log_forget
+        return bias
+
+    def _prune_forget_gate(self, q: Tensor, k: Tensor, bias: ForgetGateBias, mask: Mask | None, others) -> Mask:
+        """``mask`` and ACP's pruning of negligible key blocks (``shared_attention.forget_pruning``)."""
+        if self.variant is not None or any(m is not None for m in others):
+            raise ValueError(
+                "ForgetGate pruning bounds plain softmax logits plus the decay: use it without a variant or "
+                "another score mod (ALiBi, soft-cap, ...)"
+            )
+        check_prunable(mask)
+        module = self.score_mod_module
+        pruning, module.last_skipped_fraction = forget_gate_pruning(
+            q, k, bias.cumulative_log_forget, epsilon=module.prune_epsilon, block_size=module.block_size,
+            scale=self.scale,
+        )
+        return mask & pruning
+
+    def _position_free(self, mask: Mask | None, score_mod: ScoreMod | None, key_padding_mask: Tensor | None) -> bool:
+        """Whether this call reads no key index beyond causal order (what an evicting cache keeps)."""
+        return (
+            (mask is None or type(mask) is Causal)
+            and score_mod is None
+            and key_padding_mask is None
+            and self.score_mod_module is None
+            and self.fixed_score_mod is None
+            and type(self.position).score_mod is PositionModule.score_mod
+        )
 
     def _fused_decode(self, cache, q: Tensor, mask, score_mod, context, key_padding_mask, backend: str) -> bool:
         """Whether this step can run as ``QuantizedKVCache.decode_attention`` (fused op over the codes):

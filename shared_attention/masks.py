@@ -121,6 +121,13 @@ class Chunked(Mask):
         return same & (q_pos >= kv_idx) if self.causal else same
 
 
+def _bytes(table: Tensor) -> Tensor:
+    """A bool lookup table as uint8, for ``allowed`` to index. Inductor's Flex lowering on CUDA cannot
+    load captured bool buffers inside ``mask_mod`` ("torch.bool is not supported by torch.iinfo"); a
+    byte view reads the same memory (no copy)."""
+    return table.view(torch.uint8)
+
+
 @dataclass(frozen=True, eq=False)
 class KeyPadding(Mask):
     """Variable lengths: ``valid`` bool (B, Lk), True = real token; or ``lengths`` int (B,)."""
@@ -140,7 +147,7 @@ class KeyPadding(Mask):
     def allowed(self, b, h, q_idx, kv_idx, q_len, kv_len):
         if self.lengths is not None:
             return kv_idx < self.lengths[b]
-        return self.valid[b, kv_idx]
+        return _bytes(self.valid)[b, kv_idx] != 0
 
     def batch_size(self):
         return (self.valid if self.valid is not None else self.lengths).shape[0]
@@ -314,7 +321,7 @@ class EdgeIndex(Mask):
     def allowed(self, b, h, q_idx, kv_idx, q_len, kv_len):
         # A single graph (batch of one) is shared by every batch element.
         b = b if self.adjacency.shape[0] > 1 else torch.zeros_like(b)
-        return self.adjacency[b, q_idx, kv_idx]
+        return _bytes(self.adjacency)[b, q_idx, kv_idx] != 0
 
     def batch_size(self):
         return self.adjacency.shape[0]
@@ -382,7 +389,7 @@ class ForeignKey(Mask):
 
     def allowed(self, b, h, q_idx, kv_idx, q_len, kv_len):
         q_row = self.row_ids[b, _query_positions(q_idx, q_len, kv_len)]
-        return self.links[b, q_row, self.row_ids[b, kv_idx]]
+        return _bytes(self.links)[b, q_row, self.row_ids[b, kv_idx]] != 0
 
     def batch_size(self):
         return self.row_ids.shape[0]
@@ -412,7 +419,7 @@ class Dense(Mask):
         h = h if m.shape[1] > 1 else torch.zeros_like(h)
         q_idx = q_idx if m.shape[2] > 1 else torch.zeros_like(q_idx)
         kv_idx = kv_idx if m.shape[3] > 1 else torch.zeros_like(kv_idx)
-        return m[b, h, q_idx, kv_idx]
+        return _bytes(m)[b, h, q_idx, kv_idx] != 0
 
     def batch_size(self):
         return self.mask.shape[0]
@@ -487,6 +494,25 @@ class Or(_Combined):
 
     def __or__(self, other):
         return Or((*self.parts, other))
+
+
+def hides_future(mask: Mask | None) -> bool:
+    """Whether ``mask`` is known to keep every query from keys after its own position (a causal mask,
+    a causal window, chunk, document or neighbourhood axis, an And with one, an Or of such masks).
+
+    Content-based sparse variants (routing, MoBA) check it: ranking keys over the whole sequence
+    under such a mask would let future keys decide which past keys a query sees."""
+    if isinstance(mask, Causal):
+        return True
+    if isinstance(mask, (SlidingWindow, Chunked, Document)):
+        return mask.causal
+    if isinstance(mask, Neighborhood):
+        return any(mask.causal)
+    if isinstance(mask, And):
+        return any(hides_future(m) for m in mask.parts)
+    if isinstance(mask, Or):
+        return all(hides_future(m) for m in mask.parts)
+    return False
 
 
 __all__ = [

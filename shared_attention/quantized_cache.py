@@ -318,6 +318,7 @@ class QuantizedKVCache:
             bits=self.precision.value_bits, axis="token", **common,
         )
         self._shape = (batch_size, num_kv_heads)
+        self.token_state: dict[str, Tensor] = {}  # as KVCache.token_state
 
     @property
     def max_len(self) -> int:
@@ -412,6 +413,7 @@ class QuantizedKVCache:
         """Forget the cached tokens (the buffers are reused)."""
         self.key_store.reset()
         self.value_store.reset()
+        self.token_state.clear()
 
     def __repr__(self) -> str:
         return (

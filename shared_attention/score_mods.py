@@ -260,13 +260,23 @@ class ForgetGateBias(ScoreMod):
 
 @dataclass(frozen=True)
 class ForgetGate(ScoreMod):
-    """Forgetting Transformer (FoX): a data-dependent forget gate per head and token,
-    f_t = sigmoid(w_h · x_t + b_h), turned into the decay bias of ForgetGateBias. Use with Causal()."""
+    """Forgetting Transformer (FoX; Lin, Nikishin, He, Courville 2025, arXiv:2503.02130): a
+    data-dependent forget gate per head and token, f_t = sigmoid(w_h · x_t + b_h), turned into the
+    decay bias of ForgetGateBias. Use with Causal(). Decodes with a KV cache (the cache keeps the
+    running sum of log gates beside the keys).
 
+    ``prune_epsilon``: adaptive computation pruning (ACP, arXiv:2504.06949): skip the key blocks of
+    ``block_size`` positions whose decay provably leaves them at most this much of a query's softmax
+    mass (``shared_attention.forget_pruning``); the module's ``last_skipped_fraction`` says how many
+    causal tiles the last call pruned."""
+
+    prune_epsilon: float | None = None
+    block_size: int = 128
     additive = True
 
     def build(self, *, dim: int, num_heads: int) -> nn.Module:
-        return ForgetGateModule(dim=dim, num_heads=num_heads)
+        return ForgetGateModule(dim=dim, num_heads=num_heads, prune_epsilon=self.prune_epsilon,
+                                block_size=self.block_size)
 
     def modify(self, score, b, h, q_idx, kv_idx, q_len, kv_len):
         raise TypeError(
@@ -275,18 +285,26 @@ class ForgetGate(ScoreMod):
 
 
 class ForgetGateModule(nn.Module):
-    """x (B, L, dim) -> ForgetGateBias with c = cumsum(log sigmoid(x W + b)) (B, H, L)."""
+    """x (B, L, dim) -> ForgetGateBias with c = cumsum(log sigmoid(x W + b)) (B, H, L).
 
-    def __init__(self, *, dim: int, num_heads: int):
+    ``history`` (B, H, T): c of the T tokens before x (from a KV cache); c then continues from its
+    last entry and covers T + L keys."""
+
+    def __init__(self, *, dim: int, num_heads: int, prune_epsilon: float | None = None, block_size: int = 128):
         super().__init__()
         self.gate = nn.Linear(dim, num_heads)
         # Start with gates near 1 (little forgetting), so training starts close to plain softmax.
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, 4.0)
+        self.prune_epsilon, self.block_size = prune_epsilon, block_size
+        self.last_skipped_fraction: Tensor | None = None  # set by Attention when pruning
 
-    def forward(self, x: Tensor) -> ForgetGateBias:
+    def forward(self, x: Tensor, *, history: Tensor | None = None) -> ForgetGateBias:
         log_forget = F.logsigmoid(self.gate(x).float())  # (B, L, H)
-        return ForgetGateBias(log_forget.cumsum(dim=1).transpose(1, 2).contiguous())
+        c = log_forget.cumsum(dim=1).transpose(1, 2)
+        if history is not None and history.shape[-1]:
+            c = torch.cat((history, history[..., -1:] + c), dim=-1)
+        return ForgetGateBias(c.contiguous())
 
 
 __all__ = [

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from shared_attention import attention, explain
+from shared_attention.api import Attention
 from shared_attention.backends.flex import predicted_flex_over_sdpa
+from shared_attention.forget_pruning import forget_gate_pruning
 from shared_attention.masks import (
     Causal,
     Chunked,
@@ -40,7 +42,16 @@ from shared_attention.masks import (
     Neighborhood,
     SlidingWindow,
 )
-from shared_attention.score_mods import ALiBi, ScoreMod, SoftCap
+from shared_attention.registers import RegisterMask
+from shared_attention.score_mods import ALiBi, ForgetGateBias, ScoreMod, SoftCap
+from shared_attention.variants import (
+    Differential,
+    MoBA,
+    MoBAAttention,
+    Routing,
+    SharedDifferential,
+    Variant,
+)
 
 BACKENDS = ("reference", "sdpa", "flex")
 
@@ -51,6 +62,10 @@ class BenchCase:
     length: int
     mask: Mask | None = None
     score_mod: ScoreMod | None = None
+    # A content-based sparse variant (MoBA, routing): its whole call is timed, its mask rebuilt each call.
+    variant: Variant | None = None
+    # A variant whose maps read the layer input (Shared DIFF): a whole Attention layer is timed from x.
+    layer_variant: Variant | None = None
 
 
 def make_cases(long: int, batch: int, heads: int, device: torch.device) -> list[BenchCase]:
@@ -74,6 +89,21 @@ def make_cases(long: int, batch: int, heads: int, device: torch.device) -> list[
         BenchCase(
             "graph edge index (deg 16)", graph_nodes, EdgeIndex(edges, num_nodes=graph_nodes)
         ),
+        # HiLo's Hi-Fi heads (LITv2): non-overlapping 8x8 windows, a Neighborhood with stride = kernel.
+        BenchCase(
+            f"HiLo Hi-Fi 2-D {side}x{side}, 8x8 windows", side * side, Neighborhood((side, side), 8, stride=8)
+        ),
+        # Learned registers (Darcet et al.) as full tokens: every token also sees, and is seen by, 4 registers.
+        BenchCase(
+            f"neighborhood 2-D {side}x{side}, 7x7 + 4 registers", side * side + 4,
+            RegisterMask(Neighborhood((side, side), 7), 4),
+        ),
+        BenchCase("MoBA block 256, top-3 (causal)", long, Causal(), variant=MoBA(block_size=256, top_k=3, causal=True)),
+        BenchCase("MoBA block 256, top-3, 128-query blocks", long, variant=MoBA(block_size=256, top_k=3, query_block=128)),
+        BenchCase("routing, 16 clusters (causal)", long, Causal(), variant=Routing(num_clusters=16, causal=True)),
+        BenchCase("DIFF layer (causal)", long // 2, Causal(), layer_variant=Differential()),
+        BenchCase("Shared DIFF layer, rank 16 (causal)", long // 2, Causal(), layer_variant=SharedDifferential(rank=16)),
+        *forget_gate_cases(long // 2, batch, heads, device),
         BenchCase("causal + ALiBi", long // 2, Causal(), ALiBi(heads)),
         BenchCase("causal + soft-cap 30", long // 2, Causal(), SoftCap(30.0)),
     ]
@@ -124,12 +154,110 @@ def allowed_pairs(case: BenchCase, batch: int, device: torch.device) -> int:
     if case.mask is None:
         return batch * case.length * case.length
     dense = case.mask.dense(case.length, case.length, device=device)
-    return int(dense.expand(batch, 1, case.length, case.length).sum())
+    # Per head, summed over the batch (a head-dependent mask, e.g. ACP's pruning: the mean over heads).
+    return int(dense.expand(batch, -1, case.length, case.length).sum()) // dense.shape[1]
+
+
+def run_variant_case(
+    case: BenchCase, args, device: torch.device, dtype: torch.dtype, training: bool
+) -> dict:
+    """A variant case: the variant module's call (its gate or routing, mask and attention) per backend."""
+    g = torch.Generator(device=device).manual_seed(1)
+    shape = (args.batch, args.heads, case.length, args.head_dim)
+    q, k, v = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
+    if training:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+    grad_out = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    module = case.variant.build(num_heads=args.heads, head_dim=args.head_dim).to(device).eval()
+    content = module.content_mask(q, k)
+    combined = content if case.mask is None else content & case.mask
+    pairs = int(combined.dense(case.length, case.length, device=device).expand(args.batch, args.heads, -1, -1).sum())
+
+    def call(backend: str) -> Callable[[], object]:
+        def step():
+            out = module(q, k, v, mask=case.mask, backend=backend)
+            return torch.autograd.grad(out, (q, k, v), grad_out) if training else out
+
+        return step
+
+    fns = {b: call(b) for b in BACKENDS if explain(q, k, v, mask=combined, backend=b).chosen}
+    fns["auto"] = call("auto")
+    row = {
+        "case": case.name, "L": case.length, "mode": "training" if training else "inference",
+        "density": pairs / (args.batch * args.heads * case.length**2),
+        "flops": 4 * args.head_dim * pairs * (3.5 if training else 1.0), "predicted": None,
+        "auto_choice": module.chosen_backend(q, k, v, mask=case.mask)  # MoBA: its block-sparse Flex path or not
+        if isinstance(module, MoBAAttention) else explain(q, k, v, mask=combined).chosen,
+    }
+    with torch.set_grad_enabled(training):
+        clock = time.process_time if args.clock == "process" else time.perf_counter
+        timings = time_interleaved(fns, device, budget_s=args.budget, clock=clock)
+    for name in (*BACKENDS, "auto", "sdpa dense mask"):
+        row[name] = timings.get(name)
+    return row
+
+
+def forget_gate_cases(length: int, batch: int, heads: int, device: torch.device) -> list[BenchCase]:
+    """FoX with and without ACP's pruning: heads forgetting at different rates (gate biases 2, 4, 6, ... so
+    log f ~ -0.13, -0.018, -0.0025, ...); the pruning is computed on random q, k of D=64, as the timed ones."""
+    g = torch.Generator().manual_seed(2)
+    bias = 2.0 * (1 + torch.arange(heads, dtype=torch.float32)).view(1, heads, 1)
+    log_f = F.logsigmoid(torch.randn(batch, heads, length, generator=g) + bias)
+    fox = ForgetGateBias(log_f.cumsum(-1).to(device))
+    q, k = (torch.randn(batch, heads, length, 64, generator=g).to(device) for _ in range(2))
+    pruning, skipped = forget_gate_pruning(q, k, fox.cumulative_log_forget, epsilon=1e-3, block_size=128,
+                                           scale=64**-0.5)
+    return [
+        BenchCase("causal + forget gate (FoX)", length, Causal(), fox),
+        BenchCase(f"FoX + ACP pruning, eps 1e-3 ({float(skipped):.0%} tiles skipped)", length, Causal() & pruning, fox),
+    ]
+
+
+def run_layer_case(case: BenchCase, args, device: torch.device, dtype: torch.dtype, training: bool) -> dict:
+    """A whole Attention layer with ``case.layer_variant`` (its maps read x), per backend; FLOPs count both
+    maps' attention (Shared DIFF: 2 maps of width D; DIFF: 2 of width D/2 on shared values), not projections."""
+    dim = args.heads * args.head_dim
+    layer = Attention(dim, args.heads, variant=case.layer_variant).to(device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(args.batch, case.length, dim, generator=g, device=device, dtype=dtype, requires_grad=training)
+    grad_out = torch.randn(x.shape, generator=g, device=device, dtype=dtype)
+
+    def call(backend: str) -> Callable[[], object]:
+        def step():
+            out = layer(x, mask=case.mask, backend=backend)
+            return torch.autograd.grad(out, x, grad_out) if training else out
+
+        return step
+
+    pairs = allowed_pairs(case, args.batch, device)
+    per_pair = 8 if isinstance(case.layer_variant, SharedDifferential) else 6
+    d = args.head_dim
+    # What each map's attention call looks like to dispatch (Shared DIFF: q, k of D per map; DIFF: D / 2).
+    width = d if isinstance(case.layer_variant, SharedDifferential) else d // 2
+    q = torch.zeros(args.batch, args.heads, case.length, width, device=device, dtype=dtype, requires_grad=training)
+    fns = {b: call(b) for b in BACKENDS if explain(q, q, q, mask=case.mask, backend=b).chosen}
+    fns["auto"] = call("auto")
+    row = {
+        "case": case.name, "L": case.length, "mode": "training" if training else "inference",
+        "density": pairs / (args.batch * case.length**2),
+        "flops": per_pair * args.heads * d * pairs * (3.5 if training else 1.0), "predicted": None,
+        "auto_choice": explain(q, q, q, mask=case.mask).chosen,
+    }
+    with torch.set_grad_enabled(training):
+        clock = time.process_time if args.clock == "process" else time.perf_counter
+        timings = time_interleaved(fns, device, budget_s=args.budget, clock=clock)
+    for name in (*BACKENDS, "auto", "sdpa dense mask"):
+        row[name] = timings.get(name)
+    return row
 
 
 def run_case(
     case: BenchCase, args, device: torch.device, dtype: torch.dtype, training: bool
 ) -> dict:
+    if case.layer_variant is not None:
+        return run_layer_case(case, args, device, dtype, training)
+    if case.variant is not None:
+        return run_variant_case(case, args, device, dtype, training)
     g = torch.Generator(device=device).manual_seed(1)
     shape = (args.batch, args.heads, case.length, args.head_dim)
     q, k, v = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))

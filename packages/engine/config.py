@@ -47,6 +47,10 @@ class TrainConfig(StrictModel):
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: replicate the model (DDP) or shard it (FSDP2)"
     )
+    log_attention_entropy: bool = Field(
+        False, description="log each attention layer's mean attention entropy (nats) on the first validation batch "
+        "per epoch (materialises that batch's attention scores)"
+    )
 
 
 class Recipe(StrictModel):

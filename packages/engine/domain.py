@@ -106,6 +106,10 @@ class Task(ABC):
         e.g. metrics of samples a generative model draws, or its sampling speed."""
         return {}
 
+    def epoch_log(self, splits: Splits) -> dict[str, float]:
+        """Numbers added to every epoch's `log.jsonl` record, e.g. how many unreadable files were skipped."""
+        return {}
+
     def batch_size_of(self, batch: Any) -> int:
         first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()))
         return int(first.shape[0])

@@ -49,6 +49,7 @@ from panformer.engine.parallel import (
     wrap_for_training,
 )
 from panformer.engine.runlog import RunLog, console, progress_bar
+from shared_attention.entropy import AttentionEntropy
 
 SINGLE_PROCESS = DistInfo()
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -174,6 +175,30 @@ def evaluate_model(
     return {"loss": total_loss / count, **metrics.compute()}
 
 
+def entropy_probe(model: nn.Module) -> AttentionEntropy:
+    """The probe behind ``train.log_attention_entropy``; a model it cannot measure is the recipe's error."""
+    try:
+        probe = AttentionEntropy(model)
+    except ValueError as err:
+        raise UserError(f"train.log_attention_entropy: {err}; set it to false") from None
+    if not probe.layers:
+        raise UserError("train.log_attention_entropy: the model has no shared_attention Attention layer; set it to false")
+    return probe
+
+
+@torch.no_grad()
+def attention_entropy(
+    task: Task, model: nn.Module, dataset: Dataset, *, batch_size: int, device: torch.device, precision: str
+) -> dict[str, float]:
+    """Mean attention entropy (nats) of each Attention layer on the first batch of ``dataset``, keyed
+    ``attention_entropy/<layer>`` (Zhai et al. 2023: collapsing entropy warns of unstable training)."""
+    model.eval()
+    batch = to_device(next(iter(make_loader(task, dataset, batch_size=batch_size, shuffle=False))), device)
+    with entropy_probe(model) as probe, autocast(device, precision):
+        task.loss(model, batch)
+    return {f"attention_entropy/{name}": round(value, 4) for name, value in probe.layer_means().items()}
+
+
 @dataclass
 class FitResult:
     run_dir: Path
@@ -237,6 +262,8 @@ class Trainer:
         if len(splits.train) == 0:
             raise UserError("the training split is empty; check --data")
         model = task.build_model(self.recipe, splits.info).to(device)
+        if cfg.log_attention_entropy:
+            entropy_probe(model)  # fails before training, not after the first epoch
         steps_per_epoch = math.ceil(
             len(make_loader(task, splits.train, batch_size=cfg.batch_size, shuffle=True, dist_info=dist_info))
             / cfg.grad_accum
@@ -305,6 +332,9 @@ class Trainer:
                     task, model, splits.val, splits.info,
                     batch_size=cfg.batch_size, device=device, precision=cfg.precision,
                 )
+                entropy = attention_entropy(
+                    task, model, splits.val, batch_size=cfg.batch_size, device=device, precision=cfg.precision
+                ) if cfg.log_attention_entropy else {}
                 improved = self._is_better(val, best)
                 if improved:
                     best, best_epoch, bad_epochs = val, epoch, 0
@@ -334,7 +364,7 @@ class Trainer:
                           "train_seconds": round(train_seconds, 3),
                           "train_samples_per_s": round(len(splits.train) / train_seconds, 2),
                           "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
-                          **{f"val_{k}": v for k, v in val.items()}}
+                          **{f"val_{k}": v for k, v in val.items()}, **entropy, **task.epoch_log(splits)}
                 log.write(record, step=step)
                 val_status = f"  val {task.monitor} {val[task.monitor]:.4f} (best {best[task.monitor]:.4f})"
                 bar.update(bar_task, status=f"epoch {epoch}  loss {train_loss:.4f}{val_status}")

@@ -181,14 +181,6 @@ def test_axial_rope_module_on_a_grid():
     assert_close(layer(x, mask=Neighborhood((3, 4), 3), backend="reference"), out)
 
 
-def test_forget_gate_refuses_kv_cache_before_touching_it():
-    layer = Attention(16, 2, score_mod=ForgetGate())
-    cache = KVCache(1, 2, 8, 8)
-    with pytest.raises(NotImplementedError, match="KV cache"):
-        layer(torch.randn(1, 3, 16), mask=Causal(), cache=cache)
-    assert cache.offset == 0
-
-
 def test_layers_share_one_padding_mask_per_forward():
     from shared_attention.api import _with_padding
 
