@@ -1,9 +1,10 @@
 """Static graph data: sources (`pyg:<Name>`, `synthetic:<name>`, CSV folders), structural encodings per
 graph, datasets of graph items and the padded collate the GPS model reads.
 
-A CSV folder holds `nodes.csv` (`id`, numeric feature columns, `label`) and `edges.csv` (`src, dst[, weight]`),
-both optionally with a `graph` column for many small graphs, whose labels then sit in `graphs.csv`
-(`graph, label`). Edges are read as undirected.
+A CSV folder holds `nodes.csv` (`id`, numeric feature columns, `label`) and `edges.csv` (`src, dst[, weight]`,
+or `source, target`), both optionally with a `graph` column for many small graphs, whose labels then sit in
+`graphs.csv` (`graph, label`). Edges are read as undirected. Nodes without feature columns (and PyG graphs
+without `x`) are read with zero features, x (N, 0); the task then builds structural features for them.
 
 Legend: B graphs in a batch, N nodes (padded per batch), F features, E edges, K lap-PE width, R walk steps.
 """
@@ -101,7 +102,7 @@ def load_pyg(name: str, *, cache_dir: Path) -> GraphSource:
     graphs = []
     for data in dataset:
         n = int(data.num_nodes)
-        x = data.x.float() if data.x is not None else torch.ones(n, 1)
+        x = data.x.float() if data.x is not None else torch.zeros(n, 0)
         graphs.append(RawGraph(x=x, edge_index=data.edge_index.long(), y=data.y.squeeze(),
                                node_ids=[str(i) for i in range(n)]))
     first = dataset[0]
@@ -127,10 +128,21 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     return table
 
 
+def _read_edges_csv(path: Path) -> pd.DataFrame:
+    """edges.csv with `src, dst` columns; `source, target` (networkx's and Gephi's names) are read as those."""
+    edges = _read_csv(path, [])
+    if not {"src", "dst"} & set(edges.columns) and {"source", "target"} <= set(edges.columns):
+        edges = edges.rename(columns={"source": "src", "target": "dst"})
+    missing = [c for c in ("src", "dst") if c not in edges.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected src, dst (or source, target)")
+    return edges
+
+
 def read_csv_folder(folder: Path, *, require_labels: bool = True) -> GraphSource:
     """nodes.csv + edges.csv (+ graphs.csv when there is a `graph` column) -> graphs."""
     nodes = _read_csv(folder / "nodes.csv", ["id"])
-    edges = _read_csv(folder / "edges.csv", ["src", "dst"])
+    edges = _read_edges_csv(folder / "edges.csv")
     many = "graph" in nodes.columns
     if many != ("graph" in edges.columns):
         raise UserError(f"{folder}: nodes.csv and edges.csv must both have a `graph` column, or neither")
@@ -167,7 +179,7 @@ def read_csv_folder(folder: Path, *, require_labels: bool = True) -> GraphSource
         edge_index = edge_index.reshape(2, -1)
         if "weight" in e.columns:  # non-positive weights mean "no edge"
             edge_index = edge_index[:, torch.from_numpy(e["weight"].to_numpy() > 0)]
-        x = torch.tensor(group[feature_columns].to_numpy(np.float32)) if feature_columns else torch.ones(len(ids), 1)
+        x = torch.tensor(group[feature_columns].to_numpy(np.float32).reshape(len(ids), len(feature_columns)))
         if many:
             y = labels.get(graph_id)
         else:

@@ -7,6 +7,7 @@ Legend: B graphs, N nodes, C classes.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -23,6 +24,7 @@ from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.metrics import ClassificationMetrics
 from panformer.engine.plots import confusion_matrix_png, pyplot, save_png
+from panformer.engine.runlog import console
 from panformer.graphs.baselines import MessagePassingBaseline
 from panformer.graphs.data import (
     EgoGraphDataset,
@@ -37,7 +39,14 @@ from panformer.graphs.data import (
     read_csv_folder,
 )
 from panformer.graphs.gps import GraphTransformer
-from panformer.graphs.structure import NeighbourSampler, laplacian_pe, undirected
+from panformer.graphs.structure import (
+    NeighbourSampler,
+    laplacian_pe,
+    log_degree,
+    node_positions,
+    random_walk_pe,
+    undirected,
+)
 from panformer.graphs.synthetic import RawGraph
 
 # Full attention over one graph of more nodes than this needs neighbour sampling (N^2 memory per head).
@@ -52,9 +61,23 @@ class SamplingConfig(StrictModel):
     fanout: list[int] = Field([10, 5], min_length=1, description="neighbours drawn per node at each hop")
 
 
+class StructuralFeatures(StrictModel):
+    """Node inputs computed from the graph alone, used when the nodes have no feature columns (else ignored).
+
+    Node positions and identities only mean something within one graph: they are used for node tasks on a
+    graph attended whole (transductive), not for graph tasks or neighbour-sampled graphs."""
+
+    degree: bool = Field(True, description="log(1 + degree) of each node")
+    laplacian: int = Field(8, ge=0, description="Laplacian eigenvectors as node coordinates (one graph attended whole)")
+    walk_steps: int = Field(8, ge=0, description="random-walk return probabilities (not with neighbour sampling)")
+    node_identity: bool = Field(True, description="one-hot node ids: a learned embedding per node in the model's "
+                                "input layer (one graph attended whole)")
+
+
 class StaticData(StrictModel):
     source: str = Field("synthetic:sbm", description="pyg:<Name>, synthetic:<sbm|cycles|triangles> or a folder "
-                        "with nodes.csv (id, features..., label) and edges.csv (src, dst[, weight])")
+                        "with nodes.csv (id, [features...,] label) and edges.csv (src, dst[, weight]); without "
+                        "feature columns the nodes get `structural` features")
     cache_dir: str = Field("runs/data/graphs", description="where pyg datasets are downloaded and cached")
     synthetic_size: int = Field(400, ge=10, description="nodes (sbm) or graphs (cycles, triangles)")
     synthetic_seed: int = 0
@@ -66,6 +89,7 @@ class StaticData(StrictModel):
     walk_steps: int = Field(16, ge=0, description="random-walk return probabilities per node (0: none)")
     max_distance: int = Field(8, ge=0, le=250, description="shortest-path bias buckets (0: no distance bias)")
     sampling: SamplingConfig | None = None
+    structural: StructuralFeatures = StructuralFeatures()
     steps_per_epoch: int = Field(10, ge=1, description="full-graph node tasks: optimiser steps per epoch")
 
 
@@ -197,6 +221,54 @@ def class_targets(values: Any, *, source: str) -> tuple[Tensor, list[str]]:
     return torch.tensor([index[str(v)] for v in series], dtype=torch.long), names
 
 
+# --- structural node features ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StructurePlan:
+    """Which structural features stand in for missing node features (kept in the checkpoint's info, so
+    `predict` builds the same ones). node_ids: the training graph's node ids, one identity column each."""
+
+    degree: bool
+    laplacian: int
+    walk_steps: int
+    node_ids: list[str] | None
+
+    @classmethod
+    def choose(cls, cfg: StructuralFeatures, *, level: str, sampled: bool, graph: RawGraph) -> StructurePlan:
+        one_graph = level == "node" and not sampled  # transductive: positions and identities are meaningful
+        return cls(degree=cfg.degree, laplacian=cfg.laplacian if one_graph else 0,
+                   walk_steps=0 if sampled else cfg.walk_steps,  # exact walks on a huge graph cost O(N * E)
+                   node_ids=list(graph.node_ids) if one_graph and cfg.node_identity else None)
+
+    def describe(self) -> str:
+        parts = {"degree": self.degree, f"{self.laplacian} Laplacian eigenvectors": self.laplacian,
+                 f"{self.walk_steps} random-walk return probabilities": self.walk_steps,
+                 f"node identity ({len(self.node_ids or [])} learned node embeddings)": self.node_ids is not None}
+        return ", ".join(name for name, used in parts.items() if used) or "none (a constant input)"
+
+    def features(self, graph: RawGraph) -> Tensor:
+        """The structural node features of `graph` (N, F); nodes unknown to `node_ids` get no identity."""
+        n, edges = graph.num_nodes, graph.edge_index
+        parts = [log_degree(edges, n)] if self.degree else []
+        if self.laplacian:
+            parts.append(node_positions(edges, n, self.laplacian))
+        if self.walk_steps:
+            parts.append(random_walk_pe(edges, n, self.walk_steps))
+        if self.node_ids is not None:
+            column = {node: i for i, node in enumerate(self.node_ids)}
+            identity = torch.zeros(n, len(self.node_ids))
+            known = [(row, column[node]) for row, node in enumerate(graph.node_ids) if node in column]
+            if known:
+                identity[tuple(torch.tensor(known).t())] = 1.0
+            parts.append(identity)
+        return torch.cat(parts, dim=1) if parts else torch.ones(n, 1)
+
+
+def with_structural_features(graphs: list[RawGraph], plan: StructurePlan) -> list[RawGraph]:
+    return [replace(g, x=plan.features(g)) for g in graphs]
+
+
 # --- the tasks -------------------------------------------------------------------------------------
 
 
@@ -223,12 +295,19 @@ class StaticGraphTask(Task):
                             f"{self.task_name}; pick a {loaded.level}-level recipe or another data source")
         if any(g.num_nodes == 0 for g in loaded.graphs):
             raise UserError(f"--data {source}: a graph has no nodes; an empty graph cannot be used")
-        info: dict[str, Any] = {
-            "task": self.task_name, "level": self.level, "source": source, "features": loaded.graphs[0].x.shape[1],
-            **{k: v for k, v in vars(self.encodings(recipe)).items()},
-        }
+        digest = fingerprint(loaded.graphs)
+        info: dict[str, Any] = {"task": self.task_name, "level": self.level, "source": source,
+                                **{k: v for k, v in vars(self.encodings(recipe)).items()}}
+        if loaded.graphs[0].x.shape[1] == 0:  # no feature columns: the graph's structure is all there is
+            plan = StructurePlan.choose(data.structural, level=self.level, sampled=data.sampling is not None,
+                                        graph=loaded.graphs[0])
+            loaded = replace(loaded, graphs=with_structural_features(loaded.graphs, plan))
+            info["structural_features"] = asdict(plan)
+            console.print(f"graphs: {source} has no node feature columns; structural node features: "
+                          f"{plan.describe()}", soft_wrap=True)
+        info["features"] = loaded.graphs[0].x.shape[1]
         splits = self._node_splits(recipe, loaded, info) if self.level == "node" else self._graph_splits(recipe, loaded, info)
-        return Splits(*splits, info=info, fingerprint=fingerprint(loaded.graphs))
+        return Splits(*splits, info=info, fingerprint=digest)
 
     # node level: one graph, nodes split into train/val/test
     def _node_splits(self, recipe: StaticGraphRecipe, loaded: GraphSource, info: dict[str, Any]) -> tuple[Dataset, ...]:
@@ -308,6 +387,12 @@ class StaticGraphTask(Task):
             raise UserError(f"--input {input_path}: the model predicts per {self.level}, but the files describe "
                             f"{'many graphs (graph column)' if loaded.level == 'graph' else 'one graph'}")
         width = loaded.graphs[0].x.shape[1]
+        if "structural_features" in info:
+            if width != 0:
+                raise UserError(f"--input {input_path / 'nodes.csv'}: {width} feature column(s), but the model was "
+                                "trained without node features (on structural ones); give only id (and label)")
+            return replace(loaded, graphs=with_structural_features(
+                loaded.graphs, StructurePlan(**info["structural_features"])))
         if width != info["features"]:
             raise UserError(f"--input {input_path / 'nodes.csv'}: {width} feature column(s), but the model was "
                             f"trained on {info['features']}; give the same feature columns")

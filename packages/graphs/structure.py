@@ -62,6 +62,24 @@ def random_walk_pe(edge_index: Tensor, num_nodes: int, steps: int) -> Tensor:
     return out
 
 
+def log_degree(edge_index: Tensor, num_nodes: int) -> Tensor:
+    """log(1 + degree) of every node in the undirected graph (N, 1)."""
+    degree = torch.bincount(undirected(edge_index, num_nodes)[0], minlength=num_nodes).float()
+    return torch.log1p(degree)[:, None]
+
+
+def node_positions(edge_index: Tensor, num_nodes: int, k: int) -> Tensor:
+    """Laplacian eigenvectors as fixed node coordinates within one graph (N, k).
+
+    Unlike `laplacian_pe` (which the GPS model flips at random because signs differ between graphs), these
+    are features of the nodes of one graph, so each sign is fixed by a rule that does not depend on node
+    order (largest-magnitude entry positive), and they are scaled by sqrt(N) so entries are O(1) at any size.
+    """
+    vectors = laplacian_pe(edge_index, num_nodes, k)
+    peak = vectors.gather(0, vectors.abs().argmax(0, keepdim=True))  # (1, k)
+    return vectors * torch.where(peak < 0, -1.0, 1.0) * num_nodes**0.5
+
+
 def shortest_path_distances(edge_index: Tensor, num_nodes: int, max_distance: int) -> Tensor:
     """Hop distances clipped to max_distance, with max_distance + 1 for unreachable pairs (N, N) uint8.
 
