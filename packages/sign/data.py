@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from panformer.engine.errors import UserError
+from panformer.engine.skips import SkippedItems
 from panformer.sign.features import Augment, augment, sequence_features
 from panformer.sign.landmarks import Landmarks, read_landmarks
 
@@ -103,10 +104,19 @@ def fingerprint(items: list[Item]) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
+# The body parts the features use (`sequence_features`): the face mesh is read past, never kept.
+TRAINED_PARTS = ("left_hand", "pose", "right_hand")
+# Parsed sequences kept in memory per dataset (re-reading Parquet every epoch dominates small datasets);
+# a bound in bytes, not items, so memory stays flat however many sequences there are.
+CACHE_BYTES = 64 * 2**20
+
+
 class SignDataset(Dataset):
     """Items are {"features": (T, F), "valid": (T,), "target": ()}; training items are augmented.
 
-    Small datasets keep their parsed landmarks in memory (re-reading Parquet every epoch dominates there).
+    Files are read when their item is. An unreadable one (not Parquet, cut off, wrong columns) is reported
+    in one line naming it and replaced by the next readable item; `skipped` counts them. The first
+    sequences read are kept in memory up to `CACHE_BYTES`.
     """
 
     def __init__(self, items: list[Item], classes: list[str], *, max_frames: int, augmentation: Augment | None):
@@ -114,18 +124,24 @@ class SignDataset(Dataset):
         self.index = {c: i for i, c in enumerate(classes)}
         self.max_frames = max_frames
         self.augmentation = augmentation
-        self.cache: dict[int, Landmarks] | None = {} if len(items) <= 5000 else None
+        self.cache: dict[int, Landmarks] = {}
+        self.cache_bytes = 0
+        self.skipped = SkippedItems(len(items))
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        item = self.items[i]
-        landmarks = self.cache.get(i) if self.cache is not None else None
+    def _read(self, i: int) -> tuple[Landmarks, int]:
+        landmarks = self.cache.get(i)
         if landmarks is None:
-            landmarks = read_landmarks(item.path)
-            if self.cache is not None:
-                self.cache[i] = landmarks
+            landmarks = read_landmarks(self.items[i].path, parts=TRAINED_PARTS)
+            size = sum(a.nbytes for a in landmarks.parts.values())
+            if self.cache_bytes + size <= CACHE_BYTES:
+                self.cache[i], self.cache_bytes = landmarks, self.cache_bytes + size
+        return landmarks, i
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        landmarks, i = self.skipped.read(i, self._read)
         if self.augmentation is not None:
             rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))  # follows the engine's torch seed
             landmarks = augment(landmarks, rng, self.augmentation)
@@ -133,7 +149,7 @@ class SignDataset(Dataset):
         if not valid.any():  # nobody seen at all: keep the (zero) frames rather than a fully masked sequence
             valid[:] = True
         return {"features": torch.from_numpy(features), "valid": torch.from_numpy(valid),
-                "target": torch.tensor(self.index[item.label])}
+                "target": torch.tensor(self.index[self.items[i].label])}
 
 
 def collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:

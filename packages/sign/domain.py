@@ -170,6 +170,10 @@ class SignClassificationTask(Task):
             fingerprint=fingerprint(items),
         )
 
+    def epoch_log(self, splits: Splits) -> dict[str, float]:
+        """How many landmark files turned out unreadable so far (each reported in one line when met)."""
+        return {"skipped_items": sum(len(d.skipped) for d in (splits.train, splits.val, splits.test))}
+
     def build_model(self, recipe: SignRecipe, info: dict[str, Any]) -> nn.Module:
         return build_classifier(recipe.model, num_classes=len(info["classes"]), max_frames=info["max_frames"])
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
@@ -41,40 +43,57 @@ class Landmarks:
         )
 
 
-def read_landmarks(path: Path) -> Landmarks:
-    """Read and validate a landmark Parquet file; parts absent from the file are all-NaN."""
+def read_landmarks(path: Path, *, parts: tuple[str, ...] | None = None) -> Landmarks:
+    """Read and validate a landmark Parquet file; parts absent from the file are all-NaN.
+
+    `parts` keeps only those body parts (training needs hands and pose, not the 468 face points that are
+    most of an ASL-Signs file). Read with pyarrow: `row_id` is skipped and `type` turned into dictionary
+    codes, so no Python object is made per row.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: landmark file not found")
     try:
-        table = pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises several types for a file that is not Parquet
+        parquet = pq.ParquetFile(path)
+        missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names and c != "row_id"]
+        if missing:
+            raise UserError(f"{path}: missing columns {', '.join(missing)}; a landmark file needs "
+                            f"{', '.join(COLUMNS)} (ASL-Signs schema)")
+        table = parquet.read(columns=[c for c in COLUMNS if c != "row_id"], use_threads=False)
+    except UserError:
+        raise
+    except Exception as err:  # pyarrow raises several types for a file that is not (whole) Parquet
         raise UserError(f"{path}: not a readable Parquet file ({type(err).__name__})") from None
-    missing = [c for c in COLUMNS if c not in table.columns and c != "row_id"]
-    if missing:
-        raise UserError(
-            f"{path}: missing columns {', '.join(missing)}; a landmark file needs {', '.join(COLUMNS)} (ASL-Signs schema)"
-        )
-    unknown = sorted(set(table["type"].unique()) - set(PART_SIZES))
+    if table.num_rows == 0:
+        raise UserError(f"{path}: the landmark file has no rows")
+    types = table.column("type").combine_chunks()
+    if not pa.types.is_dictionary(types.type):
+        types = types.dictionary_encode()
+    names = types.dictionary.to_pylist()
+    unknown = sorted(set(names) - set(PART_SIZES))
     if unknown:
         raise UserError(f"{path}: unknown landmark types {unknown}; expected {', '.join(PART_SIZES)}")
-    if table.empty:
-        raise UserError(f"{path}: the landmark file has no rows")
-    frames = np.sort(table["frame"].unique())
-    frame_pos = np.searchsorted(frames, table["frame"].to_numpy())
-    index = table["landmark_index"].to_numpy().astype(np.int64)
-    coords = table[["x", "y", "z"]].to_numpy(np.float32)
-    parts = {}
-    for part, size in PART_SIZES.items():
-        rows = (table["type"] == part).to_numpy()
+    codes = types.indices.to_numpy(zero_copy_only=False)
+    frame = table.column("frame").to_numpy()
+    frames = np.unique(frame)
+    wanted = [part for part in PART_SIZES if parts is None or part in parts]
+    # Only the wanted parts' rows go on (the face mesh is 86% of an ASL-Signs file).
+    keep = np.isin(codes, [names.index(part) for part in wanted if part in names])
+    codes, frame_pos = codes[keep], np.searchsorted(frames, frame[keep])
+    index = table.column("landmark_index").to_numpy()[keep].astype(np.int64)
+    coords = np.stack([table.column(c).to_numpy(zero_copy_only=False)[keep] for c in ("x", "y", "z")], -1)
+    result = {}
+    for part in wanted:
+        size = PART_SIZES[part]
+        rows = codes == names.index(part) if part in names else np.zeros(len(codes), bool)
         if part == "face" and not rows.any():
             continue  # face landmarks are optional (the recogniser does not use them)
         if (index[rows] < 0).any() or (index[rows] >= size).any():
             raise UserError(f"{path}: {part} landmark_index outside 0..{size - 1}")
         array = np.full((len(frames), size, 3), np.nan, np.float32)
         array[frame_pos[rows], index[rows]] = coords[rows]
-        parts[part] = array
-    return Landmarks(frames=frames, parts=parts)
+        result[part] = array
+    return Landmarks(frames=frames, parts=result)
 
 
 def landmarks_table(landmarks: Landmarks) -> pd.DataFrame:

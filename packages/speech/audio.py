@@ -54,11 +54,20 @@ def resample(wave: Tensor, orig_rate: int, new_rate: int) -> Tensor:
     return AF.resample(wave, orig_rate, new_rate)
 
 
+def read_mono(path: Path) -> tuple[np.ndarray, int]:
+    """A whole file as mono float32 (T,) at its own rate, and that rate."""
+    audio_info(path)  # a readable, non-empty file, or a UserError saying what is wrong
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError):  # a header that reads but samples that do not
+        raise UserError(f"{path}: the audio data cannot be decoded (a damaged file?); replace the file") from None
+    return to_mono(samples), int(rate)
+
+
 def read_audio(path: Path, sample_rate: int) -> Tensor:
     """A whole file as mono float32 (T,) at `sample_rate`."""
-    audio_info(path)  # a readable, non-empty file, or a UserError saying what is wrong
-    samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    return resample(torch.from_numpy(to_mono(samples)), rate, sample_rate)
+    samples, rate = read_mono(path)
+    return resample(torch.from_numpy(samples), rate, sample_rate)
 
 
 def write_audio(path: Path, wave: Tensor, sample_rate: int) -> None:

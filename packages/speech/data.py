@@ -7,7 +7,8 @@ Layouts:
 - LibriMix / WHAM!: <root>/<split>/{mix_clean, s1, s2[, s3]}/<id>.wav with splits named train-360 /
   train-100 / train / tr, dev / cv, test / tt. A LibriMix metadata CSV (<root>/metadata/
   mixture_<split>_mix_clean.csv or <root>/<split>/*.csv with a `mixture_ID` column) fixes the item list
-  when present; otherwise every file of mix_clean/ is an item.
+  when present; otherwise every file of mix_clean/ is an item. Start-up lists each folder once (one
+  `scandir` and one size per file, no audio header read): it grows linearly with the folder.
 - flat: <folder>/itemN_mix.wav with itemN_source1.wav ... itemN_sourceS.wav beside it (evaluation only).
 - utterances: <folder>/<speaker>/*.wav (or the synthetic corpus): mixtures made on the fly.
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +29,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from panformer.engine.errors import UserError
-from panformer.speech.audio import AUDIO_SUFFIXES, read_audio
+from panformer.engine.skips import SkippedItems
+from panformer.speech.audio import AUDIO_SUFFIXES, read_audio, read_mono, resample
 
 LIBRIMIX_SPLITS = {
     "train": ("train-360", "train-100", "train", "tr"),
@@ -59,24 +63,41 @@ def pad_or_crop(wave: Tensor, length: int, *, start: int) -> Tensor:
 class MixtureFolderDataset(Dataset):
     """Pre-mixed examples (LibriMix, WHAM!, flat samples).
 
+    Files are read when their item is, never checked up front. An item with an unreadable file (empty,
+    damaged header, undecodable samples) or whose files disagree on the sample rate is reported in one
+    line naming the file and replaced by the next readable item; `skipped` counts them.
+
     Args:
         items: mixtures with their sources.
         sample_rate: the model's rate (files at other rates are resampled, multichannel downmixed).
         segment: crop to this many samples at a random offset (training); None = whole mixtures.
     """
 
-    def __init__(self, items: list[MixtureItem], *, sample_rate: int, segment: int | None = None) -> None:
+    def __init__(self, items: Sequence[MixtureItem], *, sample_rate: int, segment: int | None = None) -> None:
         self.items, self.sample_rate, self.segment = items, sample_rate, segment
+        self.skipped = SkippedItems(len(items))
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor | int]:
+    def _read(self, index: int) -> tuple[Tensor, Tensor]:
+        """Item `index` as mixture (T,) and sources (S, T) at the model's rate, or a UserError naming the file."""
         item = self.items[index]
-        mixture = read_audio(item.mixture, self.sample_rate)
-        sources = [read_audio(p, self.sample_rate) for p in item.sources]
-        length = min(mixture.shape[-1], *(s.shape[-1] for s in sources))
-        mixture, sources = mixture[:length], torch.stack([s[:length] for s in sources])
+        paths = (item.mixture, *item.sources)
+        waves = [read_mono(p) for p in paths]
+        rates = [rate for _, rate in waves]
+        usual = max(rates, key=rates.count)
+        for path, rate in zip(paths, rates, strict=True):
+            if rate != usual:
+                raise UserError(f"{path}: sampled at {rate} Hz, the other files of its mixture at {usual} Hz; "
+                                "resample it or remove the mixture")
+        tensors = [resample(torch.from_numpy(wave), usual, self.sample_rate) for wave, _ in waves]
+        length = min(t.shape[-1] for t in tensors)
+        return tensors[0][:length], torch.stack([t[:length] for t in tensors[1:]])
+
+    def __getitem__(self, index: int) -> dict[str, Tensor | int]:
+        mixture, sources = self.skipped.read(index, self._read)
+        length = mixture.shape[-1]
         if self.segment is not None and length > self.segment:
             # The global RNG (seeded by the engine, restored on resume) picks a new crop every epoch.
             start = int(torch.randint(0, length - self.segment + 1, ()))
@@ -167,25 +188,56 @@ def collate(items: list[dict]) -> dict[str, Tensor]:
 # --- finding the files ---------------------------------------------------------------------------
 
 
-def _audio_in(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES}
+def _audio_in(folder: Path) -> dict[str, str]:
+    """stem -> file name of every audio file directly in `folder`, from one listing, names sorted as
+    strings (no object per file: pathlib's paths and comparisons were most of start-up's cost)."""
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries)
+    found = {}
+    for name in names:
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() in AUDIO_SUFFIXES:
+            found[stem] = name
+    return found
 
 
-def flat_items(folder: Path, *, num_speakers: int) -> list[MixtureItem]:
+@dataclass(frozen=True)
+class MixtureFiles(Sequence[MixtureItem]):
+    """Mixtures as an index of file names, not of paths: item i is `folders[0] / names[0][i]` (the mixture)
+    with sources `folders[k] / names[k][i]`; its `MixtureItem` is built when asked for."""
+
+    folders: tuple[Path, ...]
+    names: tuple[list[str], ...]
+
+    def __len__(self) -> int:
+        return len(self.names[0])
+
+    def __getitem__(self, index: int) -> MixtureItem:
+        mixture, *sources = (folder / names[index] for folder, names in zip(self.folders, self.names, strict=True))
+        return MixtureItem(mixture, tuple(sources))
+
+    def sizes(self) -> Iterator[tuple[str, int]]:
+        """(file name, bytes) of every file, item by item, mixture first (one `stat` each)."""
+        folders = [os.fspath(f) for f in self.folders]
+        for index in range(len(self)):
+            for folder, names in zip(folders, self.names, strict=True):
+                yield names[index], os.stat(os.path.join(folder, names[index])).st_size
+
+
+def flat_items(folder: Path, *, num_speakers: int) -> MixtureFiles:
     """itemN_mix.wav + itemN_source1..S.wav in one folder, in natural order of N."""
     files = _audio_in(folder)
-    items = []
-    for stem, path in files.items():
-        match = FLAT_MIX.match(stem)
-        if not match:
-            continue
-        sources = [files.get(f"{match['item']}_source{k}") for k in range(1, num_speakers + 1)]
+    matches = ((match["item"], stem) for stem in files if (match := FLAT_MIX.match(stem)))
+    mixtures = sorted(matches, key=lambda pair: _natural_key(pair[1]))
+    names: tuple[list[str], ...] = tuple([] for _ in range(num_speakers + 1))
+    for item, stem in mixtures:
+        sources = [files.get(f"{item}_source{k}") for k in range(1, num_speakers + 1)]
         if any(s is None for s in sources):
-            raise UserError(
-                f"{path}: the flat layout needs {match['item']}_source1 ... _source{num_speakers} beside it"
-            )
-        items.append(MixtureItem(path, tuple(sources)))
-    return sorted(items, key=lambda it: _natural_key(it.mixture.stem))
+            raise UserError(f"{folder / files[stem]}: the flat layout needs {item}_source1 ... _source{num_speakers} "
+                            "beside it")
+        for column, name in zip(names, (files[stem], *sources), strict=True):
+            column.append(name)
+    return MixtureFiles((folder,) * (num_speakers + 1), names)
 
 
 def _natural_key(text: str) -> list:
@@ -207,25 +259,25 @@ def _metadata_ids(root: Path, split_dir: Path) -> list[str] | None:
     return None
 
 
-def librimix_items(root: Path, split: str, *, num_speakers: int) -> list[MixtureItem]:
+def librimix_items(root: Path, split: str, *, num_speakers: int) -> MixtureFiles:
     """The mixtures of one split ("train", "val", "test") of a LibriMix / WHAM! folder."""
     split_dir = next((root / n for n in LIBRIMIX_SPLITS[split] if (root / n / "mix_clean").is_dir()), None)
     if split_dir is None:
         names = " or ".join(LIBRIMIX_SPLITS[split])
         raise UserError(f"{root}: no {split} split; expected {names}/mix_clean/ (LibriMix or WHAM! layout)")
-    mixes = _audio_in(split_dir / "mix_clean")
-    source_dirs = [split_dir / f"s{k}" for k in range(1, num_speakers + 1)]
-    for d in source_dirs:
+    folders = (split_dir / "mix_clean", *(split_dir / f"s{k}" for k in range(1, num_speakers + 1)))
+    for d in folders[1:]:
         if not d.is_dir():
             raise UserError(f"{split_dir}: missing {d.name}/ for a {num_speakers}-speaker recipe")
-    sources = [_audio_in(d) for d in source_dirs]
-    ids = _metadata_ids(root, split_dir) or list(mixes)
-    items = []
-    for mixture_id in ids:
-        if mixture_id not in mixes or any(mixture_id not in s for s in sources):
-            raise UserError(f"{split_dir}: mixture {mixture_id} lacks its mix_clean/ or s1..s{num_speakers}/ file")
-        items.append(MixtureItem(mixes[mixture_id], tuple(s[mixture_id] for s in sources)))
-    return items
+    listings = [_audio_in(d) for d in folders]
+    ids = _metadata_ids(root, split_dir) or list(listings[0])
+    try:
+        names = tuple([listing[mixture_id] for mixture_id in ids] for listing in listings)
+    except KeyError as err:
+        raise UserError(
+            f"{split_dir}: mixture {err.args[0]} lacks its mix_clean/ or s1..s{num_speakers}/ file"
+        ) from None
+    return MixtureFiles(folders, names)
 
 
 def speaker_folders(folder: Path) -> dict[str, list[Path]]:
@@ -240,9 +292,15 @@ def speaker_folders(folder: Path) -> dict[str, list[Path]]:
     return speakers
 
 
-def fingerprint(paths: list[Path], *extra: object) -> str:
-    """sha256 over file names, sizes and the settings that shape the data."""
-    digest = hashlib.sha256(repr(extra).encode())
+def file_sizes(paths: Iterable[Path]) -> Iterator[tuple[str, int]]:
+    """(file name, bytes) of each path."""
     for path in paths:
-        digest.update(f"{path.name}:{path.stat().st_size};".encode())
+        yield path.name, os.stat(path).st_size
+
+
+def fingerprint(sizes: Iterable[tuple[str, int]], *extra: object) -> str:
+    """sha256 over (file name, bytes) pairs and the settings that shape the data."""
+    digest = hashlib.sha256(repr(extra).encode())
+    for name, size in sizes:
+        digest.update(f"{name}:{size};".encode())
     return "sha256:" + digest.hexdigest()[:16]

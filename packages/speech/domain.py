@@ -28,8 +28,10 @@ from panformer.speech.audio import (
 from panformer.speech.data import (
     FLAT_MIX,
     DynamicMixDataset,
+    MixtureFiles,
     MixtureFolderDataset,
     collate,
+    file_sizes,
     fingerprint,
     flat_items,
     is_librimix_root,
@@ -223,7 +225,7 @@ class SeparationTask(Task):
                                    **mix),
             info={"sample_rate": data.sample_rate, "num_speakers": data.num_speakers, "source": source,
                   "speakers": {split: sorted(group) for split, group in groups.items()}},
-            fingerprint=fingerprint(files, data.model_dump(mode="json"), seed),
+            fingerprint=fingerprint(file_sizes(files), data.model_dump(mode="json"), seed),
         )
 
     def _folder_splits(self, recipe: SeparationRecipe, source: str) -> Splits:
@@ -246,15 +248,20 @@ class SeparationTask(Task):
                     f"--data {source}: neither a LibriMix/WHAM! root (<split>/mix_clean/) nor a flat folder "
                     "(itemN_mix.wav + itemN_source1.wav ...)"
                 )
-            items = {"train": [], "val": [], "test": flat}  # a flat folder is evaluation data only
-        files = [p for group in items.values() for item in group for p in (item.mixture, *item.sources)]
+            nothing = MixtureFiles(flat.folders, tuple([] for _ in flat.names))
+            items = {"train": nothing, "val": nothing, "test": flat}  # a flat folder is evaluation data only
         return Splits(
             train=MixtureFolderDataset(items["train"], sample_rate=rate, segment=round(data.segment_seconds * rate)),
             val=MixtureFolderDataset(items["val"], sample_rate=rate),
             test=MixtureFolderDataset(items["test"], sample_rate=rate),
             info=info,
-            fingerprint=fingerprint(files, rate, speakers),
+            fingerprint=fingerprint((size for group in items.values() for size in group.sizes()), rate, speakers),
         )
+
+    def epoch_log(self, splits: Splits) -> dict[str, float]:
+        """How many pre-mixed items had an unreadable file so far (each reported in one line when met)."""
+        datasets = [d for d in (splits.train, splits.val, splits.test) if isinstance(d, MixtureFolderDataset)]
+        return {"skipped_items": sum(len(d.skipped) for d in datasets)} if datasets else {}
 
     def build_model(self, recipe: SeparationRecipe, info: dict[str, Any]) -> nn.Module:
         return build_separator(recipe.model, num_speakers=info["num_speakers"])
