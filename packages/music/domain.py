@@ -23,6 +23,8 @@ from panformer.engine.domain import Domain, Metrics, RecipeChoice, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.music.data import (
     MUSIC21_PREFIX,
+    PieceList,
+    StoreWindows,
     WindowDataset,
     collate,
     fingerprint,
@@ -62,9 +64,10 @@ from panformer.music.representation import (
 
 class MusicData(StrictModel):
     source: str = Field("music21:bach", description="music21:<composer>[,<composer>] or a folder of .mid files")
-    cache_dir: str = Field("runs/data/music", description="where parsed pieces are cached (.npz)")
+    cache_dir: str = Field("runs/data/music", description="where parsed, pre-tokenised pieces are cached (memory-mapped)")
     max_pieces: int | None = Field(None, ge=3, description="a seeded sample of this many pieces")
-    skip_bad_files: bool = Field(False, description="warn about unreadable or empty MIDI files instead of stopping")
+    skip_bad_files: bool = Field(True, description="skip unreadable or empty MIDI files, counted in one line "
+                                 "(false: stop at the first)")
     representation: Literal["mmt", "remi"] = "mmt"
     max_len: int = Field(1024, ge=8, description="events per training window (and the model's context)")
     max_beat: int = Field(256, ge=4, description="beats a window may span (MMT beat vocabulary)")
@@ -189,19 +192,21 @@ def build_model(recipe: MusicRecipe, info: dict[str, Any]) -> CompoundTransforme
     return model
 
 
-def unigram_logprobs(train: WindowDataset, vocab_sizes: list[int]) -> list[list[float]]:
+def unigram_logprobs(train: Dataset, vocab_sizes: list[int], *, chunk: int = 512) -> list[list[float]]:
     """Log-frequencies of each field's codes over the training windows (add-one smoothed): the
-    trivial baseline `nll_unigram` that the model's NLL is compared with."""
-    codes = torch.cat([w[1:] for w in train.windows])  # what the model predicts: every event but the first
-    out = []
-    for f, size in enumerate(vocab_sizes):
-        rows = codes
-        if len(vocab_sizes) == len(FIELDS) and f != TYPE:  # MMT: only the events the field applies to
-            kinds = (NOTE, INSTRUMENT_EVENT) if f == INSTRUMENT else (NOTE,)
-            rows = codes[torch.isin(codes[:, TYPE], torch.tensor(kinds))]
-        counts = torch.bincount(rows[:, f], minlength=size).double() + 1.0
-        out.append((counts / counts.sum()).log().tolist())
-    return out
+    trivial baseline `nll_unigram` that the model's NLL is compared with. Counted `chunk` windows at a
+    time, so memory stays bounded and the per-call overhead is paid once per chunk."""
+    counts = [torch.ones(size, dtype=torch.float64) for size in vocab_sizes]
+    for first in range(0, len(train), chunk):
+        # What the model predicts: every event but the first of each window.
+        codes = torch.cat([train[i]["codes"][1:] for i in range(first, min(first + chunk, len(train)))])
+        for f, size in enumerate(vocab_sizes):
+            rows = codes
+            if len(vocab_sizes) == len(FIELDS) and f != TYPE:  # MMT: only the events the field applies to
+                kinds = (NOTE, INSTRUMENT_EVENT) if f == INSTRUMENT else (NOTE,)
+                rows = codes[torch.isin(codes[:, TYPE], torch.tensor(kinds))]
+            counts[f] += torch.bincount(rows[:, f], minlength=size).double()
+    return [(c / c.sum()).log().tolist() for c in counts]
 
 
 # --- the task ------------------------------------------------------------------------------------
@@ -218,24 +223,30 @@ class MusicTask(Task):
     def load_splits(self, recipe: MusicRecipe, *, source: str | None = None) -> Splits:
         data = recipe.data
         source = source or data.source
-        pieces = load_pieces(source, cache_dir=Path(data.cache_dir), max_pieces=data.max_pieces,
-                             skip_bad_files=data.skip_bad_files)
-        groups = split_pieces(pieces, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+        store = load_pieces(source, cache_dir=Path(data.cache_dir), max_pieces=data.max_pieces,
+                            skip_bad_files=data.skip_bad_files)
+        groups = split_pieces(store.names, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
                               seed=data.split_seed)
         if not groups["train"]:
             raise UserError(f"--data {source}: too few pieces for a training split; give more pieces")
-        datasets = {}
+        datasets: dict[str, Dataset] = {}
         for name, group in groups.items():
             stride = data.train_stride if name == "train" else 1.0
-            windows = [w for piece in group for w in self.windows(piece, recipe, stride=stride)]
-            datasets[name] = WindowDataset(windows, group)
+            if data.representation == "mmt":  # cut from the pre-tokenised store as read
+                datasets[name] = StoreWindows(store, group, max_len=data.max_len, max_beat=data.max_beat,
+                                              stride=stride)
+            else:
+                pieces = PieceList(store, group)
+                windows = [w for piece in pieces for w in self.windows(piece, recipe, stride=stride)]
+                datasets[name] = WindowDataset(windows, pieces)
         info: dict[str, Any] = {
             "representation": data.representation, "source": source, "max_len": data.max_len,
-            "max_beat": data.max_beat, "pieces": {name: [p.name for p in g] for name, g in groups.items()},
+            "max_beat": data.max_beat, "pieces": {name: [store.names[i] for i in g] for name, g in groups.items()},
+            "skipped_files": len(store.skipped),
         }
         if data.representation == "mmt":
             info |= {"fields": list(FIELDS), "vocab_sizes": list(Vocabulary(data.max_beat).sizes),
-                     "instruments": sorted({n.instrument for p in groups["train"] for n in p.notes})}
+                     "instruments": store.instruments(groups["train"])}
         else:
             from panformer.music.remi import note_token_ids, remi_tokenizer
 
@@ -243,7 +254,7 @@ class MusicTask(Task):
         info["unigram_logprobs"] = unigram_logprobs(datasets["train"], info["vocab_sizes"])
         extra = f"{data.representation}\x00{data.split_seed}\x00{data.max_len}\x00{data.max_beat}\x00{data.train_stride}"
         return Splits(train=datasets["train"], val=datasets["val"], test=datasets["test"], info=info,
-                      fingerprint=fingerprint(groups, extra))
+                      fingerprint=fingerprint(store, groups, extra))
 
     @staticmethod
     def windows(piece: Piece, recipe: MusicRecipe, *, stride: float) -> list[np.ndarray]:

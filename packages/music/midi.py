@@ -9,11 +9,20 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
-from panformer.music.representation import RESOLUTION, Note, instrument_of_program, program_of
+from panformer.music.representation import (
+    INSTRUMENTS,
+    RESOLUTION,
+    Note,
+    instrument_code,
+    instrument_of_program,
+    program_of,
+)
 
 MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_QPM = 100.0  # MMT writes its samples at 100 quarter notes per minute
@@ -39,15 +48,19 @@ class Piece:
         return self.beats * 60.0 / self.qpm
 
 
-def _to_grid(time: int, duration: int, tpq: int) -> tuple[int, int, int]:
-    onset = round(time * RESOLUTION / tpq)
-    steps = max(1, round(duration * RESOLUTION / tpq))
-    beat, position = divmod(onset, RESOLUTION)
-    return beat, position, steps
+class GridNotes(NamedTuple):
+    """One MIDI file on the grid as arrays: notes (N, 5) int64 rows (beat, position, pitch, duration in
+    grid steps, instrument code), track by track."""
+
+    notes: np.ndarray
+    qpm: float
+    beats_per_bar: float
+    dropped_programs: set[int]
 
 
-def read_midi(path: Path) -> Piece:
-    """A MIDI file -> a Piece. Not a MIDI file or no notes: UserError naming the file."""
+def read_midi_grid(path: Path) -> GridNotes:
+    """A MIDI file -> its notes on the grid, without a Python object per note (symusic's arrays).
+    Not a MIDI file or no notes: UserError naming the file."""
     import symusic
 
     path = Path(path)
@@ -56,27 +69,44 @@ def read_midi(path: Path) -> Piece:
     try:
         score = symusic.Score(str(path))
     except Exception as err:  # symusic raises ValueError/RuntimeError with parser messages
-        raise UserError(f"{path} is not a readable MIDI file ({str(err).splitlines()[0][:80]}); "
-                        "give a Standard MIDI File (.mid)") from None
+        message = str(err).splitlines()[0][:80] if str(err) else type(err).__name__
+        raise UserError(f"{path} is not a readable MIDI file ({message}); give a Standard MIDI File (.mid)") from None
     tpq = score.ticks_per_quarter
-    notes, dropped = [], set()
+    parts, dropped = [], set()
     for track in score.tracks:
         instrument = instrument_of_program(track.program, is_drum=track.is_drum)
         if instrument is None:
             if len(track.notes):
                 dropped.add(track.program)
             continue
-        for n in track.notes:
-            beat, position, steps = _to_grid(n.time, n.duration, tpq)
-            notes.append(Note(beat, position, n.pitch, steps, instrument))
-    if not notes:
+        if not len(track.notes):
+            continue
+        arrays = track.notes.numpy()
+        onset = np.rint(arrays["time"].astype(np.int64) * RESOLUTION / tpq).astype(np.int64)
+        steps = np.maximum(1, np.rint(arrays["duration"].astype(np.int64) * RESOLUTION / tpq)).astype(np.int64)
+        beat, position = np.divmod(onset, RESOLUTION)
+        parts.append(np.column_stack([beat, position, arrays["pitch"], steps,
+                                      np.full(len(onset), instrument_code(instrument))]).astype(np.int64))
+    if not parts:
         raise UserError(f"{path} holds no notes (of a known instrument); give a MIDI file with notes")
     qpm = float(score.tempos[0].qpm) if len(score.tempos) else DEFAULT_QPM
     beats_per_bar = 4.0
     if len(score.time_signatures):
         ts = score.time_signatures[0]
         beats_per_bar = ts.numerator * 4.0 / ts.denominator
-    return Piece(path.stem, notes, qpm=qpm, beats_per_bar=beats_per_bar, dropped_programs=dropped)
+    return GridNotes(np.concatenate(parts), qpm, beats_per_bar, dropped)
+
+
+def notes_of(rows: np.ndarray) -> list[Note]:
+    """(N, 5) grid rows -> Notes."""
+    return [Note(b, p, h, d, INSTRUMENTS[c - 1]) for b, p, h, d, c in np.asarray(rows).tolist()]
+
+
+def read_midi(path: Path) -> Piece:
+    """A MIDI file -> a Piece. Not a MIDI file or no notes: UserError naming the file."""
+    grid = read_midi_grid(path)
+    return Piece(Path(path).stem, notes_of(grid.notes), qpm=grid.qpm, beats_per_bar=grid.beats_per_bar,
+                 dropped_programs=grid.dropped_programs)
 
 
 def _music21_program(part: Any) -> int:

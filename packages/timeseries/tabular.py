@@ -109,6 +109,8 @@ def read_table(source: str | Path, *, time_column: str | None = None) -> SeriesT
             raise UserError(f"{path} does not exist; give an existing .csv, .parquet or .tsf file")
         if path.suffix.lower() == ".tsf":
             table = read_tsf(path)
+        elif (streamed := read_parquet_streamed(path, time_column=time_column)) is not None:
+            table = streamed
         else:
             table = table_from_frame(read_frame(path), source=str(path), time_column=time_column)
     if table.season is None and (inferred := infer_season(table.times[0])) is not None:
@@ -165,6 +167,95 @@ def _read_aeon(source: str) -> SeriesTable:
     table = table_from_frame(frame, source=source, time_column=spec.time_column, default_id=known[name.lower()])
     table.season, table.season_from = spec.season, "aeon's dataset description"
     return table
+
+
+def _streamable_columns(schema: object, time_column: str | None) -> tuple[str, str, list[str]] | None:
+    """(id, time, value columns) of a Parquet schema in wide form with an id column, a time column stored
+    as timestamps, dates or integers and numeric value columns; None for any other layout."""
+    import pyarrow as pa
+
+    names = list(schema.names)
+    lower = {n.lower(): n for n in names}
+    if any(n in lower for n in LONG_COLUMNS[1:]) or calendar_columns(pd.DataFrame(columns=names)):
+        return None
+    id_column = next((n for n in names if n.lower() in ID_NAMES), None)
+    time = time_column or next((n for n in names if n.lower() in TIME_NAMES and n != id_column), None)
+    if id_column is None or time is None or time not in names:
+        return None
+    kind = schema.field(time).type
+    if not (pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_integer(kind)):
+        return None
+    variables = [n for n in names if n not in (id_column, time)]
+    numeric = all(pa.types.is_integer(schema.field(v).type) or pa.types.is_floating(schema.field(v).type)
+                  for v in variables)
+    return (id_column, time, variables) if variables and numeric else None
+
+
+def read_parquet_streamed(path: Path, *, time_column: str | None = None) -> SeriesTable | None:
+    """A large Parquet file in wide form (id, a timestamp/integer time column, numeric values), read one
+    row group at a time into flat arrays (no data frame of the whole file): 16 bytes a row for one
+    variable. Time labels stay the file's own timestamps or integers. None when the file has another
+    layout (then `read_frame` + `table_from_frame` read it)."""
+    import pyarrow.parquet as pq
+
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        return None
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable {path.suffix} file ({type(err).__name__}); check the file") from None
+    columns = _streamable_columns(file.schema_arrow, time_column)
+    if columns is None:
+        return None
+    id_column, time, variables = columns
+    rows = file.metadata.num_rows
+    if rows == 0:
+        raise UserError(f"{path}: holds no data rows")
+    values = np.empty((len(variables), rows), dtype=np.float32)
+    codes = np.empty(rows, dtype=np.int64)
+    stamps: np.ndarray | None = None
+    ids: dict[str, int] = {}
+    done = 0
+    for group in range(file.num_row_groups):
+        batch = file.read_row_group(group, columns=[id_column, time, *variables])
+        n = batch.num_rows
+        encoded = batch.column(id_column).combine_chunks().cast("string").dictionary_encode()
+        local = np.asarray([ids.setdefault(str(name), len(ids)) for name in encoded.dictionary.to_pylist()])
+        if encoded.indices.null_count:
+            raise UserError(f"{path}: column '{id_column}' has empty ids; give every row a series id")
+        codes[done:done + n] = local[encoded.indices.to_numpy()]
+        times = batch.column(time).to_numpy()
+        if stamps is None:
+            stamps = np.empty(rows, dtype=times.dtype)
+        stamps[done:done + n] = times
+        for c, v in enumerate(variables):
+            values[c, done:done + n] = batch.column(v).to_numpy(zero_copy_only=False)
+        done += n
+    assert stamps is not None
+    names = sorted(ids)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[[ids[name] for name in names]] = np.arange(len(names))
+    codes = rank[codes]  # series in id order, as the data-frame reader gives them
+    order = np.lexsort((stamps, codes))
+    codes, stamps, values = codes[order], stamps[order], values[:, order]
+    bounds = np.flatnonzero(np.diff(codes)) + 1
+    starts, ends = np.concatenate([[0], bounds]), np.concatenate([bounds, [rows]])
+    table_values = [values[:, a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    table_times = [stamps[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    if np.isnan(values).any():
+        c, row = np.argwhere(np.isnan(values))[0]
+        s = int(np.searchsorted(ends, row, side="right"))
+        raise UserError(f"{path}: series '{names[s]}' has no value for variable '{variables[c]}' at time "
+                        f"{stamps[row]}; fill the gap (forecasting needs complete series)")
+    exogenous: list[str] = []
+    if set(NIXTLA_COLUMNS) <= {id_column, time, *variables}:
+        exogenous = [v for v in variables if v != "y"]
+        keep = [variables.index("y"), *(variables.index(v) for v in exogenous)]
+        variables = ["y", *exogenous]
+        table_values = [v[keep] for v in table_values]
+    layout = (f"wide form: time column {time!r}, id column {id_column!r}, value columns {', '.join(variables)} "
+              f"(Parquet, read by row group)")
+    return SeriesTable(names, variables, table_values, table_times, str(path), exogenous=exogenous, layout=layout)
 
 
 def read_frame(path: Path) -> pd.DataFrame:

@@ -14,6 +14,7 @@ are fitted (normalisation, the MASE scale) use the training part only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,45 @@ def fit_normalisation(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return stacked.mean(axis=1), np.where(std > 0, std, 1.0)
 
 
+class Origins(Sequence[tuple[int, int]]):
+    """Forecast origins (series index, t) of several series, without one object per window.
+
+    Series s has `counts[s]` origins `firsts[s] + k * stride` (those of `window_starts`), so the index
+    costs three numbers per series however long the series are (S series, W windows in all).
+    """
+
+    def __init__(self, firsts: np.ndarray, counts: np.ndarray, stride: int) -> None:
+        self.firsts, self.counts, self.stride = np.asarray(firsts, np.int64), np.asarray(counts, np.int64), stride
+        self.ends = np.cumsum(self.counts)  # (S,) one past each series' last window
+
+    @classmethod
+    def of(cls, begin_end: list[tuple[int, int]], *, context: int, horizon: int, stride: int) -> Origins:
+        """The origins `window_starts` gives each series' (begin, end) part."""
+        firsts, counts = [], []
+        for begin, end in begin_end:
+            first, last = max(begin, context), end - horizon
+            count = (last - first) // stride + 1 if last >= first else 0
+            firsts.append(last - (count - 1) * stride if count else 0)
+            counts.append(count)
+        return cls(np.asarray(firsts), np.asarray(counts), stride)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, i: int) -> tuple[int, int]:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        s = int(np.searchsorted(self.ends, i, side="right"))
+        k = i - (int(self.ends[s]) - int(self.counts[s]))
+        return s, int(self.firsts[s]) + k * self.stride
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for s, (first, count) in enumerate(zip(self.firsts.tolist(), self.counts.tolist(), strict=True)):
+            for k in range(count):
+                yield s, first + k * self.stride
+
+
 class WindowDataset(Dataset):
     """(context, target) windows over several series.
 
@@ -83,7 +123,7 @@ class WindowDataset(Dataset):
     def __init__(
         self,
         series: list[np.ndarray],
-        origins: list[tuple[int, int]],
+        origins: Sequence[tuple[int, int]],
         scales: np.ndarray,
         *,
         context: int,
@@ -146,11 +186,7 @@ def make_forecast_splits(
     scales = np.stack([seasonal_naive_scale(part, season=season) for part in train_parts])
 
     def windows(begin_end: list[tuple[int, int]], step: int) -> WindowDataset:
-        origins = [
-            (i, t)
-            for i, (begin, end) in enumerate(begin_end)
-            for t in window_starts(begin, end, context=context, horizon=horizon, stride=step)
-        ]
+        origins = Origins.of(begin_end, context=context, horizon=horizon, stride=step)
         return WindowDataset(series, origins, scales, context=context, horizon=horizon)
 
     return ForecastSplits(

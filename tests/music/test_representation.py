@@ -15,6 +15,7 @@ from panformer.music.representation import (
     NOTE,
     SON,
     SOS,
+    Note,
     Vocabulary,
     decode_notes,
     duration_code,
@@ -116,3 +117,19 @@ def test_every_shipped_recipe_validates():
         assert recipe.data.max_len >= 8
     paper = load_recipe(MusicRecipe, "music", "mmt")
     assert (paper.model.dim, paper.model.depth, paper.model.num_heads, paper.data.max_len) == (512, 6, 8, 1024)
+
+
+def test_vectorised_encoding_equals_the_note_by_note_definition():
+    rng = np.random.default_rng(0)
+    steps = [1, 13, 14, 17, 27, 33, 400, 0]  # ties between known durations go to the shorter one
+    notes = [Note(int(rng.integers(0, 40)), int(rng.integers(0, 12)), int(rng.integers(30, 90)),
+                  steps[i % len(steps)], INSTRUMENTS[int(rng.integers(0, len(INSTRUMENTS)))]) for i in range(300)]
+    notes += notes[:20]  # duplicates are one event
+    for max_beat in (10, 256):
+        rows = sorted({(n.beat, n.position, n.pitch, duration_code(n.duration), INSTRUMENTS.index(n.instrument) + 1)
+                       for n in notes if n.beat <= max_beat})
+        header = sorted({r[4] for r in rows})
+        expected = ([[SOS, 0, 0, 0, 0, 0]] + [[INSTRUMENT_EVENT, 0, 0, 0, 0, c] for c in header]
+                    + [[SON, 0, 0, 0, 0, 0]] + [[NOTE, b + 1, p + 1, h + 1, d, c] for b, p, h, d, c in rows]
+                    + [[EOS, 0, 0, 0, 0, 0]])
+        assert encode_notes(notes, max_beat=max_beat).tolist() == expected

@@ -27,7 +27,12 @@ from panformer.timeseries.forecast_metrics import (
 from panformer.timeseries.forecasting import forecast_outputs
 from panformer.timeseries.models.encoder_decoder import EncoderDecoderForecaster
 from panformer.timeseries.models.patchtst import PatchTST
-from panformer.timeseries.windows import chronological_split, make_forecast_splits, window_starts
+from panformer.timeseries.windows import (
+    Origins,
+    chronological_split,
+    make_forecast_splits,
+    window_starts,
+)
 from tests.cli import assert_user_error, invoke
 
 BIN = Path(sys.executable).parent
@@ -265,3 +270,14 @@ def test_train_with_a_horizon_longer_than_the_series_is_exit_2(tmp_path):
     result = invoke(app, "train", "--recipe", "forecast-airline", "--set", "data.horizon=200",
                  "--set", "data.val_steps=200", "--set", "data.test_steps=200", "--out", str(tmp_path / "r"))
     assert_user_error(result, "aeon:Airline", "has 144 steps")
+
+
+def test_window_origins_cost_numbers_per_series_not_per_window():
+    parts = [(0, 100), (30, 61), (5, 20), (0, 7)]
+    for stride in (1, 3, 7):
+        origins = Origins.of(parts, context=10, horizon=4, stride=stride)
+        expected = [(s, t) for s, (b, e) in enumerate(parts) for t in window_starts(b, e, context=10, horizon=4,
+                                                                                     stride=stride)]
+        assert list(origins) == expected and [origins[i] for i in range(len(origins))] == expected
+        assert origins[-1] == expected[-1] and len(origins) == len(expected)
+    assert len(Origins.of([(0, 10**9)], context=10, horizon=4, stride=1).firsts) == 1

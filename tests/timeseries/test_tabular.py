@@ -103,3 +103,33 @@ def test_bad_sources_are_user_errors(tmp_path):
         read_table(write(tmp_path / "broken.parquet", "not parquet"))
     with pytest.raises(UserError, match=r"data\.time_column"):
         read_table(write(tmp_path / "w.csv", "t,a\n1,2\n"), time_column="when")
+
+
+def test_large_parquet_is_read_by_row_group_like_the_data_frame_reader(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from panformer.timeseries import tabular
+
+    rng = np.random.default_rng(0)
+    ids = np.repeat(["s10", "s2", "s1"], 50)
+    stamps = np.tile(np.datetime64("2024-01-01T00:00", "s") + np.arange(50).astype("timedelta64[h]"), 3)
+    order = rng.permutation(150)  # rows shuffled across row groups: the reader sorts by id, then time
+    frame = pd.DataFrame({"unique_id": ids, "ds": stamps, "y": rng.normal(size=150).astype(np.float32),
+                          "price": rng.normal(size=150)}).iloc[order]
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "log.parquet", row_group_size=40)
+    streamed = read_table(tmp_path / "log.parquet")
+    assert "read by row group" in streamed.layout and streamed.season == 24
+    monkeypatch.setattr(tabular, "read_parquet_streamed", lambda path, time_column=None: None)
+    whole = read_table(tmp_path / "log.parquet")  # the data-frame reader on the same file
+    assert streamed.ids == whole.ids == ["s1", "s10", "s2"] and streamed.variables == whole.variables == ["y", "price"]
+    assert streamed.exogenous == whole.exogenous == ["price"] and streamed.fingerprint() == whole.fingerprint()
+    for a, b in zip(streamed.values, whole.values, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_large_parquet_gap_is_a_user_error_naming_the_series(tmp_path):
+    frame = pd.DataFrame({"id": ["a", "a", "b", "b"], "time": [1, 2, 1, 2], "v": [1.0, 2.0, None, 4.0]})
+    frame.to_parquet(tmp_path / "gap.parquet")
+    with pytest.raises(UserError, match=r"gap\.parquet: series 'b' has no value for variable 'v' at time 1"):
+        read_table(tmp_path / "gap.parquet")
