@@ -122,9 +122,9 @@ class Chunked(Mask):
 
 
 def _bytes(table: Tensor) -> Tensor:
-    """A bool lookup table as uint8, for ``allowed`` to index. Inductor's Flex lowering on CUDA cannot
-    load captured bool buffers inside ``mask_mod`` ("torch.bool is not supported by torch.iinfo"); a
-    byte view reads the same memory (no copy)."""
+    """A bool lookup table as uint8, for ``allowed`` to index: the relational model failed Inductor's
+    lowering on CUDA with "torch.bool is not supported by torch.iinfo", and bool buffers captured by a
+    Flex ``mask_mod`` are the suspect (not yet confirmed on a GPU). A byte view reads the same memory."""
     return table.view(torch.uint8)
 
 
