@@ -25,7 +25,7 @@ INVARIANCE_HELP = ("frames (exactly rotation invariant, 4 passes), canonical (1 
 def predict(
     checkpoint: Annotated[Path, typer.Option(help="run folder or checkpoint folder")],
     input: Annotated[Path, typer.Option("--input", help="structures: .extxyz/.xyz (or anything ASE reads), .sdf/.mol, "
-                                        ".npz")],
+                                        ".npz or a .structures store")],
     output: Annotated[Path, typer.Option(help="energies (eV) and forces (eV/Å): .extxyz, .npz or .csv (one row "
                                          "per atom)")],
     plot: Annotated[bool, typer.Option("--plot", help="also write a parity plot (PNG) beside the output")] = False,
@@ -47,8 +47,10 @@ app = build_cli(domain, predict=predict)
 @user_errors_exit_2
 def label(
     source: Annotated[Path, typer.Argument(help="a SMILES list (.smi: SMILES [id] per line) or an .sdf file")],
-    output: Annotated[Path, typer.Option(help="extended XYZ (.extxyz) or Panformer arrays (.npz, readable "
-                                              "without RDKit/ASE) with energies (eV) and forces (eV/Å)")],
+    output: Annotated[Path, typer.Option(help="extended XYZ (.extxyz), Panformer arrays (.npz) or a Panformer "
+                                              "store (NAME.structures: a folder, memory-mapped in training, for "
+                                              "large sets; .npz and stores need no RDKit/ASE) with energies (eV) "
+                                              "and forces (eV/Å); an interrupted run resumes")],
     conformers: Annotated[int, typer.Option(min=1, help="ETKDG conformers per molecule")] = 4,
     mmff_steps: Annotated[int, typer.Option(min=0, help="MMFF relaxation steps after embedding")] = 0,
     max_atoms: Annotated[int, typer.Option(min=2, help="skip molecules with more atoms (with H)")] = 40,
@@ -64,12 +66,10 @@ def label(
     started = time.perf_counter()
     options = LabelOptions(conformers=conformers, mmff_steps=mmff_steps, max_atoms=max_atoms, rattle=rattle,
                            seed=seed)
-    structures, skipped = label_file(source, output, options=options, limit=limit, workers=workers,
-                                     skip_bad=skip_bad)
-    if skipped:
-        typer.echo(f"warning: {len(skipped)} molecules skipped (first: {skipped[0]})", err=True)
-    molecules = len({s.molecule for s in structures})
-    typer.echo(f"{output}: {len(structures)} conformers of {molecules} molecules "
+    summary = label_file(source, output, options=options, limit=limit, workers=workers, skip_bad=skip_bad)
+    if summary.skipped:
+        typer.echo(f"warning: {len(summary.skipped)} molecules skipped (first: {summary.skipped[0]})", err=True)
+    typer.echo(f"{output}: {summary.structures} conformers of {summary.molecules} molecules "
                f"in {time.perf_counter() - started:.1f}s", err=True)
     typer.echo(str(output))
 

@@ -2,14 +2,18 @@
 
 Batches are padded: numbers (B, N) long (0 = padding), positions (B, N, 3) Å, valid (B, N) bool,
 energy (B,) eV, forces (B, N, 3) eV/Å, has_forces (B,) bool.
+
+Training data are `StructureArrays` columns (a `.structures` store memory-mapped, smaller files in memory):
+splits, statistics and the fingerprint come from the per-structure columns and streamed passes, and each
+structure is read when a batch asks for it, so memory does not grow with a store's size.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,10 +39,15 @@ from panformer.molecules.model import (
     random_rotations,
 )
 from panformer.molecules.structures import (
+    MAX_Z,
     NPZ_SUFFIX,
     SDF_SUFFIXES,
     SMILES_SUFFIXES,
+    STORE_SUFFIX,
     Structure,
+    StructureArrays,
+    fingerprint,
+    open_store,
     read_structures,
     write_extxyz,
     write_structures,
@@ -52,7 +61,8 @@ class MoleculeData(StrictModel):
     source: str = Field(
         "nci",
         description="nci (RDKit's bundled NCI SMILES, labelled with ETKDG + MMFF94 and cached) or a structure "
-        "file: .npz (from `label`; needs neither RDKit nor ASE), .extxyz/.xyz (ASE) or .sdf/.mol with energies",
+        f"file: a {STORE_SUFFIX} store folder or .npz (from `label`; need neither RDKit nor ASE; a store is "
+        "memory-mapped, for sets of any size), .extxyz/.xyz (ASE) or .sdf/.mol with energies",
     )
     cache_dir: str = Field("runs/data/molecules", description="where the labelled NCI set is cached")
     molecules: int = Field(200, ge=3, description="nci: the first N molecules of the list")
@@ -146,14 +156,43 @@ def build_model(cfg: CoordFormerConfig | SchNetConfig) -> EnergyModel:
 
 
 class StructureDataset(Dataset):
-    def __init__(self, structures: list[Structure]) -> None:
-        self.structures = structures
+    """Structures `indices` (default: all) of `source`, each read when asked for (a list is put in columns)."""
+
+    def __init__(self, source: Sequence[Structure] | StructureArrays, indices: np.ndarray | None = None) -> None:
+        self.source = source if isinstance(source, StructureArrays) else StructureArrays.from_structures(source)
+        self.indices = np.arange(len(self.source)) if indices is None else np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.structures)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> Structure:
-        return self.structures[index]
+        return self.source[int(self.indices[index])]
+
+    @property
+    def structures(self) -> list[Structure]:
+        """Every structure, read into memory (evaluation and plots; training reads them one at a time)."""
+        return [self[i] for i in range(len(self))]
+
+    def subset(self, positions: np.ndarray) -> StructureDataset:
+        return StructureDataset(self.source, self.indices[positions])
+
+    def column(self, name: str) -> np.ndarray:
+        """A per-structure column (`StructureArrays.columns`) for these structures, (len(self),)."""
+        return np.asarray(self.source.columns[name][self.indices])
+
+    def fingerprint(self) -> str:
+        """The same as `fingerprint(self.structures)`, from the store's record when it holds all of it."""
+        if len(self.indices) == len(self.source) and (self.indices == np.arange(len(self.source))).all():
+            return self.source.fingerprint()
+        return fingerprint(self[i] for i in range(len(self)))
+
+    def atom_blocks(self, *, block: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Streams of `block` structures: (a,) the position in the block each atom belongs to, (a,) numbers
+        and (a, 3) forces (NaN rows: none) of those structures' atoms; one block in memory at a time."""
+        columns = self.source.columns
+        for start in range(0, len(self.indices), block):
+            rows, owner = self.source.atom_rows(self.indices[start:start + block])
+            yield owner, np.asarray(columns["numbers"][rows]), np.asarray(columns["forces"][rows], dtype=np.float64)
 
 
 def collate(structures: list[Structure]) -> dict[str, Tensor]:
@@ -184,35 +223,50 @@ def nci_dataset(data: MoleculeData) -> Path:
             f"{data.rattle:g}r-seed{data.label_seed}.extxyz")
     path = Path(data.cache_dir) / name
     if not path.is_file():
-        _, skipped = label_file(nci_smiles_path(), path, options=options, limit=data.molecules,
-                                workers=2, show_progress=True)
-        print(f"labelled {path} ({len(skipped)} molecules skipped)", file=sys.stderr)
+        summary = label_file(nci_smiles_path(), path, options=options, limit=data.molecules,
+                             workers=2, show_progress=True)
+        print(f"labelled {path} ({len(summary.skipped)} molecules skipped)", file=sys.stderr)
     return path
 
 
-def load_structures(data: MoleculeData, source: str) -> list[Structure]:
+def load_structures(data: MoleculeData, source: str) -> StructureDataset:
+    """The usable structures of `source`: a store memory-mapped, other files read whole (they are small)."""
     path = nci_dataset(data) if source == "nci" else Path(source)
-    result = read_structures(path, skip_bad=data.skip_bad, energy_key=data.energy_key, energy_unit=data.energy_unit)
-    for message in result.skipped:
-        print(f"warning: skipped {message}", file=sys.stderr)
-    if result.skipped:
-        print(f"warning: {len(result.skipped)} bad records skipped", file=sys.stderr)
-    return drop_force_outliers(result.structures, data.max_force, where=str(path))
+    if path.is_dir():
+        dataset = StructureDataset(open_store(path, energy_unit=data.energy_unit))
+    else:
+        result = read_structures(path, skip_bad=data.skip_bad, energy_key=data.energy_key,
+                                 energy_unit=data.energy_unit)
+        for message in result.skipped:
+            print(f"warning: skipped {message}", file=sys.stderr)
+        if result.skipped:
+            print(f"warning: {len(result.skipped)} bad records skipped", file=sys.stderr)
+        dataset = StructureDataset(result.structures)
+    if data.max_force is None:
+        return dataset
+    return dataset.subset(below_max_force(dataset.column("max_force"), data.max_force, where=str(path)))
 
 
 def drop_force_outliers(structures: list[Structure], max_force: float | None, *, where: str) -> list[Structure]:
-    """Structures whose largest atomic force (eV/Å) is at most `max_force` (None: all of them).
+    """Structures whose largest atomic force (eV/Å) is at most `max_force` (None: all of them)."""
+    if max_force is None:
+        return structures
+    largest = [np.nan if s.forces is None else np.linalg.norm(s.forces, axis=1).max() for s in structures]
+    return [structures[i] for i in below_max_force(np.array(largest), max_force, where=where)]
+
+
+def below_max_force(largest: np.ndarray, max_force: float, *, where: str) -> np.ndarray:
+    """Positions of the structures whose largest atomic force `largest` (S,) eV/Å (NaN: no forces) is at most
+    `max_force`, reporting the others.
 
     A few ETKDG conformers get MMFF94 forces of 10^2-10^5 eV/Å (typical ones stay below ~10); one such
     structure inflates the force scale a hundredfold and swamps the force loss and the force MAE.
     """
-    if max_force is None:
-        return structures
-    kept = [s for s in structures if s.forces is None or np.linalg.norm(s.forces, axis=1).max() <= max_force]
-    if len(kept) < len(structures):
-        print(f"warning: {where}: dropped {len(structures) - len(kept)} of {len(structures)} structures with a "
+    kept = np.flatnonzero(~(largest > max_force))  # NaN (no forces) is kept
+    if len(kept) < len(largest):
+        print(f"warning: {where}: dropped {len(largest) - len(kept)} of {len(largest)} structures with a "
               f"force above data.max_force={max_force:g} eV/Å", file=sys.stderr)
-    if not kept:
+    if not len(kept):
         raise UserError(f"{where}: every structure has a force above data.max_force={max_force:g} eV/Å; raise it")
     return kept
 
@@ -221,45 +275,43 @@ def molecule_split(
     structures: list[Structure], *, val_fraction: float, test_fraction: float, seed: int,
     train_molecules: int | None = None,
 ) -> dict[str, list[Structure]]:
-    """Split by molecule: every conformer of a molecule lands in the same split.
+    """`split_by_molecule` of a list of structures: the structures of each split."""
+    groups = split_by_molecule(np.array([s.molecule for s in structures], dtype=str), val_fraction=val_fraction,
+                               test_fraction=test_fraction, seed=seed, train_molecules=train_molecules)
+    return {name: [structures[i] for i in positions] for name, positions in groups.items()}
+
+
+def split_by_molecule(
+    molecule: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int,
+    train_molecules: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Split by molecule: every conformer of a molecule lands in the same split. `molecule` (S,) names each
+    structure's molecule; returns the positions of each split's structures, in order.
 
     `train_molecules` keeps only that many training molecules (the first of a seeded shuffle: nested
     subsets for learning curves); validation and test do not depend on it.
     """
-    molecules = sorted({s.molecule for s in structures})
+    # np.unique sorts by code point, as sorted() does: the shuffle, and so the split, is the same as for a list.
+    unique, which = np.unique(molecule, return_inverse=True)
+    molecules = unique.tolist()
     if len(molecules) < 3:
         raise UserError(f"only {len(molecules)} distinct molecules; a train/val/test split by molecule needs >= 3")
-    random.Random(seed).shuffle(molecules)
+    order = list(range(len(molecules)))
+    random.Random(seed).shuffle(order)  # the same permutation as shuffling the sorted names themselves
     n_val = max(1, round(val_fraction * len(molecules)))
     n_test = max(1, round(test_fraction * len(molecules)))
     if n_val + n_test >= len(molecules):
         raise UserError(f"{len(molecules)} molecules are too few for val_fraction/test_fraction; give more data")
-    test, val = set(molecules[:n_test]), set(molecules[n_test:n_test + n_val])
-    train = molecules[n_test + n_val:]
+    train = order[n_test + n_val:]
     if train_molecules is not None:
         if train_molecules > len(train):
             raise UserError(f"data.train_molecules={train_molecules} but only {len(train)} molecules are left for "
                             "training; give a smaller number or more data")
         train = train[:train_molecules]
-    kept = set(train)
-    groups: dict[str, list[Structure]] = {"train": [], "val": [], "test": []}
-    for s in structures:
-        if s.molecule in test:
-            groups["test"].append(s)
-        elif s.molecule in val:
-            groups["val"].append(s)
-        elif s.molecule in kept:
-            groups["train"].append(s)
-    return groups
-
-
-def fingerprint(structures: list[Structure]) -> str:
-    digest = hashlib.sha256()
-    for s in structures:
-        digest.update(s.molecule.encode())
-        digest.update(np.ascontiguousarray(s.positions, dtype=np.float64).tobytes())
-        digest.update(repr(s.energy).encode())
-    return digest.hexdigest()[:16]
+    group = np.full(len(molecules), -1)  # per molecule: 0 train, 1 val, 2 test, -1 left out
+    group[order[:n_test]], group[order[n_test:n_test + n_val]], group[train] = 2, 1, 0
+    of_structure = group[which.reshape(-1)]
+    return {name: np.flatnonzero(of_structure == code) for code, name in enumerate(("train", "val", "test"))}
 
 
 def check_elements(structures: list[Structure], elements: list[int], *, where: str) -> None:
@@ -292,20 +344,25 @@ class EnergyForceTask(Task):
         data = recipe.data
         source = source or data.source
         structures = load_structures(data, source)
-        missing = next((s for s in structures if s.energy is None), None)
-        if missing is not None:
-            raise UserError(f"{source}: record {missing.name} has no energy; training needs an energy per "
+        missing = np.flatnonzero(np.isnan(structures.column("energy")))
+        if len(missing):
+            name = structures.column("name")[missing[0]]
+            raise UserError(f"{source}: record {name} has no energy; training needs an energy per "
                             "structure (extxyz energy=, an SDF energy property or --set data.energy_key=NAME)")
-        groups = molecule_split(structures, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
-                                seed=data.label_seed, train_molecules=data.train_molecules)
-        elements = sorted({int(z) for s in groups["train"] for z in s.numbers})
+        molecule = structures.column("molecule")
+        groups = split_by_molecule(molecule, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+                                   seed=data.label_seed, train_molecules=data.train_molecules)
+        splits = {name: structures.subset(positions) for name, positions in groups.items()}
+        seen = np.zeros(MAX_Z + 1, dtype=bool)
+        for _, numbers, _ in splits["train"].atom_blocks():
+            seen[numbers] = True
         return Splits(
-            train=StructureDataset(groups["train"]), val=StructureDataset(groups["val"]),
-            test=StructureDataset(groups["test"]),
-            info={"source": source, "elements": elements, "max_atoms": max(len(s) for s in structures),
-                  "molecules": {k: len({s.molecule for s in v}) for k, v in groups.items()},
+            train=splits["train"], val=splits["val"], test=splits["test"],
+            info={"source": source, "elements": np.flatnonzero(seen).tolist(),
+                  "max_atoms": int(structures.column("atoms_per_structure").max()),
+                  "molecules": {k: len(np.unique(molecule[v])) for k, v in groups.items()},
                   "structures": {k: len(v) for k, v in groups.items()}},
-            fingerprint=fingerprint(structures),
+            fingerprint=structures.fingerprint(),
         )
 
     def build_model(self, recipe: MoleculeRecipe, info: dict[str, Any]) -> nn.Module:
@@ -314,16 +371,33 @@ class EnergyForceTask(Task):
     def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
         """Per-element reference energies by least squares of energy on element counts, and the scales: force
         RMS (eV/Å), the per-atom energy unit (eV) and the residual energy std per molecule (eV)."""
-        structures: list[Structure] = splits.train.structures
+        train: StructureDataset = splits.train
         elements = splits.info["elements"]
-        counts = np.array([[np.sum(s.numbers == z) for z in elements] for s in structures], dtype=np.float64)
-        energies = np.array([s.energy for s in structures], dtype=np.float64)
+        column = np.zeros(MAX_Z + 1, dtype=np.int64)
+        column[elements] = np.arange(len(elements))
+        energies = train.column("energy")  # (S,): a small index; the atoms are streamed, a block at a time
+
+        def element_counts() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            """(s, E) element counts of each block of structures, their energies (s,) and forces (a, 3)."""
+            start = 0
+            for owner, numbers, forces in train.atom_blocks():
+                size = int(owner[-1]) + 1  # every structure has atoms
+                counts = np.bincount(owner * len(elements) + column[numbers], minlength=size * len(elements))
+                yield counts.reshape(size, len(elements)).astype(np.float64), energies[start:start + size], forces
+                start += size
+
+        gram, moment = np.zeros((len(elements), len(elements))), np.zeros(len(elements))
+        force_square, force_values = 0.0, 0
+        for counts, energy, forces in element_counts():
+            gram += counts.T @ counts
+            moment += counts.T @ energy
+            given = forces[~np.isnan(forces[:, 0])]
+            force_square += float((given ** 2).sum())
+            force_values += given.size
         # A small ridge keeps the fit defined when element counts are collinear (e.g. C and H in alkanes).
-        ridge = 1e-6 * np.eye(len(elements))
-        weights = np.linalg.solve(counts.T @ counts + ridge, counts.T @ energies)
-        residual = energies - counts @ weights
-        forces = [s.forces for s in structures if s.forces is not None]
-        scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else float(residual.std())
+        weights = np.linalg.solve(gram + 1e-6 * np.eye(len(elements)), moment)
+        residual = np.concatenate([energy - counts @ weights for counts, energy, _ in element_counts()])
+        scale = float(np.sqrt(force_square / force_values)) if force_values else float(residual.std())
         model.element_energy.zero_()
         device = model.element_energy.device  # the trainer may have moved the model to a GPU already
         model.element_energy[torch.tensor(elements, device=device)] = torch.tensor(weights, dtype=torch.float32,
@@ -384,8 +458,8 @@ class EnergyForceTask(Task):
     ) -> list[Path]:
         """Energies (eV) and forces (eV/Å) for every structure of `input_path`, as extended XYZ, .npz or CSV.
         `invariance` overrides the recipe's mode (see `panformer.molecules.frames`)."""
-        if output_path.suffix.lower() not in (".extxyz", ".xyz", ".npz", ".csv"):
-            raise UserError(f"--output {output_path}: give an .extxyz, .xyz, .npz or .csv path")
+        if output_path.suffix.lower() not in (".extxyz", ".xyz", NPZ_SUFFIX, STORE_SUFFIX, ".csv"):
+            raise UserError(f"--output {output_path}: give an .extxyz, .xyz, .npz, {STORE_SUFFIX} or .csv path")
         mode = check_invariance(invariance, where="--invariance") if invariance is not None else self.invariance
         result = read_structures(input_path, skip_bad=skip_bad, energy_key=recipe.data.energy_key,
                                  energy_unit=recipe.data.energy_unit)
@@ -543,9 +617,11 @@ class MoleculesDomain(Domain):
             return RecipeChoice("coordformer", f"{where}: MMFF94-labelled NCI molecules, the coordinate transformer")
         path = Path(data)
         suffix = path.suffix.lower()
+        if path.is_dir() and (path / "store.json").is_file():
+            return RecipeChoice("coordformer", "a structure store, the coordinate transformer")
         if not path.is_file():
-            raise self.unrecognised_data(data, "no such file; give a structure file (.npz, .extxyz, .xyz, .sdf) "
-                                               "or nci")
+            raise self.unrecognised_data(data, f"no such file; give a structure file (.npz, .extxyz, .xyz, .sdf), "
+                                               f"a {STORE_SUFFIX} store folder or nci")
         if suffix in SMILES_SUFFIXES:
             raise self.unrecognised_data(data, f"a SMILES list has no coordinates or energies; run "
                                                f"`panformer-molecules label {data} --output {path.stem}.npz` first")

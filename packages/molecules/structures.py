@@ -3,6 +3,7 @@
 Readers: SDF/MOL (RDKit; energies and forces from SD properties), XYZ / extended XYZ and anything
 `ase.io.read` understands (energies and forces from the calculator results or `atoms.info`), Panformer's
 own structure arrays (.npz: numpy only, so a machine without RDKit or ASE can train on a labelled set),
+Panformer structure stores (a folder of the same arrays as .npy files, memory-mapped: sets of any size),
 and SMILES lists (for `label`). Units are converted on read: inside Panformer everything is eV, Å and eV/Å.
 
 A bad record (no 3-D coordinates, unknown element, a force array of the wrong shape) raises a
@@ -12,9 +13,11 @@ A bad record (no 3-D coordinates, unknown element, a force array of the wrong sh
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,9 @@ SDF_SUFFIXES = (".sdf", ".mol", ".sd")
 SMILES_SUFFIXES = (".smi", ".smiles")
 NPZ_SUFFIX = ".npz"
 NPZ_FORMAT = "panformer-molecules-structures-v1"
+STORE_SUFFIX = ".structures"
+STORE_FORMAT = "panformer-molecules-store-v1"
+STORE_UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å"}
 MAX_Z = 118
 
 # SD properties that hold an energy, with their unit (checked in this order).
@@ -242,11 +248,197 @@ def _npz_records(path: Path, energy_unit: str | None) -> Iterable[tuple[str, Str
         )
 
 
+# --- Panformer structure stores (a folder of memory-mapped .npy files) ---------------------------------
+#
+# The .npz archive's arrays, one uncompressed .npy file each (atoms_per_structure, numbers, positions,
+# forces, energy, molecule, name and, when every structure has one, smiles), plus max_force.npy (S,): the
+# largest atomic force of each structure (eV/Å; NaN: no forces), and store.json: format, structure and atom
+# counts, units and the data fingerprint. Readers map the files (mmap_mode='r'): opening a store reads its
+# per-structure columns only, and a structure's atoms are read when it is asked for.
+
+PER_STRUCTURE = ("atoms_per_structure", "energy", "max_force", "molecule", "name")
+PER_ATOM = ("numbers", "positions", "forces")
+
+
+def _update_fingerprint(digest: hashlib._Hash, structures: Iterable[Structure]) -> None:
+    for s in structures:
+        digest.update(s.molecule.encode())
+        digest.update(np.ascontiguousarray(s.positions, dtype=np.float64).tobytes())
+        digest.update(repr(s.energy).encode())
+
+
+def fingerprint(structures: Iterable[Structure]) -> str:
+    """What identifies a data set for `train --resume`: molecules, positions and energies, in order."""
+    digest = hashlib.sha256()
+    _update_fingerprint(digest, structures)
+    return digest.hexdigest()[:16]
+
+
+def _largest_forces(counts: np.ndarray, forces: np.ndarray) -> np.ndarray:
+    """(S,) the largest atomic force norm of each structure (NaN where it has no forces); every S has atoms."""
+    if len(counts) == 0:
+        return np.zeros(0)
+    starts = np.concatenate([[0], np.cumsum(counts[:-1], dtype=np.int64)])
+    return np.maximum.reduceat(np.linalg.norm(np.asarray(forces, dtype=np.float64), axis=1), starts)
+
+
+class StructureArrays:
+    """S structures as flat columns (`PER_STRUCTURE` (S,), `PER_ATOM` (A,) or (A, 3), optional smiles (S,)):
+    memory-mapped from a store (`open_store`) or in memory (`from_structures`). `arrays[i]` reads the i-th
+    Structure (float64 copies); `atom_rows(indices)` says where the atoms of several are."""
+
+    def __init__(self, columns: Mapping[str, np.ndarray], *, stored_fingerprint: str | None = None,
+                 path: Path | None = None) -> None:
+        self.columns = dict(columns)
+        self.counts = np.asarray(self.columns["atoms_per_structure"], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # (S + 1,)
+        self.stored_fingerprint = stored_fingerprint  # written with the store; None: computed when asked
+        self.path = path
+
+    @classmethod
+    def from_structures(cls, structures: Sequence[Structure]) -> StructureArrays:
+        """In memory, positions and forces kept in float64 (structures read back are the ones given)."""
+        columns = structure_arrays(structures, real=np.float64)
+        columns["max_force"] = _largest_forces(columns["atoms_per_structure"], columns["forces"])
+        return cls(columns)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, index: int) -> Structure:
+        c = self.columns
+        atoms = slice(int(self.offsets[index]), int(self.offsets[index + 1]))
+        forces = np.array(c["forces"][atoms], dtype=np.float64)
+        energy = float(c["energy"][index])
+        return Structure(np.array(c["numbers"][atoms], dtype=np.int64),
+                         np.array(c["positions"][atoms], dtype=np.float64), None if math.isnan(energy) else energy,
+                         None if np.isnan(forces).all() else forces,
+                         molecule=str(c["molecule"][index]), name=str(c["name"][index]),
+                         info={"smiles": str(c["smiles"][index])} if "smiles" in c else {})
+
+    def __iter__(self) -> Iterator[Structure]:
+        return (self[i] for i in range(len(self)))
+
+    def atom_rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the per-atom columns holding the atoms of structures `indices` (in order), and (len(indices),)
+        the position in `indices` each row belongs to."""
+        counts = self.counts[indices]
+        owner = np.repeat(np.arange(len(indices)), counts)
+        first_row = np.cumsum(counts) - counts  # of each structure, within the rows returned
+        return self.offsets[indices][owner] + np.arange(len(owner)) - first_row[owner], owner
+
+    def fingerprint(self) -> str:
+        return self.stored_fingerprint or fingerprint(self)
+
+    def __getstate__(self) -> dict:
+        # A DataLoader worker given a store reopens its maps rather than receiving a copy of the data.
+        return {"reopen": self.path} if self.path is not None else self.__dict__
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(open_store(state["reopen"]).__dict__ if "reopen" in state else state)
+
+
+def _store_problem(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: {what}; re-create the store (`panformer-molecules label ... --output "
+                     f"NAME{STORE_SUFFIX}`)")
+
+
+def open_store(path: Path, *, energy_unit: str | None = None) -> StructureArrays:
+    """A store's arrays, memory-mapped. A missing, damaged or truncated file is a UserError naming it."""
+    path = Path(path)
+    meta_path = path / "store.json"
+    if not meta_path.is_file():
+        raise UserError(f"{path} is a folder without store.json, not a Panformer structure store; give a structure "
+                        f"file or a store written by `label --output NAME{STORE_SUFFIX}`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        structures, atoms = int(meta["structures"]), int(meta["atoms"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise _store_problem(meta_path, f"damaged or truncated ({type(err).__name__})") from None
+    if meta.get("format") != STORE_FORMAT or meta.get("units") != STORE_UNITS:
+        raise _store_problem(meta_path, f"not a {STORE_FORMAT} store in {STORE_UNITS['energy']}, "
+                                        f"{STORE_UNITS['length']} and {STORE_UNITS['forces']}")
+    if energy_unit is not None and energy_factor(energy_unit) != 1.0:
+        raise UserError(f"{path}: a store records its units (eV, Å, eV/Å) in store.json; drop the energy unit "
+                        f"{energy_unit!r}")
+    columns = {}
+    for name in (*PER_STRUCTURE, *PER_ATOM, *(("smiles",) if meta.get("smiles") else ())):
+        file = path / f"{name}.npy"
+        if not file.is_file():
+            raise _store_problem(file, "missing")
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            raise _store_problem(file, "damaged or truncated (not a whole .npy array)") from None
+        rows = atoms if name in PER_ATOM else structures
+        if len(array) != rows or array.shape[1:] != ((3,) if name in ("positions", "forces") else ()):
+            raise _store_problem(file, f"holds shape {array.shape}, but store.json says {rows} rows")
+        columns[name] = array
+    store = StructureArrays(columns, stored_fingerprint=meta.get("fingerprint"), path=path)
+    if store.offsets[-1] != atoms:
+        raise _store_problem(path / "atoms_per_structure.npy", f"counts {store.offsets[-1]} atoms, store.json {atoms}")
+    return store
+
+
+def write_store(path: Path, parts: Callable[[], Iterable[Mapping[str, np.ndarray]]]) -> Path:
+    """A store at `path` from parts (dicts of `structure_arrays`), written atomically, one part in memory at a time.
+
+    `parts()` is called twice: once to size the files, once to fill them.
+    """
+    structures = atoms = 0
+    widths = {"molecule": 1, "name": 1, "smiles": 1}
+    smiles = True
+    for part in parts():
+        if len(part["atoms_per_structure"]):
+            structures += len(part["atoms_per_structure"])
+            atoms += len(part["numbers"])
+            smiles = smiles and "smiles" in part
+            for key in widths:
+                if key in part:
+                    widths[key] = max(widths[key], np.asarray(part[key]).dtype.itemsize // 4)
+    if structures == 0:
+        raise UserError(f"{path}: no structures to write")
+    shapes = {"atoms_per_structure": ((structures,), np.int32), "energy": ((structures,), np.float64),
+              "max_force": ((structures,), np.float64), "numbers": ((atoms,), np.uint8),
+              "positions": ((atoms, 3), np.float32), "forces": ((atoms, 3), np.float32),
+              **{key: ((structures,), f"<U{width}") for key, width in widths.items() if key != "smiles" or smiles}}
+    digest = hashlib.sha256()
+    with atomic_path(Path(path)) as tmp:
+        tmp.mkdir()
+        files = {key: np.lib.format.open_memmap(tmp / f"{key}.npy", mode="w+", dtype=dtype, shape=shape)
+                 for key, (shape, dtype) in shapes.items()}
+        s = a = 0
+        for part in parts():
+            if not len(part["atoms_per_structure"]):
+                continue
+            columns = {key: np.asarray(part[key]).astype(files[key].dtype) for key in files if key != "max_force"}
+            columns["max_force"] = _largest_forces(columns["atoms_per_structure"], columns["forces"])
+            n, m = len(columns["atoms_per_structure"]), len(columns["numbers"])
+            for key, array in columns.items():
+                if key in PER_ATOM:
+                    files[key][a:a + m] = array
+                else:
+                    files[key][s:s + n] = array
+            # The fingerprint of the structures as they will be read back (float32 positions).
+            _update_fingerprint(digest, StructureArrays(columns))
+            s, a = s + n, a + m
+        for array in files.values():
+            array.flush()
+        del files
+        meta = {"format": STORE_FORMAT, "structures": structures, "atoms": atoms, "units": STORE_UNITS,
+                "smiles": smiles, "fingerprint": digest.hexdigest()[:16]}
+        (tmp / "store.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    return Path(path)
+
+
 def read_structures(
     path: Path, *, skip_bad: bool = False, energy_key: str | None = None, energy_unit: str | None = None
 ) -> ReadResult:
-    """Every structure of an SDF/MOL file, a Panformer .npz archive or an ASE-readable file (XYZ, extended XYZ, ...)."""
+    """Every structure of an SDF/MOL file, a Panformer .npz archive or store, or an ASE-readable file (XYZ,
+    extended XYZ, ...), in memory. Training opens stores with `open_store` instead (read when asked for)."""
     path = Path(path)
+    if path.is_dir():
+        return ReadResult(list(open_store(path, energy_unit=energy_unit)), [])  # checked when written
     if not path.is_file():
         raise UserError(f"{path} does not exist; give an .sdf, .mol, .xyz or .extxyz file")
     if path.suffix.lower() in SMILES_SUFFIXES:
@@ -323,22 +515,24 @@ def write_extxyz(path: Path, structures: Sequence[Structure]) -> Path:
     return Path(path)
 
 
-def write_npz(path: Path, structures: Sequence[Structure]) -> Path:
-    """Panformer's structure arrays (see `_npz_records`), compressed and written atomically; numpy only."""
-    counts = np.array([len(s) for s in structures], dtype=np.int32)
-    arrays = {
-        "format": np.array(NPZ_FORMAT),
-        "atoms_per_structure": counts,
-        "numbers": np.concatenate([s.numbers for s in structures]).astype(np.uint8),
-        "positions": np.concatenate([s.positions for s in structures]).astype(np.float32),
+def structure_arrays(structures: Sequence[Structure], *, real: type = np.float32) -> dict[str, np.ndarray]:
+    """The .npz archive's arrays (see `_npz_records`, less `format`) of `structures`; positions and forces as `real`."""
+    return {
+        "atoms_per_structure": np.array([len(s) for s in structures], dtype=np.int32),
+        "numbers": np.concatenate([s.numbers for s in structures] or [[]]).astype(np.uint8),
+        "positions": np.concatenate([s.positions for s in structures] or [np.zeros((0, 3))]).astype(real),
         "forces": np.concatenate([s.forces if s.forces is not None else np.full((len(s), 3), np.nan)
-                                  for s in structures]).astype(np.float32),
+                                  for s in structures] or [np.zeros((0, 3))]).astype(real),
         "energy": np.array([np.nan if s.energy is None else s.energy for s in structures], dtype=np.float64),
         "molecule": np.array([s.molecule for s in structures], dtype=str),
         "name": np.array([s.name for s in structures], dtype=str),
-    }
-    if structures and all("smiles" in s.info for s in structures):
-        arrays["smiles"] = np.array([s.info["smiles"] for s in structures], dtype=str)
+    } | ({"smiles": np.array([s.info["smiles"] for s in structures], dtype=str)}
+         if structures and all("smiles" in s.info for s in structures) else {})
+
+
+def write_npz(path: Path, structures: Sequence[Structure]) -> Path:
+    """Panformer's structure arrays (see `_npz_records`), compressed and written atomically; numpy only."""
+    arrays = {"format": np.array(NPZ_FORMAT), **structure_arrays(structures)}
     # A file object: given a name, np.savez would append .npz to the temporary one.
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
@@ -371,6 +565,8 @@ def write_structures(path: Path, structures: Sequence[Structure]) -> Path:
         return write_extxyz(path, structures)
     if suffix == NPZ_SUFFIX:
         return write_npz(path, structures)
+    if suffix == STORE_SUFFIX:
+        return write_store(path, lambda: [structure_arrays(structures)])
     if suffix == ".csv":
         return write_csv(path, structures)
-    raise UserError(f"--output {path}: give an .extxyz, .xyz, .npz or .csv path")
+    raise UserError(f"--output {path}: give an .extxyz, .xyz, .npz, {STORE_SUFFIX} (a store folder) or .csv path")

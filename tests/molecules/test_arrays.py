@@ -12,7 +12,7 @@ import pytest
 
 from panformer.engine.errors import UserError
 from panformer.molecules.domain import drop_force_outliers, molecule_split
-from panformer.molecules.label import LabelOptions, label_file
+from panformer.molecules.label import LabelOptions, label_file, label_molecule
 from panformer.molecules.structures import Structure, read_structures, write_npz
 from tests.molecules.helpers import write_smiles
 
@@ -58,10 +58,12 @@ def test_bad_npz_files_are_one_line_user_errors(tmp_path):
 
 def test_label_writes_npz(tmp_path):
     source = write_smiles(tmp_path / "in.smi", ["CCO", "OCCO"])
-    structures, _ = label_file(source, tmp_path / "out.npz", options=LabelOptions(conformers=2), workers=1,
-                               show_progress=False)
+    summary = label_file(source, tmp_path / "out.npz", options=LabelOptions(conformers=2), workers=1,
+                         show_progress=False)
+    structures = [s for job in [("mol0", "CCO"), ("mol1", "OCCO")]
+                  for s in label_molecule((*job, LabelOptions(conformers=2)))[0]]
     back = read_structures(tmp_path / "out.npz").structures
-    assert len(back) == len(structures) == 4
+    assert len(back) == len(structures) == summary.structures == 4 and summary.molecules == 2
     assert back[1].energy == pytest.approx(structures[1].energy)
     assert np.allclose(back[1].forces, structures[1].forces, atol=1e-5)
 

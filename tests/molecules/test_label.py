@@ -35,11 +35,13 @@ def test_labels_are_mmff_energies_and_negative_gradients_in_ev():
 
 def test_label_file_skips_malformed_smiles_and_writes_extxyz(tmp_path):
     source = write_smiles(tmp_path / "in.smi", ["CCO", "C1CC(", "CC(=O)O"])
-    structures, skipped = label_file(source, tmp_path / "out.extxyz", options=LabelOptions(conformers=2),
-                                     workers=2, show_progress=False)
-    assert len(skipped) == 1 and "malformed SMILES" in skipped[0]
+    summary = label_file(source, tmp_path / "out.extxyz", options=LabelOptions(conformers=2),
+                         workers=2, show_progress=False)
+    assert len(summary.skipped) == 1 and "malformed SMILES" in summary.skipped[0]
+    structures = [s for job in [("mol0", "CCO"), ("mol2", "CC(=O)O")]
+                  for s in label_molecule((*job, LabelOptions(conformers=2)))[0]]
     back = read_structures(tmp_path / "out.extxyz").structures
-    assert len(back) == len(structures) == 4
+    assert len(back) == len(structures) == summary.structures == 4
     assert np.allclose(back[0].forces, structures[0].forces) and back[0].energy == pytest.approx(structures[0].energy)
 
 
