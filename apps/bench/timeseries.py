@@ -1,7 +1,8 @@
 """Time-series benchmark: our models next to strong simple baselines, side by side in one run.
 
 Classification: our three classifiers next to MiniRocket. Forecasting: our forecasters next to
-seasonal naive on the same test windows.
+seasonal naive on the same test windows. `--panel`: the default classification recipe (what `train`
+runs without --recipe) on the panel of issue 20, next to MiniRocket and aeon's InceptionTime.
 
 Each of our models trains with a fixed recipe (no tuning on test), selects its checkpoint on a validation
 split carved from the training data, and is scored once on the test split; repeated over seeds, the
@@ -9,15 +10,21 @@ table shows mean ± std. MiniRocket (aeon) is the strong non-deep baseline, fitt
 split as its authors do. Variable-length datasets are right-padded with zeros for MiniRocket only.
 
     .venv/bin/python apps/bench/timeseries.py --seeds 3 --out apps/bench/results/timeseries-cpu.md
+    OMP_NUM_THREADS=1 .venv/bin/python apps/bench/timeseries.py --panel --seeds 3 --out panel.md
+
+CPU seconds are the process's user + system CPU time (with OMP_NUM_THREADS=1 one core's worth), which
+other jobs on a shared machine do not inflate; wall seconds are also shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -77,16 +84,8 @@ def padded(series: list[np.ndarray], length: int) -> np.ndarray:
 def run_minirocket(dataset: str, seeds: int) -> tuple[list[float], list[float]]:
     from aeon.classification.convolution_based import MiniRocketClassifier
 
-    train, test = load_split(f"aeon:{dataset}", "train"), load_split(f"aeon:{dataset}", "test")
-    length = max(train.max_length, test.max_length, 9)  # MiniRocket's kernels span 9 steps
-    x_train, x_test = padded(train.series, length), padded(test.series, length)
-    accuracies, seconds = [], []
-    for seed in range(seeds):
-        started = time.perf_counter()
-        clf = MiniRocketClassifier(random_state=seed).fit(x_train, train.labels)
-        accuracies.append(float((clf.predict(x_test) == test.labels).mean()))
-        seconds.append(time.perf_counter() - started)
-    return accuracies, seconds
+    runs = run_aeon(dataset, seeds, lambda seed: MiniRocketClassifier(random_state=seed))
+    return runs.accuracy, runs.wall
 
 
 def run_forecasting(recipe_name: str, seeds: int) -> list[str]:
@@ -114,14 +113,128 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.pstdev(values):.4f}"
 
 
+# Issue 20's panel: small and larger univariate UCR sets, two multivariate UEA sets; all bundled with aeon.
+PANEL = ["ArrowHead", "GunPoint", "OSULeaf", "ACSF1", "ItalyPowerDemand", "BasicMotions", "JapaneseVowels"]
+
+
+@dataclass
+class Runs:
+    """Test accuracy, wall and CPU seconds of one contender on one dataset, one entry per seed."""
+
+    accuracy: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def cell(self) -> str:
+        return f"{fmt(self.accuracy)} ({statistics.fmean(self.wall):.0f} s, {statistics.fmean(self.cpu):.0f} CPU s)"
+
+
+def run_default_recipe(dataset: str, seeds: int, overrides: list[str]) -> Runs:
+    """The `classification` recipe as `train --data aeon:<dataset>` runs it, selected on validation."""
+    runs = Runs()
+    for seed in range(seeds):
+        recipe = load_recipe(ClassificationRecipe, "timeseries", "classification", overrides=[
+            f"data.source=aeon:{dataset}", f"train.seed={seed}", "train.device=cpu", *overrides])
+        cpu = time.process_time()
+        with TemporaryDirectory() as tmp:
+            result = Trainer(TimeSeriesDomain(), recipe, run_dir=Path(tmp) / "run").fit()
+        runs.cpu.append(time.process_time() - cpu)
+        runs.accuracy.append(result.test_metrics["accuracy"])
+        runs.wall.append(result.seconds)
+    return runs
+
+
+def run_aeon(dataset: str, seeds: int, make_classifier) -> Runs:
+    """An aeon classifier fitted on the whole training split (as its authors do), scored on test."""
+    train, test = load_split(f"aeon:{dataset}", "train"), load_split(f"aeon:{dataset}", "test")
+    length = max(train.max_length, test.max_length, 9)  # MiniRocket's kernels span 9 steps
+    x_train, x_test = padded(train.series, length), padded(test.series, length)
+    runs = Runs()
+    for seed in range(seeds):
+        wall, cpu = time.perf_counter(), time.process_time()
+        clf = make_classifier(seed).fit(x_train, train.labels)
+        runs.accuracy.append(float((clf.predict(x_test) == test.labels).mean()))
+        runs.wall.append(time.perf_counter() - wall)
+        runs.cpu.append(time.process_time() - cpu)
+    return runs
+
+
+def verdict(ours: Runs, rocket: Runs) -> str:
+    """Ahead of MiniRocket, tied, within one standard deviation (the larger of the two), or behind by how much."""
+    gap = statistics.fmean(rocket.accuracy) - statistics.fmean(ours.accuracy)
+    spread = max(statistics.pstdev(ours.accuracy), statistics.pstdev(rocket.accuracy))
+    if gap < 0:
+        return "ahead"
+    if gap == 0:
+        return "tied"
+    return "within 1 std" if gap <= spread else f"behind by {gap:.4f}"
+
+
+def run_panel(args: argparse.Namespace) -> str:
+    from aeon.classification.convolution_based import MiniRocketClassifier
+
+    inception = importlib.util.find_spec("tensorflow") is not None  # aeon's deep models need it
+    rocket_seeds = args.baseline_seeds or args.seeds
+    header = ["dataset", f"ours: default recipe ({args.seeds} seeds)", f"MiniRocket, aeon ({rocket_seeds} seeds)",
+              "InceptionTime, aeon", "ours vs MiniRocket"]
+    rows = []
+    for dataset in args.datasets:
+        ours = run_default_recipe(dataset, args.seeds, args.set)
+        rocket = run_aeon(dataset, rocket_seeds, lambda seed: MiniRocketClassifier(random_state=seed))
+        if inception:
+            from aeon.classification.deep_learning import InceptionTimeClassifier
+
+            incept = run_aeon(dataset, rocket_seeds, lambda seed: InceptionTimeClassifier(
+                n_epochs=args.inception_epochs, random_state=seed)).cell()
+        else:
+            incept = "not run (needs tensorflow)"
+        rows.append([dataset, ours.cell(), rocket.cell(), incept, verdict(ours, rocket)])
+        print(" | ".join(rows[-1]), flush=True)
+    command = " ".join(["apps/bench/timeseries.py --panel", f"--datasets {' '.join(args.datasets)}",
+                        f"--seeds {args.seeds}", *([f"--baseline-seeds {rocket_seeds}"] if args.baseline_seeds else []),
+                        *([f"--set {' '.join(args.set)}"] if args.set else [])])
+    load = os.getloadavg()
+    lines = [
+        "# Time-series classification panel: test accuracy, mean ± std over seeds",
+        "",
+        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} .venv/bin/python {command}`  ",
+        f"Hardware: CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average at the "
+        f"end {load[0]:.1f}), torch {torch.__version__}. Ours: the `classification` recipe, checkpoint chosen on a "
+        "validation split of the training data, test scored once per seed. Each cell: accuracy (mean wall s, "
+        "mean CPU s per seed). 'within 1 std': MiniRocket's mean minus ours is at most the larger of the two stds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(row) + " |" for row in rows],
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--panel", action="store_true", help="the default recipe on issue 20's panel vs aeon")
+    parser.add_argument("--datasets", nargs="+", choices=sorted({*DATASETS, *PANEL}),
+                        help=f"default: {' '.join(DATASETS)}; with --panel: {' '.join(PANEL)}")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--forecast", nargs="*", default=FORECAST_RECIPES, help="forecasting recipes")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--baseline-seeds", type=int, help="--panel: seeds for the aeon baselines (default --seeds)")
+    parser.add_argument("--inception-epochs", type=int, default=1500, help="--panel: aeon InceptionTime's epochs")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="--panel: overrides of the default recipe (smoke tests; the table's command shows them)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.panel:
+        args.datasets = args.datasets or PANEL
+        text = run_panel(args)
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        return
+    args.datasets = args.datasets or list(DATASETS)
+    if unknown := sorted(set(args.datasets) - set(DATASETS)):
+        parser.error(f"--datasets {' '.join(unknown)}: only with --panel; without it use {' '.join(DATASETS)}")
 
     header = ["dataset", *args.models, "MiniRocket (aeon)", "mean train time, ours (s)"]
     rows = []

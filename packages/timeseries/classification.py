@@ -27,10 +27,19 @@ from panformer.timeseries.data import (
     read_series_file,
     stratified_split,
 )
+from panformer.timeseries.models.common import Ensemble
+from panformer.timeseries.models.inception_transformer import InceptionTransformer
 from panformer.timeseries.models.mptsnet import MPTSNet, dominant_periods
 from panformer.timeseries.models.transformer import SeriesTransformer
 from panformer.timeseries.models.vsformer import VSFormer
 from panformer.timeseries.plots import class_counts_png
+
+
+class AugmentConfig(StrictModel):
+    """Random changes to each training series, drawn afresh every batch (never at validation or test)."""
+
+    scale: float = Field(0.0, ge=0, description="std of the log-amplitude factor, per series and channel")
+    shift: float = Field(0.0, ge=0, lt=1, description="largest shift in time, as a fraction of the length")
 
 
 class ClassificationData(StrictModel):
@@ -38,6 +47,7 @@ class ClassificationData(StrictModel):
         "aeon:BasicMotions", description="aeon:<Name>, a <Name>_TRAIN.ts/.tsv/.arff/.csv/.parquet file or a folder"
     )
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    augment: AugmentConfig = AugmentConfig()
 
 
 class EncoderConfig(StrictModel):
@@ -46,6 +56,9 @@ class EncoderConfig(StrictModel):
     num_heads: int = Field(4, ge=1)
     mlp_ratio: float = Field(2.0, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
+    members: int = Field(
+        1, ge=1, description="independently initialised copies trained side by side; their probabilities are averaged"
+    )
 
 
 class TransformerConfig(EncoderConfig):
@@ -72,7 +85,19 @@ class MPTSNetConfig(EncoderConfig):
     kernel: int = Field(3, ge=1)
 
 
-ModelConfig = Annotated[TransformerConfig | VSFormerConfig | MPTSNetConfig, Field(discriminator="name")]
+class InceptionTransformerConfig(EncoderConfig):
+    """InceptionTime-style convolution stem under a transformer with a learned relative position bias."""
+
+    name: Literal["inception_transformer"] = "inception_transformer"
+    stem_depth: int = Field(3, ge=1)
+    kernels: tuple[int, int, int] = (9, 19, 39)
+    max_tokens: int = Field(64, ge=1, description="the stem's output is average-pooled to at most this many tokens")
+    stem_length: int = Field(512, ge=1, description="longer series are average-pooled to at most this many steps")
+
+
+ModelConfig = Annotated[
+    TransformerConfig | VSFormerConfig | MPTSNetConfig | InceptionTransformerConfig, Field(discriminator="name")
+]
 
 
 class ClassificationRecipe(Recipe):
@@ -93,9 +118,36 @@ def class_mean_series(model: VSFormer, train: SeriesDataset) -> Tensor:
     return torch.stack([x[targets == k].mean(0) for k in targets.unique(sorted=True)])
 
 
+def augmented(values: Tensor, lengths: Tensor, cfg: AugmentConfig) -> Tensor:
+    """values (B, C, T) in data units, lengths (B,) -> a randomly scaled and shifted copy (same shape).
+
+    Scaling is about each series' own mean (its level stays); a shift of r steps repeats the edge
+    value into the r steps it uncovers. Steps past a series' length are left as they are (the model
+    masks them). Draws from torch's global generator, which the engine seeds and checkpoints.
+    """
+    if cfg.scale == 0 and cfg.shift == 0:
+        return values
+    B, C, T = values.shape
+    valid = torch.arange(T, device=values.device)[None, None, :] < lengths[:, None, None]  # (B, 1, T)
+    if cfg.scale > 0:
+        mean = torch.where(valid, values, torch.nan).nanmean(-1, keepdim=True).nan_to_num()
+        factor = torch.exp(cfg.scale * torch.randn(B, C, 1, device=values.device))
+        values = mean + (values - mean) * factor
+    if cfg.shift > 0:
+        most = (cfg.shift * lengths.float()).floor()
+        steps = ((torch.rand(B, device=values.device) * 2 - 1) * most).round().long()  # (B,) in [-most, most]
+        source = torch.arange(T, device=values.device)[None, :] - steps[:, None]
+        source = torch.minimum(source.clamp(min=0), (lengths - 1).clamp(min=0)[:, None])
+        values = torch.where(valid, values.gather(-1, source[:, None, :].expand(B, C, T)), values)
+    return values
+
+
 class ClassificationTask(Task):
     monitor = "accuracy"
     monitor_mode = "max"
+
+    def __init__(self, augment: AugmentConfig | None = None) -> None:
+        self.augment = augment or AugmentConfig()
 
     def load_splits(self, recipe: ClassificationRecipe, *, source: str | None = None) -> Splits:
         source = source or recipe.data.source
@@ -145,6 +197,10 @@ class ClassificationTask(Task):
         )
 
     def build_model(self, recipe: ClassificationRecipe, info: dict[str, Any]) -> nn.Module:
+        members = [self._build_member(recipe, info) for _ in range(recipe.model.members)]
+        return members[0] if len(members) == 1 else Ensemble(members)
+
+    def _build_member(self, recipe: ClassificationRecipe, info: dict[str, Any]) -> nn.Module:
         cfg = recipe.model
         common = dict(
             channels=info["channels"], num_classes=len(info["classes"]), dim=cfg.dim, depth=cfg.depth,
@@ -152,6 +208,9 @@ class ClassificationTask(Task):
         )
         if isinstance(cfg, MPTSNetConfig):
             model = MPTSNet(**common, periods=info["periods"], amplitudes=info["amplitudes"], kernel=cfg.kernel)
+        elif isinstance(cfg, InceptionTransformerConfig):
+            model = InceptionTransformer(**common, max_length=info["max_length"], stem_depth=cfg.stem_depth,
+                                         kernels=cfg.kernels, max_tokens=cfg.max_tokens, stem_length=cfg.stem_length)
         else:
             model_type = VSFormer if isinstance(cfg, VSFormerConfig) else SeriesTransformer
             model = model_type(**common, max_length=info["max_length"], patch=cfg.patch, stride=cfg.stride,
@@ -160,14 +219,24 @@ class ClassificationTask(Task):
         return model
 
     def fit_statistics(self, model: nn.Module, splits: Splits) -> None:
-        if isinstance(model, VSFormer):
-            model.fit_prior(class_mean_series(model, splits.train))
+        for member in model.members if isinstance(model, Ensemble) else [model]:
+            if isinstance(member, VSFormer):
+                member.fit_prior(class_mean_series(member, splits.train))
 
     def collate(self, items: list[Any]) -> dict[str, Tensor]:
         return collate_series(items)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = model(batch["values"], batch["lengths"])
+        values = batch["values"]
+        if model.training:
+            values = augmented(values, batch["lengths"], self.augment)
+        if isinstance(model, Ensemble) and model.training:
+            # Each member learns on its own loss (as if trained alone); they share only the batches.
+            member_logits = model.member_logits(values, batch["lengths"]).float()  # (M, B, K)
+            target = batch["target"].repeat(member_logits.shape[0])
+            loss = nn.functional.cross_entropy(member_logits.flatten(0, 1), target)
+            return loss, Ensemble.combine(member_logits).detach()
+        logits = model(values, batch["lengths"])
         return nn.functional.cross_entropy(logits.float(), batch["target"]), logits.detach()
 
     def metrics(self, info: dict[str, Any]) -> Metrics:

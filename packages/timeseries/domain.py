@@ -33,6 +33,8 @@ class TimeSeriesDomain(Domain):
         return TASKS[task][0]
 
     def task(self, recipe: Recipe) -> Task:
+        if isinstance(recipe, ClassificationRecipe):
+            return ClassificationTask(augment=recipe.data.augment)  # augmentation happens in its loss
         return TASKS[recipe.task][1]()
 
     def default_recipe(self, data: str | None) -> RecipeChoice:

@@ -5,6 +5,8 @@ Legend: B batch, C channels, T time steps, N tokens, P patch length, D width.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -57,3 +59,30 @@ def masked_mean(tokens: Tensor, keep: Tensor) -> Tensor:
     """tokens (B, N, D), keep (B, N) -> (B, D)."""
     weights = keep.to(tokens.dtype)[..., None]
     return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class Ensemble(nn.Module):
+    """Independently initialised copies of one classifier, trained side by side on the same batches.
+
+    Each member is trained on its own loss (`member_logits`); the ensemble predicts the log of the
+    members' mean probabilities, so its cross-entropy is that of the averaged prediction.
+    Legend: M members, B batch, K classes.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def member_logits(self, values: Tensor, lengths: Tensor) -> Tensor:
+        """values (B, C, T), lengths (B,) -> logits (M, B, K)."""
+        return torch.stack([member(values, lengths) for member in self.members])
+
+    @staticmethod
+    def combine(member_logits: Tensor) -> Tensor:
+        """logits (M, B, K) -> the log of the members' mean probability (B, K)."""
+        log_probs = torch.log_softmax(member_logits.float(), dim=-1)
+        return torch.logsumexp(log_probs, dim=0) - math.log(member_logits.shape[0])
+
+    def forward(self, values: Tensor, lengths: Tensor) -> Tensor:
+        """values (B, C, T), lengths (B,) -> log mean probability (B, K)."""
+        return self.combine(self.member_logits(values, lengths))
