@@ -496,6 +496,19 @@ class Or(_Combined):
         return Or((*self.parts, other))
 
 
+def with_content_mask(content: Mask, mask: Mask | None, *, causal: bool, who: str) -> Mask:
+    """``content`` (keys a variant chose from the scores: routing clusters, MoBA blocks), made causal when the
+    variant is, and the call's own ``mask`` on top. A non-causal variant ranks keys over the whole sequence, so
+    under a causal ``mask`` future keys would decide what a query sees: refused, naming ``who``."""
+    if not causal and hides_future(mask):
+        raise ValueError(
+            f"{who}(causal=False) ranks keys over the whole sequence, so future keys would decide what a "
+            f"query sees under this causal mask; use {who}(causal=True)"
+        )
+    combined = content & Causal() if causal else content
+    return combined if mask is None else combined & mask
+
+
 def hides_future(mask: Mask | None) -> bool:
     """Whether ``mask`` is known to keep every query from keys after its own position (a causal mask,
     a causal window, chunk, document or neighbourhood axis, an And with one, an Or of such masks).

@@ -36,7 +36,7 @@ from torch import Tensor
 from shared_attention.backends.flex import _compiled_flex, _cpp_compiler, flex_available
 from shared_attention.dispatch import needs_grad
 from shared_attention.functional import attention, explain
-from shared_attention.masks import Causal, Mask, hides_future
+from shared_attention.masks import Mask, with_content_mask
 from shared_attention.variants.base import Variant, VariantModule
 
 _TILE = 128  # Flex's tile (queries and keys)
@@ -209,15 +209,8 @@ class MoBAAttention(VariantModule):
     def plan(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Mask | None, backend: str):
         """The call's mask (selection, ``Causal`` when causal, ``mask``) and the Flex BlockMask of the
         block-sparse path, or None when ``functional.attention`` runs the mask with ``backend``."""
-        if not self.causal and hides_future(mask):
-            raise ValueError(
-                "MoBA(causal=False) ranks every key block, so future blocks would decide what a query sees "
-                "under this causal mask; use MoBA(causal=True)"
-            )
         selection = self.content_mask(q, k)
-        combined: Mask = selection & Causal() if self.causal else selection
-        if mask is not None:
-            combined = combined & mask
+        combined = with_content_mask(selection, mask, causal=self.causal, who="MoBA")
         if backend not in ("auto", "flex"):
             return combined, None
         reason = _flex_reason(q, k, v)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from shared_attention.functional import attention
-from shared_attention.masks import Causal, Mask, hides_future
+from shared_attention.masks import Mask, with_content_mask
 from shared_attention.variants.base import Variant, VariantModule
 
 
@@ -124,15 +124,7 @@ class RoutingAttention(VariantModule):
         return RoutingMask(query_cluster, members, attend_self=self.attend_self)
 
     def forward(self, q, k, v, *, mask=None, score_mod=None, scale=None, backend="auto"):
-        if not self.causal and hides_future(mask):
-            raise ValueError(
-                "Routing(causal=False) ranks keys over the whole sequence, so future keys would decide what a "
-                "query sees under this causal mask; use Routing(causal=True)"
-            )
-        routing = self.content_mask(q, k)
-        combined: Mask = routing & Causal() if self.causal else routing
-        if mask is not None:
-            combined = combined & mask
+        combined = with_content_mask(self.content_mask(q, k), mask, causal=self.causal, who="Routing")
         out = attention(q, k, v, mask=combined, score_mod=score_mod, scale=scale, backend=backend)
         if self.training:
             self.update_centroids(q, k)
