@@ -33,12 +33,10 @@ from pathlib import Path
 
 import torch
 from hardware import cpu_name  # apps/bench/hardware.py: run as a script, this folder is on sys.path
-from kv_quant import IncrementalDecoder, sample_speed, score
+from kv_quant import IncrementalDecoder, load_mmt_run, sample_speed, score
 from torch import Tensor
 
-from panformer.engine.cli import load_model
 from panformer.engine.files import write_text_atomic
-from panformer.music.domain import MusicDomain
 from panformer.music.model import CompoundTransformer
 from shared_attention import KVCache, KVPrecision, L2NormEvictionCache, quantized_caches
 from shared_attention.kv_tuner import (
@@ -110,14 +108,9 @@ def main() -> None:
     parser.add_argument("--spec-dir", type=Path, default=None, help="where the searched specs go (default: --checkpoint)")
     parser.add_argument("--out", type=Path, default=Path("apps/bench/results/kv-compress-cpu.md"))
     args = parser.parse_args()
-    if not (args.checkpoint / "checkpoints").is_dir():
-        raise SystemExit(f"--checkpoint {args.checkpoint}: no run folder; train one with "
-                         f"`.venv/bin/panformer-music train --recipe demo --out {args.checkpoint}`")
     started = time.perf_counter()
-    loaded = load_model(MusicDomain(), args.checkpoint, torch.device("cpu"))
+    loaded = load_mmt_run(args.checkpoint)
     model, task, info, recipe = loaded.model, loaded.task, loaded.info, loaded.recipe
-    if info["representation"] != "mmt":
-        raise SystemExit(f"--checkpoint {args.checkpoint}: needs an MMT model, this one is {info['representation']}")
     splits = task.load_splits(recipe)
     calibration = [splits.val[i] for i in range(min(len(splits.val), args.calibration_windows))]
     test = [splits.test[i] for i in range(len(splits.test))]

@@ -28,7 +28,7 @@ import torch
 from hardware import cpu_name  # apps/bench/hardware.py: run as a script, this folder is on sys.path
 from torch import Tensor, nn
 
-from panformer.engine.cli import load_model
+from panformer.engine.cli import LoadedModel, load_model
 from panformer.engine.files import write_text_atomic
 from panformer.music.data import collate, header_codes
 from panformer.music.domain import MusicDomain
@@ -41,6 +41,17 @@ DEFAULT_CONFIGS = (
     "fp", "K8V8", "K8V4", "K4V8", "K4V4", "K4V4@token", "K4V2", "K2V4", "K2V2", "K2V2@token",
     "K8V8,K2V2", "K2V2,K8V8",
 )
+
+
+def load_mmt_run(checkpoint: Path) -> LoadedModel:
+    """A trained MMT music run on the CPU, or a one-line exit naming the folder and the fix."""
+    if not (checkpoint / "checkpoints").is_dir():
+        raise SystemExit(f"--checkpoint {checkpoint}: no run folder; train one with "
+                         f"`.venv/bin/panformer-music train --recipe demo --out {checkpoint}`")
+    loaded = load_model(MusicDomain(), checkpoint, torch.device("cpu"))
+    if loaded.info["representation"] != "mmt":
+        raise SystemExit(f"--checkpoint {checkpoint}: needs an MMT model, this one is {loaded.info['representation']}")
+    return loaded
 
 
 def cache_factory(model: CompoundTransformer, config: str, *, group_size: int) -> Callable[[int], list]:
@@ -162,14 +173,9 @@ def main() -> None:
     parser.add_argument("--sample-events", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path("apps/bench/results/kv-quant-cpu.md"))
     args = parser.parse_args()
-    if not (args.checkpoint / "checkpoints").is_dir():
-        raise SystemExit(f"--checkpoint {args.checkpoint}: no run folder; train one with "
-                         f"`.venv/bin/panformer-music train --recipe demo --out {args.checkpoint}`")
     started = time.perf_counter()
-    loaded = load_model(MusicDomain(), args.checkpoint, torch.device("cpu"))
+    loaded = load_mmt_run(args.checkpoint)
     model, task, info, recipe = loaded.model, loaded.task, loaded.info, loaded.recipe
-    if info["representation"] != "mmt":
-        raise SystemExit(f"--checkpoint {args.checkpoint}: needs an MMT model, this one is {info['representation']}")
     test = task.load_splits(recipe).test
     windows = [test[i] for i in range(len(test))]
     events = sum(len(w["codes"]) - 1 for w in windows)
