@@ -163,10 +163,12 @@ def read_pointer(checkpoints: Path, name: str) -> Path | None:
 
 
 def prune(checkpoints: Path, *, keep_last: int) -> None:
-    """Remove epoch folders beyond the newest `keep_last` and best folders other than the current one."""
+    """Remove epoch folders beyond the newest `keep_last`, best folders other than the current one and
+    mid-epoch folders (`epoch-E-step-S`) other than the latest."""
     latest, best = read_pointer(checkpoints, "LATEST"), read_pointer(checkpoints, "BEST")
-    epochs = sorted(checkpoints.glob("epoch-*"))
+    epochs = sorted(p for p in checkpoints.glob("epoch-*") if "-step-" not in p.name)
     doomed = epochs[:-keep_last] + [p for p in checkpoints.glob("best-*") if p != best]
+    doomed += list(checkpoints.glob("epoch-*-step-*"))
     for folder in doomed:
         if folder not in (latest, best):
             shutil.rmtree(folder, ignore_errors=True)

@@ -26,7 +26,7 @@ from torch import nn
 from panformer.engine import checkpoint as ckpt
 from panformer.engine.config import Recipe, list_recipes, load_recipe, recipe_path, validate_recipe
 from panformer.engine.domain import DemoResult, Domain, Task
-from panformer.engine.errors import UserError
+from panformer.engine.errors import TrainingInterrupted, UserError
 from panformer.engine.trainer import Trainer, evaluate_model, select_device
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,6 +42,9 @@ def user_errors_exit_2(fn: F) -> F:
         except UserError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except TrainingInterrupted as stop:
+            typer.echo(str(stop), err=True)
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 

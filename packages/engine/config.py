@@ -44,6 +44,11 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_workers: int = Field(0, ge=0)
     keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_minutes: float | None = Field(
+        10.0, ge=0, description="also checkpoint inside an epoch after this many minutes since the last "
+        "checkpoint, so that an interrupted long epoch resumes where it stopped (0: after every optimizer step; "
+        "null: at epoch ends only; single-process runs)",
+    )
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: replicate the model (DDP) or shard it (FSDP2)"
     )

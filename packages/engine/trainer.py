@@ -2,7 +2,10 @@
 
 Selection happens on the validation split only; the test split is evaluated once, at the end, with the
 selected weights. The loop is deterministic for a fixed seed, and `resume` continues from the last
-complete epoch so that an interrupted run ends with the same weights as an uninterrupted one.
+checkpoint so that an interrupted run ends with the same weights as an uninterrupted one (exactly so with
+`train.num_workers` 0). Checkpoints are written at every epoch's end and, in a single process, inside long
+epochs every `train.checkpoint_minutes`; the first Ctrl-C stops at the next optimizer step with a checkpoint
+(a second one aborts at once).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +43,7 @@ from panformer.engine.distributed import (
     shutdown,
 )
 from panformer.engine.domain import Domain, Metrics, Splits, Task
-from panformer.engine.errors import UserError
+from panformer.engine.errors import TrainingInterrupted, UserError
 from panformer.engine.files import write_text_atomic
 from panformer.engine.parallel import (
     full_model_state,
@@ -104,18 +109,25 @@ def make_loader(
     epoch: int = 0,
     dist_info: DistInfo = SINGLE_PROCESS,
     num_workers: int = 0,
+    skip_batches: int = 0,
 ) -> DataLoader:
-    """The data order depends only on (seed, epoch), never on global RNG state: resume-safe."""
+    """The data order depends only on (seed, epoch), never on global RNG state: resume-safe.
+    `skip_batches` leaves out the epoch's first batches (a run resumed inside an epoch); single process."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    # The order has its own generator: the loader draws its workers' base seed from `generator` when it
+    # starts, which must not shift the order (a resumed epoch lists the order before the loader starts).
+    order = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_777_777)
     if shuffle and dist_info.enabled:
         sampler = DistributedSampler(
             dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=seed
         )
         sampler.set_epoch(epoch)
     elif shuffle:
-        sampler = RandomSampler(dataset, generator=generator)
+        sampler = RandomSampler(dataset, generator=order)
     else:
         sampler = SequentialSampler(dataset)
+    if skip_batches:
+        sampler = list(sampler)[skip_batches * batch_size:]  # the same order, its first batches left out
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -200,6 +212,38 @@ def attention_entropy(
 
 
 @dataclass
+class EpochPosition:
+    """Where a run stands inside an epoch: batches done (micro-batches) and their summed loss."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+
+
+class StopRequest:
+    """The first SIGINT asks the loop to stop at the next optimizer step; the second raises at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("[yellow]stopping at the next optimizer step with a checkpoint (Ctrl-C again: abort now)[/]")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
 class FitResult:
     run_dir: Path
     best_checkpoint: Path
@@ -277,6 +321,7 @@ class Trainer:
         )
 
         start_epoch, step, best, best_epoch, bad_epochs = 0, 0, None, -1, 0
+        position = EpochPosition()
         latest = None
         if resume:
             latest = ckpt.read_pointer(self.checkpoints, "LATEST")
@@ -303,6 +348,9 @@ class Trainer:
             progress = state["progress"]
             start_epoch, step = progress["epoch"] + 1, progress["step"]
             best, best_epoch, bad_epochs = progress["best"], progress["best_epoch"], progress["bad_epochs"]
+            if "position" in progress:  # saved inside an epoch: finish that epoch first
+                start_epoch -= 1
+                position = EpochPosition(**progress["position"])
         if not resume and main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "recipe.yaml", recipe_to_yaml(self.recipe))
@@ -313,9 +361,35 @@ class Trainer:
         log = RunLog(self.run_dir, enabled=main)
         stopped_early = False
         batches = len(make_loader(task, splits.train, batch_size=cfg.batch_size, shuffle=True, dist_info=dist_info))
-        with progress_bar(enabled=main) as bar:
+        mid_epoch = cfg.checkpoint_minutes is not None and not dist_info.enabled
+        last_saved = time.monotonic()
+
+        def save_position(epoch: int, step: int, position: EpochPosition, *, stopping: bool) -> None:
+            """Inside an epoch: a resumable checkpoint when it is time (or the user asked to stop)."""
+            nonlocal last_saved
+            due = mid_epoch and time.monotonic() - last_saved >= 60 * cfg.checkpoint_minutes
+            if not (due or stopping) or not main:
+                return
+            folder = ckpt.save_checkpoint(
+                self.checkpoints / f"epoch-{epoch:04d}-step-{step:09d}", weights=full_model_state(model),
+                config={**config, "epoch": epoch, "step": step, "val_metrics": None},
+                optimizer_state=full_optimizer_state(model, optimizer), scheduler=scheduler,
+                progress={"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
+                          "bad_epochs": bad_epochs, "position": vars(position)},
+            )
+            ckpt.set_pointer(self.checkpoints, "LATEST", folder.name)
+            ckpt.prune(self.checkpoints, keep_last=cfg.keep_checkpoints)
+            last_saved = time.monotonic()
+            if stopping:
+                raise TrainingInterrupted(
+                    f"interrupted at epoch {epoch}, step {step}; continue with the same command and "
+                    f"--resume {self.run_dir}"
+                )
+
+        with progress_bar(enabled=main) as bar, StopRequest() as stop:
             bar_task = bar.add_task(
-                f"{domain.name} train", total=cfg.epochs * batches, completed=start_epoch * batches, status=""
+                f"{domain.name} train", total=cfg.epochs * batches,
+                completed=start_epoch * batches + position.batches, status="",
             )
             val_status = ""
 
@@ -325,8 +399,10 @@ class Trainer:
             for epoch in range(start_epoch, cfg.epochs):
                 epoch_started = time.perf_counter()
                 train_loss, step = self._train_epoch(
-                    train_model, optimizer, scheduler, splits, epoch, step, device, dist_info, show_batch
+                    train_model, optimizer, scheduler, splits, epoch, step, device, dist_info, show_batch,
+                    position=position, after_step=lambda e, s, p: save_position(e, s, p, stopping=stop.requested),
                 )
+                position = EpochPosition()
                 train_seconds = time.perf_counter() - epoch_started
                 val = evaluate_model(
                     task, model, splits.val, splits.info,
@@ -405,7 +481,12 @@ class Trainer:
         device: torch.device,
         dist_info: DistInfo,
         on_batch: Callable[[float], None],
+        *,
+        position: EpochPosition,
+        after_step: Callable[[int, int, EpochPosition], None],
     ) -> tuple[float, int]:
+        """One epoch from `position` (the start, or where a mid-epoch checkpoint left it); `after_step` is
+        called after every optimizer step with the position reached (it may checkpoint, or stop the run)."""
         cfg = self.cfg
         model.train()
         if dist_info.enabled:
@@ -413,13 +494,14 @@ class Trainer:
             seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + 7_919 * dist_info.rank)
         loader = make_loader(
             self.task, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-            epoch=epoch, dist_info=dist_info, num_workers=cfg.num_workers,
+            epoch=epoch, dist_info=dist_info, num_workers=cfg.num_workers, skip_batches=position.batches,
         )
-        total, count = 0.0, 0
+        total, count = position.loss_sum, position.samples
+        epoch_batches = position.batches + len(loader)
         optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(loader, start=position.batches):
             batch = to_device(batch, device)
-            last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
+            last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == epoch_batches
             with gradient_sync(model, enabled=last_micro or not dist_info.enabled):
                 with autocast(device, cfg.precision):
                     loss, _ = self.task.loss(model, batch)
@@ -437,4 +519,6 @@ class Trainer:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                if i + 1 < epoch_batches:
+                    after_step(epoch, step, EpochPosition(i + 1, total, count))
         return all_reduce_mean(total / max(count, 1), dist_info), step

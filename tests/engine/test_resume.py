@@ -69,3 +69,64 @@ def test_selection_uses_validation_and_test_is_reported(tmp_path):
     assert (tmp_path / "run" / "recipe.yaml").is_file()
     lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert len(lines) == 4
+
+
+def interrupt_at(monkeypatch, call: int, *, how: str) -> None:
+    """Make the toy task's `call`-th loss evaluation crash (a killed process) or send SIGINT (Ctrl-C)."""
+    import signal
+
+    from .toy_domain import ToyTask
+
+    calls = {"n": 0}
+    loss = ToyTask.loss
+
+    def interrupting_loss(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            if how == "crash":
+                raise Interrupted
+            signal.raise_signal(signal.SIGINT)
+        return loss(self, model, batch)
+
+    monkeypatch.setattr(ToyTask, "loss", interrupting_loss)
+
+
+def mid_epoch_recipe() -> ToyRecipe:
+    return ToyRecipe.model_validate({"train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "device": "cpu",
+                                               "checkpoint_minutes": 0}})
+
+
+@pytest.mark.parametrize("how", ["crash", "ctrl-c"])
+def test_a_run_stopped_inside_an_epoch_resumes_there_with_identical_weights(tmp_path, monkeypatch, how):
+    from panformer.engine.errors import TrainingInterrupted
+
+    Trainer(ToyDomain(), mid_epoch_recipe(), run_dir=tmp_path / "straight").fit()
+    with monkeypatch.context() as patch:
+        # 57 training rows in batches of 8: epoch 0 is calls 1-8 (+3 validation), call 15 is epoch 1's 4th batch.
+        interrupt_at(patch, 15, how=how)
+        with pytest.raises(Interrupted if how == "crash" else TrainingInterrupted, match=None if how == "crash"
+                           else r"interrupted at epoch 1, step 12; continue with the same command and --resume"):
+            Trainer(ToyDomain(), mid_epoch_recipe(), run_dir=tmp_path / "broken").fit()
+    latest = ckpt.read_pointer(tmp_path / "broken" / "checkpoints", "LATEST")
+    assert latest.name.startswith("epoch-0001-step-"), latest.name
+    Trainer(ToyDomain(), mid_epoch_recipe(), run_dir=tmp_path / "broken").fit(resume=True)
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "broken")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    # Mid-epoch folders do not pile up: only epoch ends (and the best) remain.
+    assert not list((tmp_path / "broken" / "checkpoints").glob("epoch-*-step-*"))
+
+
+def test_ctrl_c_exits_130_with_the_resume_command():
+    import typer
+
+    from panformer.engine.cli import user_errors_exit_2
+    from panformer.engine.errors import TrainingInterrupted
+
+    @user_errors_exit_2
+    def train() -> None:
+        raise TrainingInterrupted("interrupted at epoch 3, step 40; continue with the same command and --resume runs/x")
+
+    with pytest.raises(typer.Exit) as exit_:
+        train()
+    assert exit_.value.exit_code == 130
