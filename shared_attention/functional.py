@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 import shared_attention.backends  # noqa: F401  (registers the "softmax" backends)
-from shared_attention.dispatch import Case, Explanation, needs_grad, select
+from shared_attention.dispatch import Case, Explanation, needs_grad, select_measured
 from shared_attention.dispatch import explain as explain_case
 from shared_attention.masks import Mask
 from shared_attention.score_mods import ScoreMod
@@ -69,13 +69,14 @@ def attention(
     """Softmax attention: q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> (B, H, Lq, Dv).
 
     ``scale`` defaults to D ** -0.5. ``backend`` is "auto" (the fastest backend that supports the
-    call on this device and mode) or a backend's name ("reference", "sdpa", "flex", "neighborhood");
+    call on this device and mode: measured once per shape on CUDA, see ``dispatch``) or a backend's name ("reference", "sdpa", "flex", "neighborhood");
     a named backend that cannot run the call raises ValueError with the reason. Rows with no allowed
     key give 0. ``return_lse=True`` also returns each query's fp32 log-sum-exp of its (scaled) scores,
     (B, H, Lq), natural log, differentiable (op "softmax_lse": every backend but SDPA).
     """
     case = make_case(q, k, v, mask=mask, score_mod=score_mod, op="softmax_lse" if return_lse else "softmax")
-    return select(case, backend)(q, k, v, mask=mask, score_mod=score_mod, scale=scale)
+    kwargs = dict(mask=mask, score_mod=score_mod, scale=scale)
+    return select_measured(case, backend, (q, k, v), kwargs)(q, k, v, **kwargs)
 
 
 def explain(
