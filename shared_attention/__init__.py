@@ -6,6 +6,7 @@ from shared_attention import na1d, na2d, na3d   # NATTEN's functional interface,
 
 from shared_attention import dispatch, masks, positions, score_mods, variants
 from shared_attention.api import Attention
+from shared_attention.attention_maps import AttentionMaps
 from shared_attention.cache import KVCache, L2NormEvictionCache
 from shared_attention.dispatch import explain as explain_case
 from shared_attention.entropy import AttentionEntropy
@@ -59,6 +60,7 @@ __all__ = [
     "ALiBi",
     "Attention",
     "AttentionEntropy",
+    "AttentionMaps",
     "Bias",
     "Causal",
     "Chunked",

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from shared_attention.api import Attention
+from shared_attention.attention_maps import softmax_probabilities
 from shared_attention.masks import Mask
 from shared_attention.score_mods import ScoreMod
 from shared_attention.variants.softmax import SoftmaxAttention
@@ -32,16 +33,9 @@ def softmax_entropy(
 ) -> Tensor:
     """Entropy (nats) of softmax(q k^T * scale + score mod, masked) per query: q (B, H, Lq, D), k (B, Hkv, Lk, D)
     -> (B, H, Lq), fp32; NaN for a query with no allowed key."""
-    q, k = q.float(), k.float()
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale
-    if score_mod is not None:
-        scores = score_mod.apply(scores)
-    if mask is not None:
-        scores = scores.masked_fill(~mask.dense(q.shape[2], k.shape[2], device=q.device), float("-inf"))
+    probabilities = softmax_probabilities(q, k, mask=mask, score_mod=score_mod, scale=scale)
     # entr(0) = 0: masked keys add nothing; a row of -inf gives NaN probabilities and so a NaN entropy.
-    return torch.special.entr(scores.softmax(dim=-1)).sum(dim=-1)
+    return torch.special.entr(probabilities).sum(dim=-1)
 
 
 class AttentionEntropy:

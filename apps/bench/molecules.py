@@ -1,40 +1,56 @@
-"""Molecules benchmark: the graph-free coordinate transformer next to SchNet, on the same data and budget.
+"""Molecules benchmark: the graph-free coordinate transformer against SchNet, a learning curve at equal GPU time.
 
-Every model trains on the same MMFF94-labelled NCI set (RDKit's bundled SMILES, ETKDG conformers), the
-same split by molecule (test molecules are never seen in training), the same epochs, batch size and
-learning-rate schedule. Each selects its checkpoint on validation energy MAE and is scored once on test.
-The table also carries the trivial baselines (per-element reference energies only; zero forces) and each
-model's rotation errors; with several seeds every cell is mean ± std over seeds.
+Every model trains on the same MMFF94-labelled NCI conformers and the same split by molecule (test molecules
+are never seen in training). `--sizes` gives training-set sizes in structures: the training set at each size
+is the first training molecules of one fixed shuffled order until they hold that many structures, so the
+sets are nested, while validation and test stay the same (`data.train_structures`). Each model selects its
+checkpoint on validation energy MAE and is scored once on test; every cell is mean ± std over `--seeds`.
 
-Data: without `--data` the first `--molecules` NCI SMILES are labelled here with RDKit (cached); with
-`--data FILE` (.npz from `panformer-molecules label --output FILE.npz`, readable with numpy alone) the
-first `--molecules` molecules of the file are used, so a machine without RDKit or ASE can run it.
+Budget: at each size every run gets the same training time (`--seconds`, one value per size). A run first
+measures its own speed (a short calibration, discarded), then trains for as many passes over its training set
+as fit the budget, with its recipe's warmup + cosine schedule spread over them, validating `--validations`
+times (at small sizes an epoch is several passes, else validation would cost more than training).
+Validation and test time are outside the budget. With `--jobs N` the runs of one size run at once as N
+processes on one device, so they share it equally; sizes follow one another, the largest first (a bench cut
+short keeps the size that matters most). `--epochs N` gives every run N passes instead of a time budget.
 
-Learning curve: `--sizes 150,300,600` trains every model on that many training molecules (nested subsets:
-the smaller sets are subsets of the larger ones) while the validation and test molecules stay the same.
-Without `--sizes`, all training molecules are used and one more run gives the transformer SchNet's wall-
-clock time (the paper compares at equal compute).
+Models: `direct` and `conservative` are the `coordformer-paper` recipe (the paper's settings as far as they
+apply here) with direct or -dE/dx forces, `distance-bias` its distance-bias ablation, `schnet` the
+torch-geometric SchNet recipe; the transformers are scored in the canonical frame (exactly rotation
+invariant, one pass). The first seed's transformer at the largest size also gets the paper's attention
+analysis (attention weight against interatomic distance; `evaluate --plot` writes the same).
+
+Data: `--data` is a `.structures` store or `.npz` archive from `panformer-molecules label` (numpy only: no
+RDKit or ASE needed); an archive is turned into a store in a temporary folder once, and every run maps it.
+Without `--data` the first `--molecules` NCI SMILES are labelled here with RDKit.
+
+Outputs, beside `--out X.md` (rewritten after every run): X-runs.json (every run's numbers), X-curve.png (test
+MAE against training structures), X-attention-distance.png/.csv/.json. Without matplotlib the PNGs are left
+out and `--plots-from X.md` draws them later from the saved numbers.
 
 Invariance: `--invariance RUN [RUN ...]` trains nothing; for each trained run it measures, on the run's test
-split, every inference mode of `panformer.molecules.frames` (none, canonical, frames): the energy change and
-force equivariance error over 3 random rotations of every structure, predict time, and test accuracy, and
-appends that table to `--out` (issue 23).
+split, every inference mode of `panformer.molecules.frames` (none, canonical, frames) and appends that table
+to `--out` (issue 23).
 
-    OMP_NUM_THREADS=1 .venv/bin/python apps/bench/molecules.py --out apps/bench/results/molecules-cpu.md
-    python apps/bench/molecules.py --data .dev/molecules/nci-8c.npz --device cuda --jobs 8 \\
-        --sizes 300,1000,2400 --seeds 2 --models direct schnet --out $OUT/molecules-h200.md
+    python apps/bench/molecules.py --data .dev/molecules/nci-5k-16c-32a.npz --device cuda --jobs 6 \\
+        --sizes 1000,4000,16000,all --seconds 10,20,40,120 --seeds 2 --out $OUT/molecules-h100.md
+    OMP_NUM_THREADS=1 .venv/bin/python apps/bench/molecules.py --data FILE.npz --molecules 60 --sizes 200,all \\
+        --seconds 5 --seeds 2 --device cpu --out /tmp/molecules-cpu.md
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
+import json
 import math
 import os
 import statistics
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -45,53 +61,71 @@ import numpy as np
 import torch
 from hardware import cpu_name  # apps/bench/hardware.py: run as a script, this folder is on sys.path
 
-from panformer.engine import checkpoint as ckpt
 from panformer.engine.cli import load_model
-from panformer.engine.config import load_recipe
+from panformer.engine.config import Recipe, load_recipe
+from panformer.engine.domain import Splits
+from panformer.engine.errors import UserError
 from panformer.engine.files import write_text_atomic
-from panformer.engine.trainer import Trainer, evaluate_model, select_device
+from panformer.engine.plots import pyplot, save_png
+from panformer.engine.runlog import progress_bar
+from panformer.engine.trainer import (
+    Trainer,
+    autocast,
+    build_optimizer,
+    evaluate_model,
+    make_loader,
+    select_device,
+    to_device,
+)
+from panformer.molecules.attention_distance import plot_attention_distance
 from panformer.molecules.domain import (
+    EnergyForceTask,
     MoleculeRecipe,
     MoleculesDomain,
-    drop_force_outliers,
+    attention_distance_files,
+    below_max_force,
     invariance_report,
-    molecule_split,
     nci_dataset,
+    split_by_molecule,
 )
 from panformer.molecules.frames import INVARIANCE_MODES
-from panformer.molecules.structures import Structure, read_structures, write_npz
+from panformer.molecules.structures import (
+    STORE_SUFFIX,
+    StructureArrays,
+    open_store,
+    read_structures,
+    write_store,
+)
 
-TRANSFORMER = ["model.dim=64", "model.depth=3", "model.num_heads=4"]
-# key -> (table name, recipe, overrides). Small models of similar size, so that the comparison is about the prior.
-MODELS: dict[str, tuple[str, str, list[str]]] = {
-    "direct": ("coordinate transformer (direct forces)", "coordformer", TRANSFORMER),
-    "conservative": ("coordinate transformer (conservative)", "coordformer-conservative", TRANSFORMER),
-    "distance-bias": ("coordinate transformer + distance bias", "coordformer-distance-bias", TRANSFORMER),
-    "schnet": ("SchNet (torch-geometric)", "schnet", ["model.hidden=64", "model.filters=64",
-                                                      "model.interactions=3", "model.gaussians=25",
-                                                      "model.cutoff=5.0"]),
+CANONICAL = ("model.invariance=canonical",)  # transformers: exactly invariant scores at one pass per structure
+# key -> (table name, recipe, overrides): each model at its own recipe's settings.
+MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "direct": ("coordinate transformer (direct forces)", "coordformer-paper", CANONICAL),
+    "conservative": ("coordinate transformer (conservative forces)", "coordformer-paper",
+                     ("model.forces=conservative", *CANONICAL)),
+    "distance-bias": ("coordinate transformer + distance bias (ablation)", "coordformer-paper",
+                      ("model.distance_bias=true", *CANONICAL)),
+    "schnet": ("SchNet (torch-geometric)", "schnet", ()),
 }
-EQUAL_TIME = "equal-time"
-COLUMNS = [
-    ("energy MAE (eV/mol)", "energy_mae_eV", "{:.3f}"),
-    ("energy MAE (meV/atom)", "energy_mae_meV_per_atom", "{:.1f}"),
-    ("force MAE (eV/Å)", "force_mae_eV_A", "{:.3f}"),
-    ("force cosine", "force_cosine", "{:.3f}"),
-    ("rotation ΔE (meV/mol)", "rotation_energy_change_meV", "{:.2f}"),
-    ("equivariance error (eV/Å)", "equivariance_error_eV_A", "{:.4f}"),
-]
+DEFAULT_MODELS = ["direct", "conservative", "schnet"]
+TRANSFORMERS = ("direct", "conservative", "distance-bias")
+HELD_OUT = 0.1  # of the molecules, for validation and again for test (~5k structures each on the 50k set)
+CALIBRATION_SECONDS = 2.0  # of timed training steps per run before its budget starts (then discarded)
+DEADLINE_MARGIN = 60.0  # s beyond twice the budget after which a run stops at the end of its epoch
 
 
 @dataclass(frozen=True)
 class Job:
-    """One training run: a model at one training-set size and seed."""
+    """One training run: a model at one training-set size and seed, with a time budget or a fixed pass count."""
 
-    model: str  # a MODELS key, or EQUAL_TIME (the direct transformer with SchNet's wall clock)
-    size: int | None  # training molecules (None: all)
+    model: str  # a MODELS key
+    size: int | None  # training structures (None: every training molecule)
     seed: int
-    epochs: int
-    overrides: tuple[str, ...]
-    deadline: float | None = None  # time.time() after which the run stops at the end of its epoch
+    overrides: tuple[str, ...]  # the same for every run (data, batch size, device)
+    seconds: float | None  # training-time budget (None: `passes` passes)
+    passes: int | None
+    validations: int  # validation passes (epochs) to spread the training over
+    attention_stem: str | None = None  # also write the attention-vs-distance analysis to STEM.png/.csv/.json
 
 
 @dataclass
@@ -99,74 +133,208 @@ class Outcome:
     job: Job
     val: dict[str, float]
     test: dict[str, float]
-    seconds: float
+    info: dict[str, Any]
     params: int
+    passes: int  # over the training set, done
     best_epoch: int
-    info: dict[str, Any] = field(default_factory=dict)
-    cut_at: int | None = None  # the epoch at which --time-limit stopped the run (None: it ran all its epochs)
+    train_seconds: float  # in training steps (what the budget buys), from the run's log
+    wall_seconds: float  # the whole run: calibration, training, validation, test
+    calibrated_pass_seconds: float | None = None
+    cut_at: int | None = None  # the epoch after which the safety deadline stopped the run
 
 
 class TimeUp(Exception):
-    """Raised by the epoch callback when the bench's time limit has passed."""
+    """Raised by the epoch callback when a run overshoots its budget far (a safety net, not the budget)."""
 
     def __init__(self, epoch: int) -> None:
-        super().__init__(f"time limit reached after epoch {epoch}")
+        super().__init__(f"deadline reached after epoch {epoch}")
         self.epoch = epoch
+
+
+class PassesTask(EnergyForceTask):
+    """The molecules task with `passes` passes over the training set per epoch (the training split repeated,
+    shuffled as one): at small sizes a time budget holds many passes, and validating after each would cost more
+    than the training. Statistics and `info` are those of the training set itself."""
+
+    def __init__(self, *, passes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.passes = passes
+
+    def load_splits(self, recipe: MoleculeRecipe, *, source: str | None = None) -> Splits:
+        splits = super().load_splits(recipe, source=source)
+        train = splits.train
+        return dataclasses.replace(splits, train=train.subset(np.tile(np.arange(len(train)), self.passes)))
+
+
+class PassesDomain(MoleculesDomain):
+    """The molecules domain whose task is a `PassesTask` (checkpoints stay `molecules` checkpoints)."""
+
+    def __init__(self, passes: int) -> None:
+        self.passes = passes
+
+    def task(self, recipe: Recipe) -> PassesTask:
+        task = super().task(recipe)
+        return PassesTask(loss=task.loss_config, invariance=task.invariance, passes=self.passes)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_pass(recipe: MoleculeRecipe) -> float:
+    """Seconds one pass over the training set takes here, from timed training steps of a throwaway model (the
+    same batches, loss and optimizer as the trainer's; the first 3 steps warm up and are not timed)."""
+    cfg = recipe.train
+    device = select_device(cfg.device)
+    task = MoleculesDomain().task(recipe)
+    splits = task.load_splits(recipe)
+    model = task.build_model(recipe, splits.info).to(device)
+    task.fit_statistics(model, splits)
+    optimizer = build_optimizer(model, cfg)
+    model.train()
+    steps, timed, started = 0, 0, 0.0
+    for epoch in itertools.count():
+        for batch in make_loader(task, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                 epoch=epoch):
+            with autocast(device, cfg.precision):
+                loss, _ = task.loss(model, to_device(batch, device))
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            if steps == 3:
+                synchronize(device)
+                started = time.perf_counter()
+            elif steps > 3:
+                timed += 1
+                if timed >= 5 and time.perf_counter() - started >= CALIBRATION_SECONDS:
+                    synchronize(device)
+                    per_step = (time.perf_counter() - started) / timed
+                    return per_step * math.ceil(len(splits.train) / cfg.batch_size)
 
 
 def run_job(job: Job, workdir: str) -> Outcome:
     """Train one model (in this process) and score its validation-selected checkpoint once on test."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    domain = MoleculesDomain()
-    recipe_key = "direct" if job.model == EQUAL_TIME else job.model
-    _, recipe_name, overrides = MODELS[recipe_key]
-    recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name,
-                         overrides=[*job.overrides, *overrides, f"train.epochs={job.epochs}",
-                                    f"train.seed={job.seed}"])
-    run_dir = Path(workdir) / f"{job.model}-{job.size}-{job.seed}"
-    task = domain.task(recipe)
-    splits = task.load_splits(recipe)
-    params = sum(p.numel() for p in task.build_model(recipe, splits.info).parameters())
+    started = time.perf_counter()
+    _, recipe_name, model_overrides = MODELS[job.model]
+    overrides = [*job.overrides, *model_overrides, f"train.seed={job.seed}",
+                 *([f"data.train_structures={job.size}"] if job.size is not None else [])]
+    recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name, overrides=overrides)
+    pass_seconds = None
+    if job.seconds is not None:
+        pass_seconds = seconds_per_pass(recipe)
+        passes = max(1, round(job.seconds / pass_seconds))
+    else:
+        assert job.passes is not None
+        passes = job.passes
+    per_epoch = max(1, round(passes / job.validations))
+    epochs = max(1, round(passes / per_epoch))
+    recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name, overrides=[*overrides, f"train.epochs={epochs}"])
+    run_dir = Path(workdir) / f"{job.model}-{job.size or 'all'}-{job.seed}"
+    # Only a safety net: a run whose speed changed a lot after calibrating stops at twice its budget.
+    deadline = None if job.seconds is None else time.time() + 2 * job.seconds + DEADLINE_MARGIN
 
-    def stop_when_time_is_up(epoch: int, val: dict[str, float]) -> None:
-        if job.deadline is not None and time.time() > job.deadline and epoch < job.epochs - 1:
+    def stop_at_deadline(epoch: int, val: dict[str, float]) -> None:
+        if deadline is not None and time.time() > deadline and epoch < epochs - 1:
             raise TimeUp(epoch)
 
-    started = time.perf_counter()
+    device = select_device(recipe.train.device)
+    cut_at = None
     try:
-        result = Trainer(domain, recipe, run_dir=run_dir, callbacks=[stop_when_time_is_up]).fit()
+        result = Trainer(PassesDomain(per_epoch), recipe, run_dir=run_dir, callbacks=[stop_at_deadline]).fit()
+        val, test, best_epoch = result.val_metrics, result.test_metrics, result.best_epoch
     except TimeUp as stop:
-        # Score the best checkpoint so far, as the trainer would have at the end (marked in the table).
-        recipe_train = recipe.train
-        device = select_device(recipe_train.device)
-        model = task.build_model(recipe, splits.info).to(device)
-        saved = ckpt.load_checkpoint(run_dir / "checkpoints")
-        model.load_state_dict(saved.weights)
-        test = evaluate_model(task, model, splits.test, splits.info, batch_size=recipe_train.batch_size,
-                              device=device, precision=recipe_train.precision, metrics=task.test_metrics(splits.info))
-        return Outcome(job, saved.config["val_metrics"], test, time.perf_counter() - started, params,
-                       saved.config["epoch"], splits.info, cut_at=stop.epoch)
-    return Outcome(job, result.val_metrics, result.test_metrics, result.seconds, params, result.best_epoch,
-                   splits.info)
+        cut_at = stop.epoch
+    loaded = load_model(MoleculesDomain(), run_dir, device)  # the checkpoint selected on validation
+    test_split = loaded.task.load_splits(loaded.recipe).test
+    if cut_at is not None:  # score the best checkpoint so far once on test, as the trainer would have at the end
+        test = evaluate_model(loaded.task, loaded.model, test_split, loaded.info, batch_size=recipe.train.batch_size,
+                              device=device, metrics=loaded.task.test_metrics(loaded.info))
+        val, best_epoch = loaded.config["val_metrics"], loaded.config["epoch"]
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    if job.attention_stem is not None:
+        try:
+            attention_distance_files(loaded.model, test_split.structures, stem=Path(job.attention_stem),
+                                     device=device, batch_size=recipe.train.batch_size)
+        except UserError as err:  # no matplotlib here: the CSV and JSON are written, `--plots-from` draws later
+            print(f"note: {err}", file=sys.stderr)
+    return Outcome(job, val, test, loaded.info, sum(p.numel() for p in loaded.model.parameters()),
+                   passes=len(log) * per_epoch, best_epoch=best_epoch,
+                   train_seconds=sum(row["train_seconds"] for row in log),
+                   wall_seconds=time.perf_counter() - started, calibrated_pass_seconds=pass_seconds, cut_at=cut_at)
 
 
-def pool_structures(
-    path: Path, *, molecules: int | None, conformers: int, max_force: float | None = None
-) -> list[Structure]:
-    """The first `molecules` molecules of a labelled file (file order), at most `conformers` conformers each,
-    without structures whose largest force exceeds `max_force` eV/Å (labelling outliers)."""
-    structures = drop_force_outliers(read_structures(path).structures, max_force, where=str(path))
-    order: dict[str, int] = {}
-    kept = []
-    for s in structures:
-        if s.molecule not in order:
-            if molecules is not None and len(order) >= molecules:
-                continue
-            order[s.molecule] = 0
-        if order[s.molecule] < conformers:
-            order[s.molecule] += 1
-            kept.append(s)
-    return kept
+# --- data and splits ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Pool:
+    """The structures every run reads (a store), and what the results file says about them."""
+
+    source: Path
+    description: str
+    structures: int
+    molecules: int
+    max_atoms: int
+    dropped: int  # above --max-force
+    sizes: dict[int | None, dict[str, dict[str, int]]] = field(default_factory=dict)  # size -> split counts
+
+
+def first_molecules(arrays: StructureArrays, count: int) -> np.ndarray:
+    """Positions of the structures of the first `count` molecules, in file order."""
+    molecule = np.asarray(arrays.columns["molecule"])
+    _, first = np.unique(molecule, return_index=True)
+    keep = set(molecule[np.sort(first)[:count]].tolist())
+    return np.flatnonzero([m in keep for m in molecule.tolist()])
+
+
+def prepare_pool(args: argparse.Namespace, tmp: Path) -> Pool:
+    """A store of the structures to use (the given store, else one written in `tmp`), with its split per size."""
+    if args.data is None:
+        molecules = args.molecules or 300
+        recipe = load_recipe(MoleculeRecipe, "molecules", "coordformer-paper", overrides=[
+            f"data.molecules={molecules}", f"data.conformers={args.conformers}", f"data.max_atoms={args.max_atoms}"])
+        path = nci_dataset(recipe.data)  # labelled with RDKit here (cached)
+        what = (f"the first {molecules} SMILES of RDKit's bundled NCI list, {args.conformers} ETKDG conformers each "
+                f"(≤ {args.max_atoms} atoms with H)")
+        subset = None
+    else:
+        path, what, subset = args.data, f"`{args.data}`", args.molecules
+    if not path.exists():
+        raise UserError(f"--data {path} does not exist; give a {STORE_SUFFIX} store or .npz from "
+                        "`panformer-molecules label`")
+    arrays = open_store(path) if path.is_dir() else StructureArrays.from_structures(read_structures(path).structures)
+    if subset is not None:
+        what += f", its first {subset} molecules"
+    if subset is not None or not path.is_dir():
+        keep = first_molecules(arrays, subset) if subset is not None else np.arange(len(arrays))
+        # One store for every run to map (an archive would be read whole by each).
+        path = write_store(tmp / f"pool{STORE_SUFFIX}", lambda: [
+            {key: np.asarray(column)[keep] for key, column in arrays.columns.items()
+             if key not in ("numbers", "positions", "forces")} | _atom_columns(arrays, keep)])
+        arrays = open_store(path)
+    kept = below_max_force(np.asarray(arrays.columns["max_force"]), args.max_force, where=str(args.data or "nci"))
+    molecule = np.asarray(arrays.columns["molecule"])[kept]
+    pool = Pool(path, what, len(kept), len(np.unique(molecule)),
+                int(np.asarray(arrays.columns["atoms_per_structure"]).max()), len(arrays) - len(kept))
+    for size in args.sizes:
+        groups = split_by_molecule(molecule, val_fraction=HELD_OUT, test_fraction=HELD_OUT, seed=0,
+                                   train_structures=size)
+        pool.sizes[size] = {name: {"structures": len(positions), "molecules": len(np.unique(molecule[positions]))}
+                            for name, positions in groups.items()}
+    return pool
+
+
+def _atom_columns(arrays: StructureArrays, keep: np.ndarray) -> dict[str, np.ndarray]:
+    rows, _ = arrays.atom_rows(keep)
+    return {key: np.asarray(arrays.columns[key])[rows] for key in ("numbers", "positions", "forces")}
+
+
+# --- the results ---------------------------------------------------------------------------------------
 
 
 def mean_std(values: list[float], fmt: str) -> str:
@@ -177,86 +345,163 @@ def mean_std(values: list[float], fmt: str) -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def size_label(size: int | None, info: dict[str, Any]) -> str:
-    return f"{info['molecules']['train']} mol / {info['structures']['train']} structures"
+def size_name(size: int | None, pool: Pool) -> str:
+    train = pool.sizes[size]["train"]
+    return f"{train['structures']:,} ({train['molecules']:,} mol)" + ("" if size is not None else ", all")
 
 
-def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *, command: str,
-           hardware: str, pool_info: str, seconds: float) -> str:
-    """The results file: one table per training-set size, then the learning curve (with several sizes)."""
-    done = {(o.job.model, o.job.size) for o in outcomes}
-    sizes = sorted({j.size for j in jobs}, key=lambda s: (s is None, s or 0))
+def budget_text(args: argparse.Namespace) -> str:
+    if args.epochs is not None:
+        return f"{args.epochs} passes over the training set per run"
+    return ", ".join(f"{size_name(size, args.pool).split(' (')[0]} structures: {seconds:g} s"
+                     for size, seconds in zip(args.sizes, args.seconds, strict=True))
+
+
+def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *, command: str, hardware: str,
+           seconds: float, failed: list[str]) -> str:
+    """The results file: the setting, one row per model and size, the learning curve."""
+    pool: Pool = args.pool
+    some = pool.sizes[args.sizes[-1]]
     lines = [
-        "# Molecules: coordinate transformer vs SchNet on MMFF94-labelled NCI molecules (held-out molecules)",
-        "",
+        "# Molecules: coordinate transformer vs SchNet, learning curve at equal GPU time (MMFF94-labelled NCI "
+        "conformers, held-out molecules)", "",
         f"Command: `{command}`  ",
-        f"Hardware: {hardware}; {seconds:.0f} s wall clock so far; "
-        f"{sum(1 for _ in outcomes)} of {len(jobs)} runs finished.  ",
-        f"Data: {pool_info}  ",
-        f"Budget: the same for every model at one size: batch {args.batch_size}, lr {args.lr} (warmup + cosine), "
-        f"{args.epochs} epochs (at least {args.min_steps} optimizer steps: small sets get more epochs), precision "
-        f"{args.precision}, rotation augmentation, structures with a force above {args.max_force:g} eV/Å dropped, "
-        "the same loss (energy and force errors divided by the training "
-        "set's residual-energy std and force RMS, weights 5 : 10); checkpoint selected on validation energy MAE "
-        f"(shown), test scored once. Seeds: {args.seeds} from {args.first_seed} (training seed; the split is "
-        "fixed); cells are mean ± std over seeds. Train time is wall clock"
-        + (f", {args.jobs} runs sharing the device at a time" if args.jobs > 1 else "") + ".",
-        "",
-    ]
-    for size in sizes:
+        f"Hardware: {hardware}; {seconds:.0f} s wall clock for the whole bench; {len(outcomes)} of {len(jobs)} runs "
+        f"finished{f', {len(failed)} failed' if failed else ''}.  ",
+        f"Data: {pool.description}: {pool.structures:,} structures of {pool.molecules:,} molecules (≤ "
+        f"{pool.max_atoms} atoms with H; MMFF94 energies and forces in eV and eV/Å; {pool.dropped} structures with "
+        f"a force above {args.max_force:g} eV/Å dropped). Split by molecule, fixed: validation "
+        f"{some['val']['molecules']:,} molecules ({some['val']['structures']:,} structures), test "
+        f"{some['test']['molecules']:,} ({some['test']['structures']:,}); the training sets are nested (the first "
+        "training molecules of one fixed shuffled order until they hold the size).  ",
+        f"Budget: equal training time per run at each size ({budget_text(args)}). Each run times its own training "
+        f"steps for ~{CALIBRATION_SECONDS:g} s on a throwaway model, then trains for as many passes over its training "
+        f"set as fit the budget, with its recipe's warmup + cosine schedule spread over them, validating "
+        f"{args.validations} times; validation and test are outside the budget. "
+        + (f"The runs of one size ({len(args.models)} models x {args.seeds} seeds) run at once, as separate processes "
+           f"sharing the one {'GPU' if args.device.startswith('cuda') else 'device'} (at most {args.jobs} at a time), "
+           "so each gets an equal share of it; sizes run one after another. " if args.jobs > 1 else
+           "One run at a time. ")
+        + f"Batch {args.batch_size} for every model, otherwise each model's recipe: the transformers "
+        "`coordformer-paper` (width 256, 6 layers, 8 heads, lr 5e-4, rotation augmentation; scored in the canonical "
+        "frame, exactly rotation invariant), SchNet `schnet` (128 channels, 4 interactions, cutoff 6 Å, lr 1e-3). "
+        "Checkpoint selected on validation energy MAE, test scored once. Cells: mean ± std over seeds "
+        f"{args.first_seed}..{args.first_seed + args.seeds - 1}.", "",
+        "| training structures (molecules) | model | seeds | test energy MAE (eV/mol) | test energy MAE (meV/atom) | "
+        "test force MAE (eV/Å) | val energy MAE (eV/mol) | passes done | time per pass (s) | train time (s) | "
+        "params |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size in args.sizes:
         rows = [o for o in outcomes if o.job.size == size]
-        if not rows:
-            continue
-        info = rows[0].info
-        epochs = sorted({o.job.epochs for o in rows if o.job.model != EQUAL_TIME})
-        lines += [f"## Training set: {size_label(size, info)} (val {info['molecules']['val']} / test "
-                  f"{info['molecules']['test']} molecules), {', '.join(map(str, epochs))} epochs", "",
-                  "| model | seeds | val energy MAE (eV/mol) | " + " | ".join(c for c, _, _ in COLUMNS)
-                  + " | params | best epoch | train time (s) |",
-                  "|---|" + "---|" * (len(COLUMNS) + 5)]
-        for key in [*MODELS, EQUAL_TIME]:
+        for key in args.models:
             group = [o for o in rows if o.job.model == key]
             if not group:
                 continue
-            name = (f"coordinate transformer (direct), SchNet's wall clock: {group[0].job.epochs} epochs"
-                    if key == EQUAL_TIME else MODELS[key][0])
-            cells = [mean_std([o.test[k] for o in group if k in o.test], fmt) for _, k, fmt in COLUMNS]
-            lines.append(f"| {name} | {len(group)} | {mean_std([o.val['energy_mae_eV'] for o in group], '{:.3f}')} | "
-                         + " | ".join(cells) + f" | {group[0].params:,} | "
-                         + ", ".join(str(o.best_epoch) + (f" (cut at {o.cut_at})" if o.cut_at is not None else "")
-                                     for o in group) + " | "
-                         + mean_std([o.seconds for o in group], "{:.0f}") + " |")
-        base = rows[0]
-        lines += [f"| trivial baseline (element reference energies; zero forces) | | "
-                  f"{base.val['baseline_energy_mae_eV']:.3f} | {base.test['baseline_energy_mae_eV']:.3f} | | "
-                  f"{base.test['baseline_force_mae_eV_A']:.3f} | | | | | | |", ""]
-    transformer = next((k for k in ("direct", "distance-bias", "conservative") if k in args.models), None)
-    if len(sizes) > 1 and transformer and "schnet" in args.models:
-        lines += ["## Learning curve (test, mean ± std over seeds): does the gap to SchNet close with data?", "",
-                  f"| training set | {MODELS[transformer][0]} energy MAE (eV/mol) | SchNet energy MAE (eV/mol) | "
-                  "ratio | transformer force MAE (eV/Å) | SchNet force MAE (eV/Å) | ratio | trivial energy MAE |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for size in sizes:
-            if not {(transformer, size), ("schnet", size)} <= done:
-                continue
-            t = [o for o in outcomes if o.job.size == size and o.job.model == transformer]
-            s = [o for o in outcomes if o.job.size == size and o.job.model == "schnet"]
-
-            def avg(group: list[Outcome], key: str) -> float:
-                return statistics.mean(o.test[key] for o in group)
-
-            cut = " (runs cut by --time-limit)" if any(o.cut_at is not None for o in [*t, *s]) else ""
+            cut = " (cut at the deadline)" if any(o.cut_at is not None for o in group) else ""
             lines.append(
-                f"| {size_label(size, t[0].info)}{cut} | "
-                f"{mean_std([o.test['energy_mae_eV'] for o in t], '{:.3f}')} | "
-                f"{mean_std([o.test['energy_mae_eV'] for o in s], '{:.3f}')} | "
-                f"{avg(t, 'energy_mae_eV') / avg(s, 'energy_mae_eV'):.2f} | "
-                f"{mean_std([o.test['force_mae_eV_A'] for o in t], '{:.3f}')} | "
-                f"{mean_std([o.test['force_mae_eV_A'] for o in s], '{:.3f}')} | "
-                f"{avg(t, 'force_mae_eV_A') / avg(s, 'force_mae_eV_A'):.2f} | "
-                f"{t[0].test['baseline_energy_mae_eV']:.3f} |")
-        lines.append("")
+                f"| {size_name(size, pool)} | {MODELS[key][0]}{cut} | {len(group)} | "
+                f"{mean_std([o.test['energy_mae_eV'] for o in group], '{:.3f}')} | "
+                f"{mean_std([o.test['energy_mae_meV_per_atom'] for o in group], '{:.1f}')} | "
+                f"{mean_std([o.test['force_mae_eV_A'] for o in group], '{:.3f}')} | "
+                f"{mean_std([o.val['energy_mae_eV'] for o in group], '{:.3f}')} | "
+                f"{mean_std([float(o.passes) for o in group], '{:.0f}')} | "
+                f"{mean_std([o.train_seconds / o.passes for o in group], '{:.2f}')} | "
+                f"{mean_std([o.train_seconds for o in group], '{:.0f}')} | {group[0].params:,} |")
+        if rows:
+            lines.append(f"| {size_name(size, pool)} | trivial baseline (element reference energies; zero forces) | "
+                         f"| {rows[0].test['baseline_energy_mae_eV']:.3f} | | "
+                         f"{rows[0].test['baseline_force_mae_eV_A']:.3f} | | | | | |")
+    lines += ["", *curve_table(args, outcomes), ""]
+    if failed:
+        lines += ["Failed runs: " + "; ".join(failed), ""]
     return "\n".join(lines)
+
+
+def curve_table(args: argparse.Namespace, outcomes: list[Outcome]) -> list[str]:
+    """The learning curve: test energy and force MAE per model and size, and the best transformer over SchNet."""
+    models = [m for m in args.models if any(o.job.model == m for o in outcomes)]
+    if not models:
+        return []
+    short = {"direct": "direct", "conservative": "conservative", "distance-bias": "+ distance bias",
+             "schnet": "SchNet"}
+    ratio = "schnet" in models and any(m in TRANSFORMERS for m in models)
+    lines = ["## Learning curve (test, mean ± std over seeds)", "",
+             "| training structures | " + " | ".join(f"{short[m]} energy (eV/mol)" for m in models)
+             + (" | best transformer / SchNet energy" if ratio else "") + " | "
+             + " | ".join(f"{short[m]} force (eV/Å)" for m in models) + " |",
+             "|---|" + "---|" * (2 * len(models) + ratio)]
+    for size in args.sizes:
+        by_model = {m: [o for o in outcomes if o.job.size == size and o.job.model == m] for m in models}
+        if not any(by_model.values()):
+            continue
+        energy = {m: [o.test["energy_mae_eV"] for o in group] for m, group in by_model.items()}
+        cells = [mean_std(energy[m], "{:.3f}") for m in models]
+        if ratio:
+            transformer = [statistics.mean(energy[m]) for m in models if m in TRANSFORMERS and energy[m]]
+            cells.append(f"{min(transformer) / statistics.mean(energy['schnet']):.2f}"
+                         if transformer and energy["schnet"] else "")
+        cells += [mean_std([o.test["force_mae_eV_A"] for o in by_model[m]], "{:.3f}") for m in models]
+        lines.append(f"| {size_name(size, args.pool)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def curve_plot(records: list[dict[str, Any]], path: Path) -> Path:
+    """Test energy and force MAE against training structures (log-log), one line per model (mean ± std over
+    seeds), from the X-runs.json records (so a saved file replots)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    metrics = (("energy_mae_eV", "baseline_energy_mae_eV", "test energy MAE (eV/mol)"),
+               ("force_mae_eV_A", "baseline_force_mae_eV_A", "test force MAE (eV/Å)"))
+    sizes = sorted({r["train_structures"] for r in records})
+    for key in dict.fromkeys(r["model"] for r in records):
+        mine = [r for r in records if r["model"] == key]
+        x = [n for n in sizes if any(r["train_structures"] == n for r in mine)]
+        for ax, (metric, _, _) in zip(axes, metrics, strict=True):
+            values = [[r["test"][metric] for r in mine if r["train_structures"] == n] for n in x]
+            ax.errorbar(x, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o", capsize=3,
+                        label=MODELS[key][0])
+    for ax, (_, baseline, name) in zip(axes, metrics, strict=True):
+        trivial = [next(r["test"][baseline] for r in records if r["train_structures"] == n) for n in sizes]
+        ax.plot(sizes, trivial, "k:", lw=1, label="trivial baseline (element reference energies; zero forces)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training structures")
+        ax.set_ylabel(name)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("equal training time per run at each size", fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def draw_plots(out: Path) -> list[Path]:
+    """The bench's PNGs from its saved numbers (X-runs.json, X-attention-distance.json beside `out`)."""
+    runs, attention = (out.with_name(f"{out.stem}{suffix}") for suffix in ("-runs.json", "-attention-distance.json"))
+    if not runs.is_file():
+        raise UserError(f"--plots-from {out}: {runs} is missing; run the bench with --out {out} first")
+    written = [curve_plot(json.loads(runs.read_text()), out.with_name(f"{out.stem}-curve.png"))]
+    if attention.is_file():
+        written.append(plot_attention_distance(json.loads(attention.read_text()), attention.with_suffix(".png")))
+    return written
+
+
+def outcome_record(outcome: Outcome) -> dict[str, Any]:
+    job = outcome.job
+    return {"model": job.model, "size": job.size, "seed": job.seed, "budget_seconds": job.seconds,
+            "train_structures": outcome.info["structures"]["train"],
+            "train_molecules": outcome.info["molecules"]["train"], "passes": outcome.passes,
+            "train_seconds": round(outcome.train_seconds, 2), "wall_seconds": round(outcome.wall_seconds, 2),
+            "calibrated_pass_seconds": outcome.calibrated_pass_seconds, "best_epoch": outcome.best_epoch,
+            "cut_at": outcome.cut_at, "params": outcome.params, "val": outcome.val, "test": outcome.test}
+
+
+def hardware_name(device: str) -> str:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available here; use --device cpu")
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return (f"{props.name} ({props.total_memory / 2**30:.0f} GiB), {os.cpu_count()} CPU cores ({cpu_name()}), "
+                f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+    return (f"{cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
+            f"{os.environ.get('OMP_NUM_THREADS', '1')} thread(s) per run, CPU")
 
 
 def invariance_section(runs: list[Path], *, command: str) -> str:
@@ -301,147 +546,175 @@ def invariance_section(runs: list[Path], *, command: str) -> str:
     return "\n".join(lines)
 
 
-def parse_args() -> argparse.Namespace:
+
+
+def parse_sizes(text: str | None) -> list[int | None]:
+    """'1000,4000,all' -> [1000, 4000, None] (None: every training molecule), ascending."""
+    if text is None:
+        return [None]
+    sizes: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "all":
+            sizes.append(None)
+        elif part.isdigit() and int(part) > 0:
+            sizes.append(int(part))
+        else:
+            raise UserError(f"--sizes {text}: give training-set sizes in structures, e.g. 1000,4000,16000,all")
+    return sorted(set(sizes), key=lambda s: (s is None, s or 0))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None,
-                        help="a labelled set (.npz from `label`, or .extxyz); default: label NCI SMILES with RDKit")
+                        help=f"a labelled set: a {STORE_SUFFIX} store or .npz from `panformer-molecules label`; "
+                        "default: label NCI SMILES here with RDKit")
     parser.add_argument("--molecules", type=int, default=None,
-                        help="first N molecules (NCI SMILES without --data [default 300]; of the file with --data "
-                        "[default all])")
-    parser.add_argument("--conformers", type=int, default=4, help="conformers per molecule (at most)")
+                        help="only the first N molecules (NCI SMILES without --data [default 300]; of the file with "
+                        "--data [default all])")
+    parser.add_argument("--conformers", type=int, default=4, help="without --data: ETKDG conformers per molecule")
     parser.add_argument("--max-atoms", type=int, default=32, help="without --data: skip larger molecules")
     parser.add_argument("--max-force", type=float, default=50.0,
                         help="drop structures with an atomic force above this (eV/Å): the few broken ETKDG "
                         "conformers (10^2-10^5 eV/Å) would swamp every force loss and metric")
     parser.add_argument("--sizes", default=None,
-                        help="comma-separated training-set sizes in molecules (learning curve); default: all")
-    parser.add_argument("--seeds", type=int, default=1, help="training seeds per model and size")
+                        help="comma-separated training-set sizes in structures, 'all' for every training molecule "
+                        "(learning curve; nested sets); default: all")
+    parser.add_argument("--seconds", default="60",
+                        help="training-time budget per run in seconds: one value, or one per size (comma-separated)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="instead of a time budget: this many passes over the training set per run")
+    parser.add_argument("--validations", type=int, default=5,
+                        help="validations per run (at most one per pass over the training set)")
+    parser.add_argument("--seeds", type=int, default=2, help="training seeds per model and size")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one up")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--min-steps", type=int, default=0,
-                        help="give small training sets more epochs, up to this many optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=0.002)
+    parser.add_argument("--batch-size", type=int, default=128, help="the same for every model")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16 autocast rounds coordinates to ~0.01 Å; fp32 is the default")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
-    parser.add_argument("--time-limit", type=float, default=None,
-                        help="seconds: runs still going then stop after their epoch and are scored from their best "
-                        "checkpoint so far (marked 'cut at' in the table)")
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--no-equal-time", dest="equal_time", action="store_false",
-                        help="skip the extra run of the transformer for SchNet's wall-clock time")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs of one size at a time, as separate processes sharing the device")
+    parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS, choices=list(MODELS))
     parser.add_argument("--invariance", type=Path, nargs="+", metavar="RUN", default=None,
                         help="train nothing: measure these trained runs' inference invariance modes on their test "
                         "split and append the table to --out")
+    parser.add_argument("--plots-from", type=Path, metavar="X.md", default=None,
+                        help="train nothing: draw X-curve.png and X-attention-distance.png from the numbers a bench "
+                        "run with --out X.md saved (for a machine without matplotlib)")
     parser.add_argument("--out", type=Path, default=Path("apps/bench/results/molecules-cpu.md"))
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.sizes = parse_sizes(args.sizes)
+    try:
+        seconds = [float(s) for s in args.seconds.split(",")]
+    except ValueError:
+        raise UserError(f"--seconds {args.seconds}: give seconds, one value or one per size") from None
+    if len(seconds) == 1:
+        seconds *= len(args.sizes)
+    if len(seconds) != len(args.sizes) or min(seconds) <= 0:
+        raise UserError(f"--seconds {args.seconds}: give one positive value or one per size ({len(args.sizes)})")
+    args.seconds = seconds
+    if args.out.suffix != ".md":
+        raise UserError(f"--out {args.out}: give a .md path (the plots and numbers are written beside it)")
+    return args
+
+
+def make_jobs(args: argparse.Namespace) -> list[Job]:
+    """Every run (`run_all` runs them size by size, the largest first); the attention analysis goes to the first
+    seed's first transformer at the largest size."""
+    shared = (f"data.source={args.pool.source}", f"data.val_fraction={HELD_OUT}", f"data.test_fraction={HELD_OUT}",
+              f"data.max_force={args.max_force}", f"train.batch_size={args.batch_size}", f"train.device={args.device}",
+              "train.num_workers=0")  # batches are sliced from the store's maps, ~1 ms each: no loader workers
+    analysed = next((m for m in args.models if m in TRANSFORMERS), None)
+    stem = str(args.out.with_name(f"{args.out.stem}-attention-distance"))
+    return [Job(model, size, seed, shared, None if args.epochs else budget, args.epochs, args.validations,
+                attention_stem=stem if (model, size, seed) == (analysed, args.sizes[-1], args.first_seed) else None)
+            for size, budget in zip(args.sizes, args.seconds, strict=True)
+            for seed in range(args.first_seed, args.first_seed + args.seeds) for model in args.models]
 
 
 def main() -> None:
-    args = parse_args()
     started = time.perf_counter()
     command = " ".join(["python apps/bench/molecules.py", *sys.argv[1:]])
-    if args.invariance is not None:
-        previous = args.out.read_text() if args.out.is_file() else ""
-        write_text_atomic(args.out, previous.rstrip("\n") + "\n" + invariance_section(args.invariance, command=command))
-        return
-    if args.device.startswith("cuda"):
-        hardware = (f"{torch.cuda.get_device_name()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}"
-                    if torch.cuda.is_available() else "CUDA requested but not available")
-    else:
-        hardware = (f"{cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
-                    f"{torch.get_num_threads()} thread(s); the machine was shared with other jobs, so seconds are "
-                    "wall clock under load")
-    with TemporaryDirectory() as tmp:
-        shared = ["data.val_fraction=0.15", "data.test_fraction=0.15", f"data.max_force={args.max_force}",
-                  f"train.batch_size={args.batch_size}",
-                  f"train.lr={args.lr}", "train.warmup_ratio=0.1", f"train.device={args.device}",
-                  f"train.precision={args.precision}"]
-        if args.data is not None:
-            pool = pool_structures(args.data, molecules=args.molecules, conformers=args.conformers,
-                                   max_force=args.max_force)
-            source = write_npz(Path(tmp) / "pool.npz", pool)
-            shared.append(f"data.source={source}")
-            pool_info = (f"the first {len({s.molecule for s in pool})} molecules of `{args.data}` (RDKit's bundled "
-                         f"NCI SMILES, ETKDG conformers, ≤ {max(len(s) for s in pool)} atoms with H, MMFF94 energies and forces "
-                         "in eV, eV/Å), "
-                         f"≤ {args.conformers} conformers each, {len(pool)} structures; split by molecule.")
-        else:
-            molecules = args.molecules or 300
-            shared += [f"data.molecules={molecules}", f"data.conformers={args.conformers}",
-                       f"data.max_atoms={args.max_atoms}", "data.mmff_steps=0"]
-            recipe = load_recipe(MoleculeRecipe, "molecules", "coordformer", overrides=shared)
-            pool = drop_force_outliers(read_structures(nci_dataset(recipe.data)).structures,  # labels them once
-                                       args.max_force, where="nci")
-            pool_info = (f"the first {molecules} SMILES of RDKit's bundled NCI list, {args.conformers} ETKDG "
-                         f"conformers each (≤ {args.max_atoms} atoms with H), labelled with MMFF94 energies and "
-                         "forces (eV, eV/Å); split by molecule.")
-        sizes: list[int | None] = [int(s) for s in args.sizes.split(",")] if args.sizes else [None]
-        # Steps per epoch at each size, from the same split the task makes (seeded by data.label_seed=0).
-        jobs: list[Job] = []
-        for size in sizes:
-            train = molecule_split(pool, val_fraction=0.15, test_fraction=0.15, seed=0, train_molecules=size)["train"]
-            steps = math.ceil(len(train) / args.batch_size)
-            epochs = max(args.epochs, math.ceil(args.min_steps / steps))
-            overrides = (*shared, *([f"data.train_molecules={size}"] if size is not None else []))
-            deadline = time.time() + args.time_limit if args.time_limit else None
-            jobs += [Job(model, size, seed, epochs, overrides, deadline)
-                     for seed in range(args.first_seed, args.first_seed + args.seeds) for model in args.models]
-        if args.jobs > 1:  # largest runs first: with several at a time, the last to finish is then a short one
-            jobs.sort(key=lambda j: (-(j.size or 10**9), j.model != "schnet", j.seed))
-        else:  # one seed's whole curve first: an interrupted run still leaves every size
-            jobs.sort(key=lambda j: (j.seed, j.size or 10**9))
-        outcomes: list[Outcome] = []
+    try:
+        args = parse_args()
+        if args.plots_from is not None:
+            for path in draw_plots(args.plots_from):
+                print(path)
+            return
+        if args.invariance is not None:
+            previous = args.out.read_text() if args.out.is_file() else ""
+            write_text_atomic(args.out, previous.rstrip("\n") + "\n" + invariance_section(args.invariance,
+                                                                                           command=command))
+            return
+        hardware = hardware_name(args.device)
+        with TemporaryDirectory() as tmp:
+            args.pool = prepare_pool(args, Path(tmp))
+            run_all(args, make_jobs(args), Path(tmp), command=command, hardware=hardware, started=started)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
-        def record(outcome: Outcome) -> None:
-            outcomes.append(outcome)
-            text = render(args, outcomes, jobs, command=command, hardware=hardware, pool_info=pool_info,
-                          seconds=time.perf_counter() - started)
-            write_text_atomic(args.out, text)  # after every run: a cut-off run still leaves its table
-            print(f"[{time.perf_counter() - started:.0f}s] {outcome.job.model} size={outcome.job.size} "
-                  f"seed={outcome.job.seed}: test energy MAE {outcome.test['energy_mae_eV']:.3f} eV/mol, "
-                  f"force MAE {outcome.test['force_mae_eV_A']:.3f} eV/Å ({outcome.seconds:.0f} s)", flush=True)
 
-        failed: list[str] = []
+def run_all(args: argparse.Namespace, jobs: list[Job], tmp: Path, *, command: str, hardware: str,
+            started: float) -> None:
+    """Run every job (size by size; with --jobs N, a size's runs at once) and rewrite the results after each."""
+    outcomes: list[Outcome] = []
+    failed: list[str] = []
+    runs_path = args.out.with_name(f"{args.out.stem}-runs.json")
 
-        def report_failure(job: Job, err: BaseException) -> None:
-            # One broken run (say, out of memory) must not take the others' results with it.
+    def write_results() -> None:
+        text = render(args, outcomes, jobs, command=command, hardware=hardware,
+                      seconds=time.perf_counter() - started, failed=failed)
+        write_text_atomic(args.out, text)  # after every run: a cut-off bench still leaves its table
+        write_text_atomic(runs_path, json.dumps([outcome_record(o) for o in outcomes], indent=1, default=float))
+
+    def finished(job: Job, future: Future | None, outcome: Outcome | None) -> None:
+        try:
+            outcome = outcome if future is None else future.result()
+        except Exception as err:  # one broken run (say, out of memory) must not take the others' results with it
             failed.append(f"{job.model} size={job.size} seed={job.seed}: {type(err).__name__}: {err}")
             print(f"FAILED {failed[-1]}", file=sys.stderr, flush=True)
-            if len(failed) == 1:  # the first one's traceback (from the worker process, if any) says why
+            if len(failed) == 1:
                 traceback.print_exception(err, file=sys.stderr)
+            return
+        assert outcome is not None
+        outcomes.append(outcome)
+        write_results()
+        print(f"[{time.perf_counter() - started:.0f}s] {job.model} size={job.size or 'all'} seed={job.seed}: "
+              f"test energy MAE {outcome.test['energy_mae_eV']:.3f} eV/mol, force MAE "
+              f"{outcome.test['force_mae_eV_A']:.3f} eV/Å, {outcome.passes} passes in {outcome.train_seconds:.0f} s "
+              f"of training ({outcome.wall_seconds:.0f} s in all)", flush=True)
 
-        if args.jobs == 1:
-            for job in jobs:
-                try:
-                    record(run_job(job, tmp))
-                except Exception as err:
-                    report_failure(job, err)
-        else:
-            with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool_executor:
-                futures = {pool_executor.submit(run_job, job, tmp): job for job in jobs}
-                for future in as_completed(futures):
-                    try:
-                        record(future.result())
-                    except Exception as err:
-                        report_failure(futures[future], err)
-        finished = {o.job.model for o in outcomes}
-        if args.equal_time and sizes == [None] and {"direct", "schnet"} <= finished:
-            # The paper's comparison is at equal compute: give the transformer SchNet's wall clock.
-            def seconds(model: str) -> float:
-                return statistics.mean(o.seconds for o in outcomes if o.job.model == model)
-
-            base = next(j for j in jobs if j.model == "direct")
-            epochs = max(1, round(base.epochs * seconds("schnet") / seconds("direct")))
-            extra = [Job(EQUAL_TIME, None, seed, epochs, base.overrides)
-                     for seed in range(args.first_seed, args.first_seed + args.seeds)]
-            jobs += extra
-            for job in extra:
-                record(run_job(job, tmp))
+    with progress_bar(enabled=True) as bar:
+        task = bar.add_task("molecules bench (runs)", total=len(jobs), status="")
+        executor = ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else None
+        try:
+            for size in args.sizes[::-1]:  # largest first: the size that matters most is done first
+                group = [job for job in jobs if job.size == size]
+                if executor is None:
+                    for job in group:
+                        try:
+                            outcome = run_job(job, str(tmp))
+                        except Exception as err:
+                            failed.append(f"{job.model} size={job.size} seed={job.seed}: {type(err).__name__}: {err}")
+                            traceback.print_exception(err, file=sys.stderr)
+                            continue
+                        finished(job, None, outcome)
+                        bar.update(task, advance=1)
+                else:  # the size's runs at once; the next size when they are all done
+                    futures = [(job, executor.submit(run_job, job, str(tmp))) for job in group]
+                    for job, future in futures:
+                        finished(job, future, None)
+                        bar.update(task, advance=1)
+        finally:
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
+    write_results()
     if outcomes:
-        print(Path(args.out).read_text())
+        print(args.out.read_text())
+        try:
+            draw_plots(args.out)
+        except UserError as err:  # e.g. no matplotlib on the GPU machine: the numbers are all written
+            print(f"note: {err}; draw the plots elsewhere with `python apps/bench/molecules.py --plots-from "
+                  f"{args.out}`", file=sys.stderr)
     if failed:
         sys.exit(f"{len(failed)} run(s) failed; first: {failed[0]}")
 

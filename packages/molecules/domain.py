@@ -28,6 +28,12 @@ from panformer.engine.config import Recipe, StrictModel
 from panformer.engine.domain import Domain, Metrics, RecipeChoice, Splits, Task
 from panformer.engine.errors import UserError
 from panformer.engine.plots import pyplot, save_png
+from panformer.molecules.attention_distance import (
+    MAX_STRUCTURES,
+    attention_by_distance,
+    has_attention,
+    write_attention_distance,
+)
 from panformer.molecules.frames import Invariance, check_invariance, invariant_forward
 from panformer.molecules.label import LabelOptions, label_file, nci_smiles_path
 from panformer.molecules.metrics import EnergyForceMetrics
@@ -81,6 +87,9 @@ class MoleculeData(StrictModel):
     train_molecules: int | None = Field(
         None, ge=1, description="learning curves: train on only the first N training molecules (a fixed random "
         "order, so smaller sets are subsets of larger ones); validation and test stay the same")
+    train_structures: int | None = Field(
+        None, ge=1, description="learning curves in structures: train on the first training molecules (the same "
+        "fixed order as train_molecules) until they hold at least N structures; not with train_molecules")
 
 
 class LossConfig(StrictModel):
@@ -168,6 +177,11 @@ class StructureDataset(Dataset):
     def __getitem__(self, index: int) -> Structure:
         return self.source[int(self.indices[index])]
 
+    def __getitems__(self, positions: list[int]) -> dict[str, Tensor]:
+        """A whole batch (the DataLoader asks for one at a time): `collate`'s padded batch, sliced straight from
+        the columns (no Structure objects: ~10x faster, so loading keeps up with a GPU without workers)."""
+        return padded_batch(self.source, self.indices[np.asarray(positions, dtype=np.int64)])
+
     @property
     def structures(self) -> list[Structure]:
         """Every structure, read into memory (evaluation and plots; training reads them one at a time)."""
@@ -213,6 +227,27 @@ def collate(structures: list[Structure]) -> dict[str, Tensor]:
         energy[i] = s.energy if s.energy is not None else float("nan")
     return {"numbers": numbers, "positions": positions, "valid": numbers > 0, "energy": energy,
             "forces": forces, "has_forces": has_forces}
+
+
+def padded_batch(source: StructureArrays, indices: np.ndarray) -> dict[str, Tensor]:
+    """The same batch as `collate([source[i] for i in indices])`, read from the columns at once."""
+    columns = source.columns
+    rows, owner = source.atom_rows(indices)
+    counts = source.counts[indices]
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)  # each atom's place in its structure
+    forces = np.asarray(columns["forces"][rows], dtype=np.float32)
+    has_forces = np.zeros(len(indices), dtype=bool)
+    has_forces[owner[~np.isnan(forces).all(1)]] = True  # a structure without forces has NaN rows only
+    shape = (len(indices), int(counts.max()))
+    numbers = torch.zeros(shape, dtype=torch.long)
+    numbers[owner, slot] = torch.from_numpy(np.asarray(columns["numbers"][rows], dtype=np.int64))
+    positions = torch.zeros(*shape, 3)
+    positions[owner, slot] = torch.from_numpy(np.asarray(columns["positions"][rows], dtype=np.float32))
+    padded_forces = torch.zeros(*shape, 3)
+    padded_forces[owner, slot] = torch.from_numpy(np.where(has_forces[owner, None], forces, 0.0).astype(np.float32))
+    return {"numbers": numbers, "positions": positions, "valid": numbers > 0,
+            "energy": torch.from_numpy(np.asarray(columns["energy"][indices], dtype=np.float32)),
+            "forces": padded_forces, "has_forces": torch.from_numpy(has_forces)}
 
 
 def nci_dataset(data: MoleculeData) -> Path:
@@ -273,24 +308,28 @@ def below_max_force(largest: np.ndarray, max_force: float, *, where: str) -> np.
 
 def molecule_split(
     structures: list[Structure], *, val_fraction: float, test_fraction: float, seed: int,
-    train_molecules: int | None = None,
+    train_molecules: int | None = None, train_structures: int | None = None,
 ) -> dict[str, list[Structure]]:
     """`split_by_molecule` of a list of structures: the structures of each split."""
     groups = split_by_molecule(np.array([s.molecule for s in structures], dtype=str), val_fraction=val_fraction,
-                               test_fraction=test_fraction, seed=seed, train_molecules=train_molecules)
+                               test_fraction=test_fraction, seed=seed, train_molecules=train_molecules,
+                               train_structures=train_structures)
     return {name: [structures[i] for i in positions] for name, positions in groups.items()}
 
 
 def split_by_molecule(
     molecule: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int,
-    train_molecules: int | None = None,
+    train_molecules: int | None = None, train_structures: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Split by molecule: every conformer of a molecule lands in the same split. `molecule` (S,) names each
     structure's molecule; returns the positions of each split's structures, in order.
 
     `train_molecules` keeps only that many training molecules (the first of a seeded shuffle: nested
-    subsets for learning curves); validation and test do not depend on it.
+    subsets for learning curves); validation and test do not depend on it. `train_structures` keeps the
+    fewest of those first molecules that hold at least that many structures.
     """
+    if train_molecules is not None and train_structures is not None:
+        raise UserError("give data.train_molecules or data.train_structures, not both")
     # np.unique sorts by code point, as sorted() does: the shuffle, and so the split, is the same as for a list.
     unique, which = np.unique(molecule, return_inverse=True)
     molecules = unique.tolist()
@@ -308,6 +347,12 @@ def split_by_molecule(
             raise UserError(f"data.train_molecules={train_molecules} but only {len(train)} molecules are left for "
                             "training; give a smaller number or more data")
         train = train[:train_molecules]
+    if train_structures is not None:
+        held = np.cumsum(np.bincount(which.reshape(-1), minlength=len(molecules))[train])
+        if train_structures > held[-1]:
+            raise UserError(f"data.train_structures={train_structures} but the training molecules hold only "
+                            f"{held[-1]} structures; give a smaller number or more data")
+        train = train[:int(np.searchsorted(held, train_structures)) + 1]
     group = np.full(len(molecules), -1)  # per molecule: 0 train, 1 val, 2 test, -1 left out
     group[order[:n_test]], group[order[n_test:n_test + n_val]], group[train] = 2, 1, 0
     of_structure = group[which.reshape(-1)]
@@ -351,7 +396,8 @@ class EnergyForceTask(Task):
                             "structure (extxyz energy=, an SDF energy property or --set data.energy_key=NAME)")
         molecule = structures.column("molecule")
         groups = split_by_molecule(molecule, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
-                                   seed=data.label_seed, train_molecules=data.train_molecules)
+                                   seed=data.label_seed, train_molecules=data.train_molecules,
+                                   train_structures=data.train_structures)
         splits = {name: structures.subset(positions) for name, positions in groups.items()}
         seen = np.zeros(MAX_Z + 1, dtype=bool)
         for _, numbers, _ in splits["train"].atom_blocks():
@@ -408,8 +454,9 @@ class EnergyForceTask(Task):
         model.energy_scale.fill_(max(scale, 1e-6))
         model.energy_norm.fill_(max(float(residual.std()), 1e-6))
 
-    def collate(self, items: list[Any]) -> dict[str, Tensor]:
-        return collate(items)
+    def collate(self, items: list[Any] | dict[str, Tensor]) -> dict[str, Tensor]:
+        # A StructureDataset hands the DataLoader whole padded batches (`__getitems__`); lists are padded here.
+        return items if isinstance(items, dict) else collate(items)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         core: EnergyModel = getattr(model, "module", model)  # DDP wraps the model
@@ -476,10 +523,17 @@ class EnergyForceTask(Task):
         self, model: nn.Module, dataset: Dataset, info: dict[str, Any], *, path: Path, batch_size: int,
         device: torch.device,
     ) -> Path:
+        """The parity plot at `path`; for a model with attention also the attention-vs-distance analysis beside
+        it (`PATH-attention-distance.png/.csv/.json`, see `panformer.molecules.attention_distance`)."""
         structures = dataset.structures
         predicted = predict_structures(model, structures, device=device, batch_size=batch_size,
                                        invariance=self.invariance)
-        return parity_plot(structures, predicted, path)
+        written = parity_plot(structures, predicted, path)
+        if has_attention(model):
+            stem = path.with_name(f"{path.stem}-attention-distance")
+            extra = attention_distance_files(model, structures, stem=stem, device=device, batch_size=batch_size)
+            print("attention vs distance: " + ", ".join(map(str, extra)), file=sys.stderr)
+        return written
 
     def evaluation_extras(
         self, model: nn.Module, *, recipe: MoleculeRecipe, info: dict[str, Any], splits: Splits, device: torch.device
@@ -533,6 +587,18 @@ def predict_structures(
             out.append(Structure(s.numbers, s.positions, float(energy[i]), forces[i, :len(s)].double().cpu().numpy(),
                                  molecule=s.molecule, name=s.name, info=dict(s.info)))
     return out
+
+
+def attention_distance_files(
+    model: nn.Module, structures: list[Structure], *, stem: Path, device: torch.device, batch_size: int = 64,
+) -> list[Path]:
+    """The paper's attention analysis on the first `MAX_STRUCTURES` of `structures`: STEM.png, .csv, .json."""
+    from panformer.engine.trainer import to_device
+
+    sample = structures[:MAX_STRUCTURES]
+    batches = (to_device(collate(sample[start:start + batch_size]), device)
+               for start in range(0, len(sample), batch_size))
+    return write_attention_distance(attention_by_distance(model, batches, device=device), stem)
 
 
 def invariance_report(

@@ -85,6 +85,34 @@ def test_learning_curve_training_sets_are_nested_and_held_out_sets_fixed():
         molecule_split(structures, val_fraction=0.2, test_fraction=0.2, seed=0, train_molecules=99)
 
 
+def test_learning_curve_sizes_in_structures_take_whole_molecules_until_enough():
+    # Molecules with 1, 2 or 3 conformers: a size in structures must not cut a molecule's conformers apart.
+    structures = [Structure(np.array([1]), np.zeros((1, 3)), 0.0, molecule=f"m{i}")
+                  for i in range(60) for _ in range(1 + i % 3)]
+    full = molecule_split(structures, val_fraction=0.2, test_fraction=0.2, seed=0)
+    by_molecules = molecule_split(structures, val_fraction=0.2, test_fraction=0.2, seed=0, train_molecules=9)
+    previous: set[str] = set()
+    for size in (1, 10, 25, len(full["train"])):
+        split = molecule_split(structures, val_fraction=0.2, test_fraction=0.2, seed=0, train_structures=size)
+        names = {s.molecule for s in split["train"]}
+        fewer = molecule_split(structures, val_fraction=0.2, test_fraction=0.2, seed=0,
+                               train_molecules=len(names) - 1)["train"] if len(names) > 1 else []
+        assert len(split["train"]) >= size > len(fewer)  # the fewest first molecules that hold `size`
+        assert previous <= names and previous != names  # nested, in the same order as train_molecules
+        assert [s.name for s in split["val"]] == [s.name for s in full["val"]]
+        assert [s.name for s in split["test"]] == [s.name for s in full["test"]]
+        previous = names
+    assert previous == {s.molecule for s in full["train"]}
+    first_nine = molecule_split(structures, val_fraction=0.2, test_fraction=0.2, seed=0,
+                                train_structures=len(by_molecules["train"]))["train"]
+    assert {s.molecule for s in first_nine} == {s.molecule for s in by_molecules["train"]}
+    with pytest.raises(UserError, match="train_structures=999"):
+        molecule_split(structures, val_fraction=0.2, test_fraction=0.2, seed=0, train_structures=999)
+    with pytest.raises(UserError, match="not both"):
+        molecule_split(structures, val_fraction=0.2, test_fraction=0.2, seed=0, train_molecules=3,
+                       train_structures=5)
+
+
 BLOCKED_TRAINING = textwrap.dedent("""
     import importlib.abc, sys
     class Block(importlib.abc.MetaPathFinder):

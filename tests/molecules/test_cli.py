@@ -4,6 +4,7 @@ calculator, and bad input (exit code 2, one line)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,22 @@ def test_train_writes_a_run_and_evaluate_prints_json(run):
     assert scores["invariance_force_error_eV_A"] < 1e-2 * scores["invariance_force_error_eV_A_off"]
     assert scores["predict_ms_per_structure"] > 0 and scores["predict_ms_per_structure_off"] > 0
     assert "invariance: frames" in result.stderr
+
+
+def test_evaluate_plot_writes_the_parity_plot_and_attention_against_distance(run):
+    plot = run / "eval.png"
+    result = cli("evaluate", "--checkpoint", str(run / "run"), "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    stem = run / "eval-attention-distance"
+    assert plot.read_bytes()[:4] == Path(f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"attention vs distance: {stem}.png" in result.stderr
+    summary = json.loads(Path(f"{stem}.json").read_text())
+    assert list(summary["layers"]) == ["blocks.0.attn"]  # the tiny recipe: depth 1, 2 heads
+    layer = summary["layers"]["blocks.0.attn"]
+    assert len(layer["effective_radius_A"]) == len(layer["self_weight"]) == 2
+    assert min(layer["effective_radius_A"]) > 0 and max(layer["self_weight"]) < 1
+    header = Path(f"{stem}.csv").read_text().splitlines()[0]
+    assert header == "layer,head,distance_from_A,distance_to_A,pairs,mean_weight,relative_to_uniform"
 
 
 def test_calculator_and_predict_are_rotation_invariant(run):

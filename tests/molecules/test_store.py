@@ -9,12 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from panformer.engine.config import load_recipe
 from panformer.engine.errors import UserError
-from panformer.engine.trainer import Trainer
+from panformer.engine.trainer import Trainer, make_loader
 from panformer.molecules import label as label_module
-from panformer.molecules.domain import EnergyForceTask, MoleculeRecipe, MoleculesDomain
+from panformer.molecules.domain import (
+    EnergyForceTask,
+    MoleculeRecipe,
+    MoleculesDomain,
+    StructureDataset,
+    collate,
+)
 from panformer.molecules.label import LabelOptions, label_file
 from panformer.molecules.structures import (
     Structure,
@@ -94,6 +101,23 @@ def test_training_splits_from_a_store_match_the_npz_and_read_by_index(tmp_path):
         models.append(model)
     for key in ("element_energy", "scale", "energy_norm"):
         assert np.allclose(getattr(models[0], key).numpy(), getattr(models[1], key).numpy(), rtol=1e-6)
+
+
+def test_the_loader_slices_whole_batches_equal_to_collating_the_structures(tmp_path):
+    structures = _structures()
+    store = StructureDataset(open_store(write_structures(tmp_path / "set.structures", structures)))
+    in_memory = StructureDataset(structures)
+    task = EnergyForceTask()
+    positions = [4, 0, 17, 3, 9]  # unsorted, sizes 3 to 7, number 4 without forces
+    for dataset in (store, in_memory):
+        expected = collate([dataset[i] for i in positions])
+        batch = dataset.__getitems__(positions)
+        assert batch.keys() == expected.keys()
+        for key, value in expected.items():
+            assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+        assert not batch["has_forces"][0] and batch["has_forces"][1:].all()
+        loaded = next(iter(make_loader(task, dataset.subset(np.array(positions)), batch_size=5, shuffle=False)))
+        assert all(torch.equal(loaded[key], expected[key]) for key in expected)
 
 
 def test_train_reads_a_store(tmp_path):
