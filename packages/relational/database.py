@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -45,6 +46,10 @@ from panformer.engine.runlog import progress_bar
 
 COPY_CHUNK_ROWS = 200_000  # rows per chunk when streaming a SQLite/PostgreSQL table into DuckDB
 SOURCE = "src"  # the attached database's catalog name
+# DuckDB's own working memory (cached blocks of the file, sorts, joins, windows); beyond it DuckDB spills
+# to a temporary folder, so memory stays bounded whatever the size of the database and of the task.
+DUCKDB_MEMORY = "512MB"
+_spill_root: Path | None = None
 
 
 @dataclass
@@ -106,6 +111,19 @@ class Database:
     def table_ref(self, name: str) -> str:
         """The table's fully qualified name (for queries on cursors, which do not share `USE`)."""
         return f"{quote(self.catalog)}.main.{quote(name)}"
+
+    def file_stamp(self) -> str | None:
+        """The source file's path, size and modification time (with its write-ahead log's, if any): they
+        change whenever its content does. None for a source that is not a file (PostgreSQL, frames)."""
+        if self.uri is None or _scheme(self.uri) not in ("duckdb", "sqlite"):
+            return None
+        path = _file_path(self.uri).resolve()
+        stamps = []
+        for file in (path, path.with_name(f"{path.name}.wal"), path.with_name(f"{path.name}-wal")):
+            if file.exists():
+                stat = file.stat()
+                stamps.append(f"{file}\x00{stat.st_size}\x00{stat.st_mtime_ns}")
+        return "\n".join(stamps)
 
     def row_count(self, name: str) -> int:
         return int(self.connection.execute(f"SELECT count(*) FROM {self.table_ref(name)}").fetchall()[0][0])
@@ -189,7 +207,7 @@ def read_database(uri: str, *, schema_file: str | Path | None = None, cache_dir:
         uri = f"sqlite:///{uri}" if suffix in {".sqlite", ".sqlite3", ".db"} else f"duckdb:///{uri}"
     scheme = uri.split("://", 1)[0].lower()
     if scheme == "duckdb":
-        path = _duckdb_path(uri)
+        path = _file_path(uri)
         if not path.is_file():
             raise UserError(f"--data {uri}: no such DuckDB file; give an existing duckdb:///path.duckdb")
         con = _attach(path, uri)
@@ -214,7 +232,19 @@ def _connection() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute("SET threads TO 1")
     con.execute("SET TimeZone = 'UTC'")  # times compare as naive UTC everywhere (DuckDB, NumPy)
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
+    con.execute(f"SET temp_directory = '{str(_spill_folder()).replace(chr(39), chr(39) * 2)}'")
     return con
+
+
+def _spill_folder() -> Path:
+    """Where DuckDB spills beyond DUCKDB_MEMORY: private to the process (DuckDB's default would be `.tmp` in
+    the working directory). DuckDB creates it on the first spill only; it is removed at exit."""
+    global _spill_root
+    if _spill_root is None:
+        _spill_root = Path(tempfile.gettempdir()) / f"panformer-duckdb-{os.getpid()}"
+        atexit.register(shutil.rmtree, _spill_root, ignore_errors=True)
+    return _spill_root
 
 
 def _attach(path: Path, uri: str) -> duckdb.DuckDBPyConnection:
@@ -285,18 +315,18 @@ def _first_line(err: BaseException) -> str:
     return (str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _duckdb_path(uri: str) -> Path:
+def _file_path(uri: str) -> Path:
+    """The file of a DuckDB or SQLite URI: duckdb:///relative.duckdb, sqlite:////absolute.db (as SQLAlchemy)."""
     rest = uri.split("://", 1)[1]
-    return Path(rest[1:] if rest.startswith("/") else rest)  # duckdb:///relative, duckdb:////absolute
+    return Path(rest[1:] if rest.startswith("/") else rest)
 
 
 def _sqlalchemy_url(uri: str) -> tuple[str, dict[str, Any]]:
     """SQLAlchemy's URL and driver arguments for a read-only connection to a SQLite file or PostgreSQL."""
-    scheme, rest = uri.split("://", 1)
+    scheme = uri.split("://", 1)[0]
     connect_args: dict[str, Any] = {}
     if scheme.startswith("sqlite"):
-        # sqlite:///relative.db and sqlite:////absolute.db, as SQLAlchemy reads them
-        path = Path(rest[1:] if rest.startswith("/") else rest)
+        path = _file_path(uri)
         if not path.is_file():
             raise UserError(f"--data {uri}: no such SQLite file; give an existing sqlite:///path.db")
         url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"

@@ -29,6 +29,12 @@ from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.runlog import console, progress_bar
 from panformer.relational.baseline import aggregate_features, fit_trees
+from panformer.relational.context_cache import (
+    context_folder,
+    open_contexts,
+    write_contexts,
+    writing_lock,
+)
 from panformer.relational.database import Database, read_database, seconds, task_timestamps
 from panformer.relational.demo import VARIANTS, churn_sql, ensure_demo_database, name_of
 from panformer.relational.model import RelationalTransformer
@@ -38,7 +44,8 @@ from panformer.relational.sampling import (
     NUMBER,
     Contexts,
     encode_database,
-    sample_contexts,
+    iter_contexts,
+    parent_slots,
 )
 
 # --- recipe --------------------------------------------------------------------------------------
@@ -57,8 +64,9 @@ class TaskSpec(StrictModel):
 class RelationalData(StrictModel):
     source: str = Field("demo", description="demo[:VARIANT:SEED], duckdb:///F, sqlite:///F, postgresql://...")
     schema_file: str | None = Field(None, description="YAML keys/time columns for databases without constraints")
-    cache_dir: str = Field("runs/data/relational", description="where generated demo databases and the DuckDB "
-                                                                "copies of SQLite/PostgreSQL sources are written")
+    cache_dir: str = Field("runs/data/relational", description="where generated demo databases, the DuckDB "
+                                                                "copies of SQLite/PostgreSQL sources and the sampled "
+                                                                "contexts (memory-mapped) are written")
     demo_customers: int = Field(500, ge=20)
     max_cells: int = Field(96, ge=8, description="cells per context (the label cell included)")
     children_per_table: int = Field(8, ge=1, description="latest rows per table pointing to the entity")
@@ -147,7 +155,8 @@ def load_task_data(source: str, data: RelationalData) -> tuple[TaskData, TaskSpe
 
 
 class ContextDataset(Dataset):
-    """Precomputed contexts with a label per context; masks number/bool cells at random when pretraining."""
+    """Precomputed contexts (in memory or memory-mapped from the cache) with a label per context; masks
+    number/bool cells at random when pretraining."""
 
     def __init__(self, contexts: Contexts, labels: np.ndarray, *, mask_prob: float = 0.0) -> None:
         self.c, self.labels, self.mask_prob = contexts, labels.astype(np.float32), mask_prob
@@ -162,18 +171,41 @@ class ContextDataset(Dataset):
         masked = maskable & (torch.rand(kind.shape) < self.mask_prob) if self.mask_prob else torch.zeros_like(maskable)
         ids = {name: torch.from_numpy(getattr(c, name)[i].astype(np.int64))  # compact on the host, int64 batched
                for name in ("words", "column_words", "table_words", "column_ids", "row_ids", "parent_rows")}
-        return {"kind": kind, "value": torch.from_numpy(c.value[i]), **ids,
+        value = torch.from_numpy(np.array(c.value[i]))  # a copy: the cache's maps are read-only
+        return {"kind": kind, "value": value, **ids,
                 "label_pos": torch.tensor(int(c.label_pos[i])), "masked": masked, "target": torch.tensor(self.labels[i])}
 
 
-def build_contexts(task: TaskData, rows: pd.DataFrame, data: RelationalData, *, stats_before: float | None,
-                   label_name: str) -> Contexts:
+def build_contexts(task: TaskData, rows: pd.DataFrame, data: RelationalData, *, split: str,
+                   stats_before: float | None, label_name: str) -> Contexts:
+    """The contexts of `rows`, memory-mapped from the cache under `data.cache_dir`: sampled into it
+    first unless an earlier run on the same database and task did (see `context_cache`)."""
+    ids, times = rows["entity_id"].to_numpy(), seconds(rows["timestamp"])
+    folder = context_folder(task.database, cache_dir=Path(data.cache_dir), split=split,
+                            entity_table=task.entity_table, entity_ids=ids, timestamps=times,
+                            stats_before=stats_before, label_name=label_name, max_cells=data.max_cells,
+                            children_per_table=data.children_per_table)
+    contexts = open_contexts(folder)
+    if contexts is None:
+        with writing_lock(folder):
+            contexts = open_contexts(folder)  # another process may have written it while this one waited
+            if contexts is None:
+                return _sample_into(folder, task, ids, times, data, split=split, stats_before=stats_before,
+                                    label_name=label_name)
+    console.print(f"relational: {split} contexts ({len(contexts):,}) reused from {folder}", soft_wrap=True)
+    return contexts
+
+
+def _sample_into(folder: Path, task: TaskData, ids: np.ndarray, times: np.ndarray, data: RelationalData, *,
+                 split: str, stats_before: float | None, label_name: str) -> Contexts:
+    """Sample the contexts of (ids, times) chunk by chunk straight into the cache folder, with a progress bar."""
     enc = encode_database(task.database, stats_before=stats_before, label_name=label_name)
-    with progress_bar(enabled=len(rows) > CHUNK_QUERIES) as bar:
-        progress = (bar, bar.add_task(f"contexts from {task.source}", total=len(rows), status=""))
-        return sample_contexts(enc, task.entity_table, rows["entity_id"].to_numpy(), seconds(rows["timestamp"]),
-                               max_cells=data.max_cells, children_per_table=data.children_per_table,
-                               source=task.source, progress=progress)
+    with progress_bar(enabled=len(ids) > CHUNK_QUERIES) as bar:
+        progress = (bar, bar.add_task(f"{split} contexts from {task.source}", total=len(ids), status=""))
+        parts = iter_contexts(enc, task.entity_table, ids, times, max_cells=data.max_cells,
+                              children_per_table=data.children_per_table, source=task.source, progress=progress)
+        return write_contexts(folder, parts, count=len(ids), max_cells=data.max_cells, parents=parent_slots(enc),
+                              about={"source": task.source, "split": split})
 
 
 def split_rows(rows: pd.DataFrame, spec: TaskSpec, source: str) -> dict[str, pd.DataFrame]:
@@ -245,7 +277,7 @@ class EntityTask(Task):
         mean, std = float(labels["train"].mean()), float(labels["train"].std() or 1.0)
         if spec.kind == "binary" and not set(np.unique(task.rows["label"])) <= {0, 1}:
             raise UserError("recipe data.task.sql: a binary task's labels must be 0/1; use kind: regression")
-        contexts = {k: build_contexts(task, v, data, stats_before=stats_before, label_name=spec.name)
+        contexts = {k: build_contexts(task, v, data, split=k, stats_before=stats_before, label_name=spec.name)
                     for k, v in parts.items()}
         n = sum(len(v) for v in parts.values())
         rate = n / max(time.perf_counter() - started, 1e-9)
@@ -256,7 +288,7 @@ class EntityTask(Task):
         }
         info["baselines"] = self.baselines(task, parts, spec, data) if data.baseline else {}
         console.print(f"relational: {n} task rows from {source} ({', '.join(f'{k} {len(v)}' for k, v in parts.items())}), "
-                      f"contexts built at {rate:,.0f}/s")
+                      f"contexts ready at {rate:,.0f}/s")
         datasets = {}
         for name in parts:
             target = labels[name] if spec.kind == "binary" else (labels[name] - mean) / std
@@ -312,7 +344,8 @@ class EntityTask(Task):
         sets = []
         for source in cfg.sources:
             task, spec = load_task_data(source, recipe.data.model_copy(update={"task": TaskSpec(name=recipe.data.task.name)}))
-            ctx = build_contexts(task, task.rows, recipe.data, stats_before=None, label_name=spec.name)
+            ctx = build_contexts(task, task.rows, recipe.data, split="pretrain", stats_before=None,
+                                 label_name=spec.name)
             sets.append(ContextDataset(ctx, task.rows["label"].to_numpy(np.float64), mask_prob=cfg.mask_prob))
         data = torch.utils.data.ConcatDataset(sets)
         loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True,
@@ -389,19 +422,27 @@ class EntityTask(Task):
         except (ValueError, TypeError):
             raise UserError(f"--input {input_path}: a timestamp is not a date; use e.g. 2024-10-15") from None
         db, spec = resolve_source(info["source"], recipe.data)
-        task = TaskData(db, info["entity_table"], queries, str(input_path))
         stats_before = float(seconds(pd.Series([pd.Timestamp(spec.val_timestamp)]))[0])
-        ctx = build_contexts(task, queries, recipe.data, stats_before=stats_before, label_name=spec.name)
-        dataset = ContextDataset(ctx, np.zeros(len(queries)))
+        enc = encode_database(db, stats_before=stats_before, label_name=spec.name)
+        data = recipe.data
         model.eval()
         scores = []
-        for start in range(0, len(dataset), 256):
-            batch = self.collate([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
-            out = model({k: v.to(device) for k, v in batch.items()})
-            if spec.kind == "binary":
-                scores.append(torch.sigmoid(out["label_bool"].float()).cpu().numpy())
-            else:
-                scores.append(out["label_number"].float().cpu().numpy() * info["label_std"] + info["label_mean"])
+        # Scored a chunk of contexts at a time, as they are sampled: nothing but the scores is kept.
+        with progress_bar(enabled=len(queries) > CHUNK_QUERIES) as bar:
+            progress = (bar, bar.add_task(f"contexts from {input_path}", total=len(queries), status=""))
+            for _, part in iter_contexts(enc, info["entity_table"], queries["entity_id"].to_numpy(),
+                                         seconds(queries["timestamp"]), max_cells=data.max_cells,
+                                         children_per_table=data.children_per_table, source=str(input_path),
+                                         progress=progress):
+                dataset = ContextDataset(part, np.zeros(len(part)))
+                for start in range(0, len(dataset), 256):
+                    batch = self.collate([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
+                    out = model({k: v.to(device) for k, v in batch.items()})
+                    if spec.kind == "binary":
+                        scores.append(torch.sigmoid(out["label_bool"].float()).cpu().numpy())
+                    else:
+                        scores.append(out["label_number"].float().cpu().numpy() * info["label_std"]
+                                      + info["label_mean"])
         score = np.concatenate(scores) if scores else np.zeros(0)
         result = queries[["entity_id", "timestamp"]].copy()
         if spec.kind == "binary":

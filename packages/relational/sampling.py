@@ -368,6 +368,11 @@ def _latest_children(
     return query, rows[picked]
 
 
+def parent_slots(enc: EncodedDatabase) -> int:
+    """P: the most foreign keys of any table (at least one: the label cell's parent)."""
+    return max([len(x.foreign_keys) for x in enc.tables] + [1])
+
+
 def sample_contexts(
     enc: EncodedDatabase,
     entity_table: str,
@@ -379,7 +384,28 @@ def sample_contexts(
     source: str = "task",
     progress: object | None = None,
 ) -> Contexts:
-    """Contexts for N (entity id, timestamp) queries; timestamps are float seconds. `progress` (a rich
+    """Contexts for N (entity id, timestamp) queries, all in memory (see `iter_contexts`; training writes
+    them to disk instead, `panformer.relational.context_cache`)."""
+    out = Contexts.empty(len(entity_ids), max_cells, parent_slots(enc))
+    for first, part in iter_contexts(enc, entity_table, entity_ids, timestamps, max_cells=max_cells,
+                                     children_per_table=children_per_table, source=source, progress=progress):
+        out.assign(first, part)
+    return out
+
+
+def iter_contexts(
+    enc: EncodedDatabase,
+    entity_table: str,
+    entity_ids: np.ndarray,
+    timestamps: np.ndarray,
+    *,
+    max_cells: int = 96,
+    children_per_table: int = 8,
+    source: str = "task",
+    progress: object | None = None,
+) -> Iterator[tuple[int, Contexts]]:
+    """(first query, contexts of queries first..first+CHUNK_QUERIES) for N (entity id, timestamp) queries,
+    in order; timestamps are float seconds. Only one chunk is in memory at a time. `progress` (a rich
     progress bar and task id) advances per chunk."""
     if entity_table not in enc.index:
         raise UserError(f"{source}: entity table '{entity_table}' is not in the database; known: {', '.join(enc.index)}")
@@ -390,18 +416,16 @@ def sample_contexts(
         raise UserError(f"{source}: max_cells {max_cells} is over {np.iinfo(np.int16).max}; use fewer cells")
     entity_ids = np.asarray(entity_ids)
     cutoff = np.asarray(timestamps, dtype=np.float64)
-    parents = max([len(x.foreign_keys) for x in enc.tables] + [1])
-    out = Contexts.empty(len(entity_ids), max_cells, parents)
+    parents = parent_slots(enc)
     for first, tables in _chunks(enc, entity, entity_ids, cutoff, children_per_table, source):
         stop = min(first + CHUNK_QUERIES, len(entity_ids))
         entity_rows = tables[entity.table_id].keys.get_indexer(pd.Series(entity_ids[first:stop]))
         part = _assemble(tables, enc.children, enc.column_words, entity.table_id, entity_rows, cutoff[first:stop],
                          max_cells=max_cells, children_per_table=children_per_table, parents=parents)
-        out.assign(first, part)
         if progress is not None:
             bar, task = progress
             bar.advance(task, stop - first)
-    return out
+        yield first, part
 
 
 def _assemble(tables: list[EncodedTable], children: dict[int, list[tuple[int, int]]], column_words: np.ndarray,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import tracemalloc
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -70,3 +71,15 @@ def test_sqlite_is_streamed_into_a_reused_duckdb_copy(tmp_path):
     assert path.read_bytes() == before  # the user's file is never written
     pd.testing.assert_frame_equal(first.read_table("orders"), again.read_table("orders"))
     assert first.row_count("orders") == len(tables["orders"])
+
+
+def test_duckdb_working_memory_is_bounded_and_spills_outside_the_working_directory(tmp_path, monkeypatch):
+    """DuckDB would otherwise cache the file's blocks and hold every sort of the sampling queries in memory
+    up to 80% of the RAM (peak RSS grew with the task), and spill into `.tmp` in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    db = read_database(f"duckdb:///{small_shop(tmp_path, customers=30)}")
+    limit, spill = db.connection.execute(
+        "SELECT current_setting('memory_limit'), current_setting('temp_directory')").fetchall()[0]
+    number, unit = limit.split()
+    assert unit == "MiB" and float(number) <= 1024
+    assert not Path(spill).resolve().is_relative_to(tmp_path.resolve())

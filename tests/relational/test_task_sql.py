@@ -79,7 +79,8 @@ def test_sqlite_task_trains_and_loads(shop_files, tmp_path):
     before = sqlite_path.read_bytes(), os.stat(sqlite_path).st_mtime_ns
     domain = RelationalDomain()
     raw = {"domain": "relational", "data": {
-        "source": f"sqlite:///{sqlite_path}", "max_cells": 40, "children_per_table": 3,
+        "source": f"sqlite:///{sqlite_path}", "cache_dir": str(tmp_path / "cache"), "max_cells": 40,
+        "children_per_table": 3,
         "task": {"name": "churn", "kind": "binary", "entity_table": "customers", "sql": SQLITE_CHURN}},
         "model": {"dim": 16, "depth": 1, "num_heads": 2}, "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}}
     result = Trainer(domain, validate_recipe(domain.recipe_type_for, raw, source="test"), run_dir=tmp_path / "r").fit()
