@@ -367,6 +367,9 @@ class EntityTask(Task):
                 step += 1
                 if step >= cfg.steps:
                     break
+        # No stale gradients: the frozen head's would otherwise count in fine-tuning's gradient clipping
+        # (and a resumed run, which skips pretraining, would clip differently).
+        model.zero_grad(set_to_none=True)
         freeze_unused_head(model, kind=recipe.data.task.kind)
         self._record_zero_shot(model, splits, loss=float(np.mean(losses[-20:])),
                                note=f"pretrained {cfg.steps} steps on {', '.join(cfg.sources)} in "

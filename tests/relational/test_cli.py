@@ -166,3 +166,24 @@ def test_init_from_a_pretrained_run_scores_zero_shot(trained, tmp_path):
     raw["model"]["dim"] = 32
     with pytest.raises(UserError, match="init_from"):
         Trainer(domain, validate_recipe(domain.recipe_type_for, raw, source="test"), run_dir=tmp_path / "r2").fit()
+
+
+def test_pretraining_leaves_no_gradients_for_fine_tuning_to_clip(trained):
+    """A stale gradient on the frozen head counted in fine-tuning's clip norm, so a resumed run (which skips
+    pretraining) clipped differently from the uninterrupted one."""
+    from panformer.engine.config import validate_recipe
+    from panformer.relational.domain import RelationalDomain
+
+    domain = RelationalDomain()
+    raw = {"domain": "relational",
+           "data": {"source": "demo", "cache_dir": str(trained / "data"), "demo_customers": 60, "max_cells": 40,
+                    "children_per_table": 3, "baseline": False},
+           "pretrain": {"sources": ["demo:stream:1"], "steps": 2, "batch_size": 32},
+           "model": {"dim": 16, "depth": 1, "num_heads": 2}, "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}}
+    recipe = validate_recipe(domain.recipe_type_for, raw, source="test")
+    task = domain.task(recipe)
+    splits = task.load_splits(recipe)
+    model = task.build_model(recipe, splits.info)
+    task.fit_statistics(model, splits)
+    assert [name for name, p in model.named_parameters() if p.grad is not None] == []
+    assert not model.number_head.weight.requires_grad  # binary task: the number head stays frozen
