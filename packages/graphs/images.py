@@ -28,7 +28,7 @@ from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.metrics import ClassificationMetrics
 from panformer.engine.plots import confusion_matrix_of
-from shared_attention import Attention, RoPE
+from shared_attention import Attention, HiLo, Mask, Neighborhood, RoPE, Variant
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -46,6 +46,31 @@ class ImageData(StrictModel):
     split_seed: int = 0
 
 
+class DenseAttentionConfig(StrictModel):
+    """Every patch attends every patch."""
+
+    name: Literal["dense"] = "dense"
+
+
+class HiLoConfig(StrictModel):
+    """HiLo (LITv2): the Hi-Fi heads attend within s x s patch windows, the Lo-Fi heads attend keys averaged over
+    each window (a coarse global view)."""
+
+    name: Literal["hilo"] = "hilo"
+    window_size: int = Field(2, ge=1, description="s; must divide the patch grid's side (data.image_size / 4)")
+    alpha: float = Field(0.5, ge=0, le=1, description="fraction of Lo-Fi heads (floor(alpha * num_heads))")
+
+
+class NeighborhoodConfig(StrictModel):
+    """Neighbourhood attention (NAT): each patch attends the k x k patches around it."""
+
+    name: Literal["neighborhood"] = "neighborhood"
+    kernel_size: int = Field(3, ge=1, description="k; at most the patch grid's side (data.image_size / 4)")
+
+
+PatchAttentionConfig = Annotated[DenseAttentionConfig | HiLoConfig | NeighborhoodConfig, Field(discriminator="name")]
+
+
 class SAGViTConfig(StrictModel):
     name: Literal["sagvit"] = "sagvit"
     dim: int = Field(64, ge=8)
@@ -56,6 +81,9 @@ class SAGViTConfig(StrictModel):
     backbone_weights: str | None = Field(None, description="a ResNet-18 state dict on disk (.pth/.safetensors); "
                                          "never downloaded. Default: random initialisation")
     dropout: float = Field(0.1, ge=0, lt=1)
+    attention: PatchAttentionConfig = Field(default_factory=DenseAttentionConfig,
+                                            description="the encoder's attention over the patch grid: dense, hilo "
+                                            "or neighborhood")
 
 
 class CNNConfig(StrictModel):
@@ -146,17 +174,39 @@ def knn_edges(tokens: Tensor, k: int) -> Tensor:
     return torch.stack([(nearest + offset).flatten(), dst.flatten()])
 
 
-class EncoderBlock(nn.Module):
-    """Pre-norm transformer block on shared_attention, with axial RoPE over the patch grid."""
+def patch_attention(cfg: PatchAttentionConfig, grid: tuple[int, int]) -> tuple[Variant | None, Mask | None]:
+    """The core variant and mask that `cfg` names over a patch grid (h, w); (None, None) is dense attention."""
+    side = min(grid)
+    if isinstance(cfg, HiLoConfig):
+        if any(n % cfg.window_size for n in grid):
+            raise UserError(f"model.attention.window_size {cfg.window_size} must divide the {grid[0]}x{grid[1]} "
+                            "patch grid (data.image_size / 4); pick a divisor")
+        return HiLo(grid, window_size=cfg.window_size, alpha=cfg.alpha), None
+    if isinstance(cfg, NeighborhoodConfig):
+        if cfg.kernel_size > side:
+            raise UserError(f"model.attention.kernel_size {cfg.kernel_size} exceeds the {grid[0]}x{grid[1]} patch "
+                            f"grid (data.image_size / 4); give at most {side}")
+        return None, Neighborhood(grid, cfg.kernel_size)
+    return None, None
 
-    def __init__(self, dim: int, *, num_heads: int, grid: tuple[int, int], dropout: float) -> None:
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block on shared_attention, with axial RoPE over the patch grid.
+
+    `variant` / `mask`: the core's attention variant and mask over the grid (default: dense softmax).
+    """
+
+    def __init__(self, dim: int, *, num_heads: int, grid: tuple[int, int], dropout: float,
+                 variant: Variant | None = None, mask: Mask | None = None) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attention = Attention(dim, num_heads, position=RoPE(axes=2, grid=grid), dropout=dropout)
+        self.attention = Attention(dim, num_heads, position=RoPE(axes=2, grid=grid), variant=variant,
+                                   dropout=dropout)
+        self.mask = mask
         self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attention(self.norm1(x))
+        x = x + self.attention(self.norm1(x), mask=self.mask)
         return x + self.ffn(self.norm2(x))
 
 
@@ -164,7 +214,8 @@ class SAGViT(nn.Module):
     """CNN patches -> patch graph -> GATConv -> transformer encoder -> mean pool -> classes."""
 
     def __init__(self, *, num_classes: int, image_size: int, dim: int = 64, depth: int = 2, num_heads: int = 4,
-                 graph: str = "grid", k: int = 8, backbone_weights: str | None = None, dropout: float = 0.1) -> None:
+                 graph: str = "grid", k: int = 8, backbone_weights: str | None = None, dropout: float = 0.1,
+                 attention: PatchAttentionConfig | None = None) -> None:
         super().__init__()
         from torch_geometric.nn import GATConv
 
@@ -177,7 +228,9 @@ class SAGViT(nn.Module):
         self.gat = GATConv(dim, dim // num_heads, heads=num_heads, dropout=dropout)
         self.gat_norm = nn.LayerNorm(dim)
         self.register_buffer("grid_edges", grid_edges(side, side), persistent=False)
-        self.blocks = nn.ModuleList(EncoderBlock(dim, num_heads=num_heads, grid=self.grid, dropout=dropout)
+        variant, mask = patch_attention(attention or DenseAttentionConfig(), self.grid)
+        self.blocks = nn.ModuleList(EncoderBlock(dim, num_heads=num_heads, grid=self.grid, dropout=dropout,
+                                                 variant=variant, mask=mask)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
@@ -364,7 +417,8 @@ class ImageClassificationTask(Task):
             if size % 4:
                 raise UserError(f"data.image_size {size} must be a multiple of 4 for SAG-ViT's patch grid")
             net = SAGViT(num_classes=classes, image_size=size, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                         graph=cfg.graph, k=cfg.k, backbone_weights=cfg.backbone_weights, dropout=cfg.dropout)
+                         graph=cfg.graph, k=cfg.k, backbone_weights=cfg.backbone_weights, dropout=cfg.dropout,
+                         attention=cfg.attention)
         return NormalisedImages(net)
 
     def fit_statistics(self, model: nn.Module, splits: Splits) -> None:

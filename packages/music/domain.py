@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from panformer.music.representation import (
     encode_notes,
     instrument_code,
 )
+from shared_attention import MoBA, Routing, Variant
 
 # --- recipe --------------------------------------------------------------------------------------
 
@@ -77,6 +78,40 @@ class MusicData(StrictModel):
     split_seed: int = Field(0, description="shuffles pieces into splits; fixed across training seeds")
 
 
+class DenseAttentionConfig(StrictModel):
+    """Every event attends every earlier event."""
+
+    name: Literal["dense"] = "dense"
+
+
+class MoBAConfig(StrictModel):
+    """MoBA (Lu et al. 2025): each event attends its `top_k` best blocks of `block_size` earlier events (its own
+    block included), chosen by a parameter-free gate."""
+
+    name: Literal["moba"] = "moba"
+    block_size: int = Field(64, ge=1, description="events per key block")
+    top_k: int = Field(3, ge=1, description="blocks each event attends, its own included")
+
+
+class RoutingConfig(StrictModel):
+    """Routing attention (Roy et al. 2021): each event attends the earlier events of its k-means cluster."""
+
+    name: Literal["routing"] = "routing"
+    num_clusters: int = Field(4, ge=1, description="k-means clusters per head")
+
+
+AttentionConfig = Annotated[DenseAttentionConfig | MoBAConfig | RoutingConfig, Field(discriminator="name")]
+
+
+def attention_variant(cfg: AttentionConfig) -> Variant | None:
+    """The core's causal variant that `cfg` names; None is dense softmax."""
+    if isinstance(cfg, MoBAConfig):
+        return MoBA(block_size=cfg.block_size, top_k=cfg.top_k, causal=True)
+    if isinstance(cfg, RoutingConfig):
+        return Routing(num_clusters=cfg.num_clusters, causal=True)
+    return None
+
+
 class MusicModel(StrictModel):
     dim: int = Field(512, ge=8)
     depth: int = Field(6, ge=1)
@@ -84,6 +119,8 @@ class MusicModel(StrictModel):
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
     position: Literal["rope", "learned"] = "rope"
+    attention: AttentionConfig = Field(default_factory=DenseAttentionConfig,
+                                       description="causal self-attention: dense, moba or routing")
 
 
 class Sampling(StrictModel):
@@ -186,7 +223,8 @@ def fit_prompt(codes: np.ndarray, *, path: Path, beats_per_bar: float, context: 
 def build_model(recipe: MusicRecipe, info: dict[str, Any]) -> CompoundTransformer:
     m = recipe.model
     model = CompoundTransformer(vocab_sizes=info["vocab_sizes"], dim=m.dim, depth=m.depth, num_heads=m.num_heads,
-                                mlp_ratio=m.mlp_ratio, dropout=m.dropout, max_len=info["max_len"], position=m.position)
+                                mlp_ratio=m.mlp_ratio, dropout=m.dropout, max_len=info["max_len"], position=m.position,
+                                variant=attention_variant(m.attention))
     if "note_token_ids" in info:  # REMI: which tokens are notes, to report the NLL per note
         model.register_buffer("note_token_ids", torch.as_tensor(info["note_token_ids"]), persistent=False)
     return model

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from shared_attention import Attention, Causal, KVCache, LearnedAbsolute, RoPE
+from shared_attention import Attention, Causal, KVCache, LearnedAbsolute, RoPE, Variant
 
 
 class MLP(nn.Module):
@@ -32,11 +32,11 @@ class DecoderBlock(nn.Module):
     """Pre-norm causal self-attention and an MLP."""
 
     def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float, dropout: float, position: str,
-                 max_len: int) -> None:
+                 max_len: int, variant: Variant | None) -> None:
         super().__init__()
         encoding = RoPE() if position == "rope" else LearnedAbsolute(max_len=max_len)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, position=encoding, dropout=dropout)
+        self.attn = Attention(dim, num_heads, position=encoding, variant=variant, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, ratio=mlp_ratio, dropout=dropout)
         self.drop = nn.Dropout(dropout)
@@ -54,6 +54,8 @@ class CompoundTransformer(nn.Module):
         dim, depth, num_heads, mlp_ratio, dropout: the transformer's shape.
         max_len: the longest sequence (positions of learned encodings, KV-cache capacity).
         position: "rope" (rotary, in the core) or "learned" (absolute, as MMT's x-transformers default).
+        variant: a causal attention variant of the core (MoBA(causal=True), Routing(causal=True), ...) in
+            every block; default dense softmax.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class CompoundTransformer(nn.Module):
         dropout: float = 0.1,
         max_len: int = 1024,
         position: str = "rope",
+        variant: Variant | None = None,
     ) -> None:
         super().__init__()
         self.vocab_sizes = list(vocab_sizes)
@@ -74,7 +77,7 @@ class CompoundTransformer(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(v, dim) for v in self.vocab_sizes)
         self.blocks = nn.ModuleList(
             DecoderBlock(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, position=position,
-                         max_len=max_len)
+                         max_len=max_len, variant=variant)
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)

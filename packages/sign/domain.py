@@ -76,6 +76,8 @@ class EncoderConfig(StrictModel):
     num_heads: int = Field(4, ge=1)
     mlp_ratio: float = Field(2.0, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
+    sigma_reparam: bool = Field(False, description="σReparam attention projections (spectrally normalised, learned "
+                                "scale), against attention entropy collapse in deep encoders")
 
 
 class TSLFormerConfig(EncoderConfig):
@@ -111,6 +113,7 @@ def build_classifier(cfg: TSLFormerConfig | HybridConfig, *, num_classes: int, m
     return SignClassifier(
         in_features=FEATURES, num_classes=num_classes, blocks=blocks, dim=cfg.dim, num_heads=cfg.num_heads,
         mlp_ratio=cfg.mlp_ratio, kernel=kernel, max_frames=max_frames, dropout=cfg.dropout,
+        sigma_reparam=cfg.sigma_reparam,
     )
 
 

@@ -23,12 +23,15 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm self-attention over frames (padded frames are never attended to) and an MLP."""
+    """Pre-norm self-attention over frames (padded frames are never attended to) and an MLP.
 
-    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float, dropout: float):
+    `sigma_reparam`: σReparam attention projections (the core's `SigmaReparamLinear`).
+    """
+
+    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float, dropout: float, sigma_reparam: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, dropout=dropout)
+        self.attn = Attention(dim, num_heads, dropout=dropout, sigma_reparam=sigma_reparam)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, ratio=mlp_ratio, dropout=dropout)
         self.drop = nn.Dropout(dropout)
@@ -65,6 +68,7 @@ class SignClassifier(nn.Module):
 
     blocks: a list of ("attention" | "conv") per layer; TSLFormer is all attention, the hybrid
     alternates convolution groups with attention.
+    sigma_reparam: σReparam projections in every attention block (against attention entropy collapse).
     """
 
     def __init__(
@@ -79,13 +83,15 @@ class SignClassifier(nn.Module):
         kernel: int,
         max_frames: int,
         dropout: float,
+        sigma_reparam: bool = False,
     ):
         super().__init__()
         self.embed = nn.Sequential(nn.Linear(in_features, dim), nn.LayerNorm(dim))
         self.position = nn.Parameter(torch.zeros(max_frames, dim))
         nn.init.normal_(self.position, std=0.02)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) if kind == "attention"
+            TransformerBlock(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+                             sigma_reparam=sigma_reparam) if kind == "attention"
             else ConvBlock(dim, kernel=kernel, expansion=mlp_ratio, dropout=dropout)
             for kind in blocks
         )

@@ -19,10 +19,11 @@ from panformer.sign.domain import (
 from panformer.sign.features import FEATURES, sequence_features
 from panformer.sign.landmarks import Landmarks
 
-CONFIGS = [TSLFormerConfig(dim=32, depth=2, dropout=0.0), HybridConfig(dim=32, depth=1, kernel=5, dropout=0.0)]
+CONFIGS = [TSLFormerConfig(dim=32, depth=2, dropout=0.0), HybridConfig(dim=32, depth=1, kernel=5, dropout=0.0),
+           TSLFormerConfig(dim=32, depth=2, dropout=0.0, sigma_reparam=True)]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name + "-sigma" * c.sigma_reparam)
 def test_logits_shape_and_padding_invariance(cfg):
     torch.manual_seed(0)
     model = build_classifier(cfg, num_classes=7, max_frames=40).eval()
@@ -42,7 +43,7 @@ def test_logits_shape_and_padding_invariance(cfg):
         torch.testing.assert_close(model(changed, valid), logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name + "-sigma" * c.sigma_reparam)
 def test_one_step_learns(cfg):
     torch.manual_seed(0)
     model = build_classifier(cfg, num_classes=3, max_frames=16)
