@@ -11,6 +11,9 @@ split as its authors do. Variable-length datasets are right-padded with zeros fo
 
     .venv/bin/python apps/bench/timeseries.py --seeds 3 --out apps/bench/results/timeseries-cpu.md
     OMP_NUM_THREADS=1 .venv/bin/python apps/bench/timeseries.py --panel --seeds 3 --out panel.md
+    OMP_NUM_THREADS=1 .venv/bin/python apps/bench/timeseries.py --panel --holdout 0.3 --set model.members=2
+
+`--holdout F` is for development: it scores on a held-out part of each TRAINING split, never on test.
 
 CPU seconds are the process's user + system CPU time (with OMP_NUM_THREADS=1 one core's worth), which
 other jobs on a shared machine do not inflate; wall seconds are also shown.
@@ -28,13 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+# Before aeon loads numba: MiniRocket's OpenMP pool would otherwise start one thread per core that keeps
+# spinning after the fit, slowing (and adding CPU seconds to) the next dataset's training in this process.
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
 import numpy as np
 import torch
 
 from panformer.engine.config import load_recipe
 from panformer.engine.trainer import Trainer
 from panformer.timeseries.classification import ClassificationRecipe
-from panformer.timeseries.data import load_split
+from panformer.timeseries.data import load_split, stratified_split
 from panformer.timeseries.domain import TimeSeriesDomain
 
 # Dataset -> (base recipe, overrides). Short series get shorter patches; nothing is tuned on test.
@@ -129,24 +136,55 @@ class Runs:
         return f"{fmt(self.accuracy)} ({statistics.fmean(self.wall):.0f} s, {statistics.fmean(self.cpu):.0f} CPU s)"
 
 
-def run_default_recipe(dataset: str, seeds: int, overrides: list[str]) -> Runs:
+def write_ts(path: Path, series: list[np.ndarray], labels: np.ndarray) -> None:
+    """A UEA/UCR `.ts` file of labelled series (each (C, T_i); NaN written as '?', the format's missing value)."""
+    equal = len({s.shape[1] for s in series}) == 1
+    header = [f"@problemName {path.stem}", "@timeStamps false", "@missing true",
+              f"@univariate {str(series[0].shape[0] == 1).lower()}", f"@dimensions {series[0].shape[0]}",
+              f"@equalLength {str(equal).lower()}", *([f"@seriesLength {series[0].shape[1]}"] if equal else []),
+              f"@classLabel true {' '.join(sorted(set(labels.tolist())))}", "@data"]
+    rows = [":".join(",".join("?" if np.isnan(v) else repr(float(v)) for v in channel) for channel in s) + f":{label}"
+            for s, label in zip(series, labels, strict=True)]
+    path.write_text("\n".join(header + rows) + "\n")
+
+
+def holdout_source(dataset: str, fraction: float, folder: Path) -> str:
+    """Development data: a stratified `fraction` of the dataset's TRAINING split becomes the scored set.
+
+    The model trains (and selects on its own validation split) on the rest; the test split is never read,
+    so design decisions made on these scores do not see test.
+    """
+    train = load_split(f"aeon:{dataset}", "train")
+    kept, held = stratified_split(train.labels, fraction=fraction, seed=HOLDOUT_SEED)
+    for split, idx in (("TRAIN", kept), ("TEST", held)):
+        write_ts(folder / f"{dataset}_{split}.ts", [train.series[i] for i in idx], train.labels[idx])
+    return str(folder)
+
+
+HOLDOUT_SEED = 1234  # one fixed development split for every dataset, apart from the seeds of the runs
+
+
+def run_default_recipe(dataset: str, seeds: int, overrides: list[str], source: str | None = None) -> Runs:
     """The `classification` recipe as `train --data aeon:<dataset>` runs it, selected on validation."""
     runs = Runs()
     for seed in range(seeds):
         recipe = load_recipe(ClassificationRecipe, "timeseries", "classification", overrides=[
-            f"data.source=aeon:{dataset}", f"train.seed={seed}", "train.device=cpu", *overrides])
+            f"data.source={source or f'aeon:{dataset}'}", f"train.seed={seed}", "train.device=cpu", *overrides])
         cpu = time.process_time()
         with TemporaryDirectory() as tmp:
             result = Trainer(TimeSeriesDomain(), recipe, run_dir=Path(tmp) / "run").fit()
         runs.cpu.append(time.process_time() - cpu)
+        print(f"{dataset} seed {seed}: validation accuracy {result.val_metrics['accuracy']:.4f} at epoch "
+              f"{result.best_epoch + 1} of {recipe.train.epochs}, {runs.cpu[-1]:.0f} CPU s", flush=True)
         runs.accuracy.append(result.test_metrics["accuracy"])
         runs.wall.append(result.seconds)
     return runs
 
 
-def run_aeon(dataset: str, seeds: int, make_classifier) -> Runs:
+def run_aeon(dataset: str, seeds: int, make_classifier, source: str | None = None) -> Runs:
     """An aeon classifier fitted on the whole training split (as its authors do), scored on test."""
-    train, test = load_split(f"aeon:{dataset}", "train"), load_split(f"aeon:{dataset}", "test")
+    source = source or f"aeon:{dataset}"
+    train, test = load_split(source, "train"), load_split(source, "test")
     length = max(train.max_length, test.max_length, 9)  # MiniRocket's kernels span 9 steps
     x_train, x_test = padded(train.series, length), padded(test.series, length)
     runs = Runs()
@@ -179,23 +217,28 @@ def run_panel(args: argparse.Namespace) -> str:
               "InceptionTime, aeon", "ours vs MiniRocket"]
     rows = []
     for dataset in args.datasets:
-        ours = run_default_recipe(dataset, args.seeds, args.set)
-        rocket = run_aeon(dataset, rocket_seeds, lambda seed: MiniRocketClassifier(random_state=seed))
-        if inception:
+        with TemporaryDirectory() as tmp:
+            source = holdout_source(dataset, args.holdout, Path(tmp)) if args.holdout else None
+            ours = run_default_recipe(dataset, args.seeds, args.set, source)
+            rocket = run_aeon(dataset, rocket_seeds, lambda seed: MiniRocketClassifier(random_state=seed), source)
+        if inception and not args.holdout:
             from aeon.classification.deep_learning import InceptionTimeClassifier
 
             incept = run_aeon(dataset, rocket_seeds, lambda seed: InceptionTimeClassifier(
                 n_epochs=args.inception_epochs, random_state=seed)).cell()
         else:
-            incept = "not run (needs tensorflow)"
+            incept = "not run (development split)" if args.holdout else "not run (needs tensorflow)"
         rows.append([dataset, ours.cell(), rocket.cell(), incept, verdict(ours, rocket)])
         print(" | ".join(rows[-1]), flush=True)
     command = " ".join(["apps/bench/timeseries.py --panel", f"--datasets {' '.join(args.datasets)}",
                         f"--seeds {args.seeds}", *([f"--baseline-seeds {rocket_seeds}"] if args.baseline_seeds else []),
-                        *([f"--set {' '.join(args.set)}"] if args.set else [])])
+                        *([f"--set {' '.join(args.set)}"] if args.set else []),
+                        *([f"--holdout {args.holdout}"] if args.holdout else [])])
     load = os.getloadavg()
     lines = [
-        "# Time-series classification panel: test accuracy, mean ± std over seeds",
+        "# Time-series classification panel: " + (f"accuracy on a held-out {args.holdout:.0%} of each TRAINING "
+                                                  "split (development; test not read)" if args.holdout
+                                                  else "test accuracy") + ", mean ± std over seeds",
         "",
         f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} .venv/bin/python {command}`  ",
         f"Hardware: CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average at the "
@@ -222,6 +265,9 @@ def main() -> None:
     parser.add_argument("--inception-epochs", type=int, default=1500, help="--panel: aeon InceptionTime's epochs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="--panel: overrides of the default recipe (smoke tests; the table's command shows them)")
+    parser.add_argument("--holdout", type=float, metavar="FRACTION",
+                        help="--panel, for development: score on this stratified fraction of each TRAINING split "
+                        "(both contenders train on the rest); the test split is never read")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.panel:

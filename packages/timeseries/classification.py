@@ -91,8 +91,12 @@ class InceptionTransformerConfig(EncoderConfig):
     name: Literal["inception_transformer"] = "inception_transformer"
     stem_depth: int = Field(3, ge=1)
     kernels: tuple[int, int, int] = (9, 19, 39)
+    dilations: tuple[int, int, int] = Field(
+        (1, 1, 1), description="spacing of each kernel's taps (span (kernel - 1) * dilation + 1)"
+    )
     max_tokens: int = Field(64, ge=1, description="the stem's output is average-pooled to at most this many tokens")
-    stem_length: int = Field(512, ge=1, description="longer series are average-pooled to at most this many steps")
+    stem_length: int = Field(512, ge=1, description="longer series: convolved at full resolution, the "
+                             "rectified features averaged over windows to at most this many steps")
 
 
 ModelConfig = Annotated[
@@ -210,7 +214,7 @@ class ClassificationTask(Task):
             model = MPTSNet(**common, periods=info["periods"], amplitudes=info["amplitudes"], kernel=cfg.kernel)
         elif isinstance(cfg, InceptionTransformerConfig):
             model = InceptionTransformer(**common, max_length=info["max_length"], stem_depth=cfg.stem_depth,
-                                         kernels=cfg.kernels, max_tokens=cfg.max_tokens, stem_length=cfg.stem_length)
+                                         kernels=cfg.kernels, dilations=cfg.dilations, max_tokens=cfg.max_tokens, stem_length=cfg.stem_length)
         else:
             model_type = VSFormer if isinstance(cfg, VSFormerConfig) else SeriesTransformer
             model = model_type(**common, max_length=info["max_length"], patch=cfg.patch, stride=cfg.stride,

@@ -3,6 +3,7 @@ augmentation, the seed ensemble, and the `--panel` benchmark that compares it wi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from panformer.timeseries.classification import (
 from panformer.timeseries.cli import app
 from panformer.timeseries.domain import TimeSeriesDomain
 from panformer.timeseries.models.common import Ensemble
-from panformer.timeseries.models.inception_transformer import InceptionTransformer
+from panformer.timeseries.models.inception_transformer import InceptionModule, InceptionTransformer
 from tests.cli import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +73,52 @@ def test_kernels_longer_than_the_series_are_capped() -> None:
     widths = [conv.kernel_size[0] for conv in model.stem[0].convs]
     assert widths == [9, 11, 11]
     assert model(torch.randn(3, 1, 12), torch.tensor([12, 12, 5])).shape == (3, 2)
+
+
+def test_dilated_stem_branches_see_their_whole_span_and_no_further() -> None:
+    """Branch i of a module reads kernels[i] taps spaced dilations[i] apart: an impulse reaches exactly
+    span // 2 steps either side, so 9 taps at dilation 4 see 33 steps at the cost of 9."""
+    torch.manual_seed(0)
+    module = InceptionModule(1, 16, kernels=(9, 9, 9), dilations=(1, 2, 4)).eval()
+    impulse = torch.zeros(1, 1, 101)
+    impulse[0, 0, 50] = 1.0
+    for conv, reach in zip(module.convs, (4, 8, 16), strict=True):
+        touched = conv(impulse).abs().sum(1)[0].nonzero().flatten()
+        assert (touched.min().item(), touched.max().item()) == (50 - reach, 50 + reach)
+        assert conv.weight.shape[-1] == 9
+    assert module(impulse).shape == (1, 16, 101)
+
+
+def test_dilated_spans_longer_than_the_series_shrink_the_dilation_first() -> None:
+    model = InceptionTransformer(channels=1, num_classes=2, max_length=24, dim=16, kernels=(9, 9, 9),
+                                 dilations=(1, 2, 4))
+    pairs = [(conv.kernel_size[0], conv.dilation[0]) for conv in model.stem[0].convs]
+    assert pairs == [(9, 1), (9, 2), (9, 2)]  # span 33 > 23 steps: dilation 4 -> 2 (span 17)
+    assert model(torch.randn(2, 1, 24), torch.tensor([24, 7])).shape == (2, 2)
+
+
+def test_long_series_embedding_keeps_fast_oscillations_in_any_phase() -> None:
+    """A series longer than stem_length is convolved at full resolution and its rectified features averaged
+    over windows: a 4-step cycle reads the same in every window whatever its phase (ACSF1's appliances repeat
+    such a cycle), where an embedding of fixed patches would see a different patch for each phase."""
+    torch.manual_seed(0)
+    model = InceptionTransformer(channels=1, num_classes=2, max_length=64, dim=16, stem_length=16).eval()
+    assert model.input_stride == 4
+    cycle = torch.tensor([0.9, 0.5, 1.3, -1.0]).repeat(16)[None, None, :]
+    valid = torch.ones(1, 1, 64, dtype=torch.bool)
+    windows = [model.embed(cycle.roll(phase, -1), valid)[0][0, :, 2:-2] for phase in range(4)]
+    for other in windows[1:]:
+        torch.testing.assert_close(other, windows[0])
+    assert windows[0].abs().sum() > 0
+
+
+def test_recipe_sets_the_stem_dilations() -> None:
+    recipe = load_recipe(ClassificationRecipe, "timeseries", "classification",
+                         overrides=["model.kernels=[9,9,9]", "model.dilations=[1,4,16]"])
+    model = ClassificationTask().build_model(recipe, {"channels": 1, "classes": ["a", "b"], "max_length": 500,
+                                                      "mean": [0.0], "std": [1.0]})
+    member = model.members[0] if isinstance(model, Ensemble) else model
+    assert [conv.dilation[0] for conv in member.stem[0].convs] == [1, 4, 16]
 
 
 def test_augmentation_scales_about_the_mean_and_shifts_within_each_series() -> None:
@@ -180,3 +227,54 @@ def test_panel_bench_writes_the_table(tmp_path: Path) -> None:
     assert cells[3] in ("not run (needs tensorflow)",) or "±" in cells[3]
     assert cells[4] in ("ahead", "tied") or cells[4].startswith(("within", "behind by"))
     assert "--set train.epochs=1 model.members=1 model.stem_depth=1" in text
+
+
+def _panel_bench():
+    spec = importlib.util.spec_from_file_location("timeseries_bench", ROOT / "apps/bench/timeseries.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_holdout_scores_on_part_of_the_training_split_never_test(tmp_path: Path) -> None:
+    """`--panel --holdout F` (development): both contenders train on part of the TRAINING split and are
+    scored on the rest, stratified; every held-out series is a training series (none from test)."""
+    from panformer.timeseries.data import load_split
+
+    bench = _panel_bench()
+    source = bench.holdout_source("JapaneseVowels", 0.3, tmp_path)  # multivariate, of varying length
+    train, test = load_split("aeon:JapaneseVowels", "train"), load_split("aeon:JapaneseVowels", "test")
+    kept, held = load_split(source, "train"), load_split(source, "test")
+    assert len(kept.series) + len(held.series) == len(train.series)
+    assert abs(len(held.series) - 0.3 * len(train.series)) <= len(set(train.labels))
+    assert set(held.labels) == set(train.labels)
+    known = {s.tobytes(): label for s, label in zip(train.series, train.labels, strict=True)}
+    assert all(known.get(s.tobytes()) == label for s, label in zip(held.series + kept.series,
+                                                                    [*held.labels, *kept.labels], strict=True))
+    assert not {s.tobytes() for s in test.series} & {s.tobytes() for s in held.series}
+
+
+def test_panel_bench_keeps_minirocket_threads_from_slowing_later_training() -> None:
+    """In one `--panel` process MiniRocket (numba's OpenMP pool) runs between datasets; its pool must not leave
+    torch's later convolutions running on a second, spinning thread (that doubled CPU seconds and slowed the
+    next dataset's training many times over)."""
+    code = f"""
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("timeseries_bench", {str(ROOT / "apps/bench/timeseries.py")!r})
+bench = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench
+spec.loader.exec_module(bench)
+import numpy as np, torch
+from aeon.classification.convolution_based import MiniRocketClassifier
+MiniRocketClassifier(random_state=0).fit(np.random.randn(20, 1, 50).astype(np.float32), np.arange(20) % 2)
+process, thread = time.process_time(), time.thread_time()
+for _ in range(100):
+    torch.nn.functional.conv1d(torch.randn(16, 16, 400), torch.randn(16, 16, 9)).sum()
+print(time.process_time() - process, time.thread_time() - thread)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"} | {"OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=env)
+    process, main_thread = (float(v) for v in out.stdout.split()[-2:])
+    assert process < 1.5 * main_thread + 0.05, out.stdout
