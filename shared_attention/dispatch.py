@@ -18,6 +18,7 @@ documents, graphs) are not timed: their keys would be identities, so every call 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -220,8 +221,6 @@ def _time_ms(run: Callable[[], Any], device: torch.device, *, repeats: int = 3) 
             end.synchronize()
             times.append(start.elapsed_time(end))
         else:
-            import time
-
             t0 = time.perf_counter()
             run()
             times.append((time.perf_counter() - t0) * 1e3)
