@@ -14,6 +14,13 @@ and a materialised softmax) runs, forward and backward. The op takes every grid 
 1s for 1-D and 2-D) and returns the output and the log-sum-exp of each query's scores, which the
 backward op uses.
 
+``panformer::tiled_neighborhood_attention`` is the same attention on tokens in the tile order of a
+``TileLayout`` (``tile_layout``): a tile of the grid is one contiguous run of tokens, so the Triton
+kernels of ``triton_tiled_neighborhood_attention`` load dense blocks and skip the window mask on
+blocks every query sees whole. ``tiled_neighborhood_attention`` takes tile-ordered tensors (a model
+that keeps its tokens in tile order pays no permutation); ``neighborhood_attention(..., tiled=True)``
+takes raster order and permutes in and out around the tiled op.
+
 Legend: B batch, H query heads, Hkv key/value heads (H % Hkv == 0), L tokens, D head dim.
 """
 
@@ -24,6 +31,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from panformer_kernels.tile_layout import TileLayout, default_tile
 
 
 def neighborhood_mask(
@@ -155,6 +164,86 @@ def _backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
 _neighborhood_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Tile order (grid, tile, kernel_size, dilation, causal, stride: 3 entries each). The reference path moves
+# the tensors to raster order and back: padding rows come back zero (output, log-sum-exp and gradients).
+
+
+def _to_tiles(layout: TileLayout, *tensors: Tensor) -> list[Tensor]:
+    return [layout.to_tiles(t) if t.dim() == 4 else layout.to_tiles(t[..., None])[..., 0] for t in tensors]
+
+
+def _from_tiles(layout: TileLayout, *tensors: Tensor) -> list[Tensor]:
+    return [layout.from_tiles(t) if t.dim() == 4 else layout.from_tiles(t[..., None])[..., 0] for t in tensors]
+
+
+@torch.library.custom_op("panformer::tiled_neighborhood_attention", mutates_args=())
+def _tiled_neighborhood_attention(
+    q: Tensor, k: Tensor, v: Tensor, grid: list[int], tile: list[int], kernel_size: list[int], dilation: list[int],
+    causal: list[bool], stride: list[int], scale: float,
+) -> tuple[Tensor, Tensor]:
+    layout = TileLayout(tuple(grid), tuple(tile), tuple(dilation))
+    out, lse = _reference_forward(*_from_tiles(layout, q, k, v), grid, kernel_size, dilation, causal, stride, scale)
+    return tuple(_to_tiles(layout, out, lse))
+
+
+@_tiled_neighborhood_attention.register_kernel("cuda")
+def _tiled_neighborhood_attention_cuda(q, k, v, grid, tile, kernel_size, dilation, causal, stride, scale):
+    from panformer_kernels.triton_tiled_neighborhood_attention import tiled_neighborhood_forward
+
+    return tiled_neighborhood_forward(
+        q, k, v, layout=TileLayout(tuple(grid), tuple(tile), tuple(dilation)), kernel_size=tuple(kernel_size),
+        causal=tuple(causal), stride=tuple(stride), scale=scale,
+    )
+
+
+@_tiled_neighborhood_attention.register_fake
+def _tiled_neighborhood_attention_fake(q, k, v, grid, tile, kernel_size, dilation, causal, stride, scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("panformer::tiled_neighborhood_attention_backward", mutates_args=())
+def _tiled_neighborhood_attention_backward(
+    grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grid: list[int],
+    tile: list[int], kernel_size: list[int], dilation: list[int], causal: list[bool], stride: list[int], scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    layout = TileLayout(tuple(grid), tuple(tile), tuple(dilation))
+    raster = _from_tiles(layout, grad_out, grad_lse, q, k, v, out, lse)
+    grads = _reference_backward(*raster, grid, kernel_size, dilation, causal, stride, scale)
+    return tuple(_to_tiles(layout, *grads))
+
+
+@_tiled_neighborhood_attention_backward.register_kernel("cuda")
+def _tiled_neighborhood_attention_backward_cuda(
+    grad_out, grad_lse, q, k, v, out, lse, grid, tile, kernel_size, dilation, causal, stride, scale
+):
+    from panformer_kernels.triton_tiled_neighborhood_attention import tiled_neighborhood_backward
+
+    return tiled_neighborhood_backward(
+        grad_out, q, k, v, out, lse, layout=TileLayout(tuple(grid), tuple(tile), tuple(dilation)),
+        kernel_size=tuple(kernel_size), causal=tuple(causal), stride=tuple(stride), scale=scale, grad_lse=grad_lse,
+    )
+
+
+@_tiled_neighborhood_attention_backward.register_fake
+def _tiled_neighborhood_attention_backward_fake(
+    grad_out, grad_lse, q, k, v, out, lse, grid, tile, kernel_size, dilation, causal, stride, scale
+):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _tiled_backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
+    q, k, v, out, lse = ctx.saved_tensors
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+    grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse.contiguous()
+    dq, dk, dv = torch.ops.panformer.tiled_neighborhood_attention_backward(
+        grad_out, grad_lse, q, k, v, out, lse, *ctx.options
+    )
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+_tiled_neighborhood_attention.register_autograd(_tiled_backward, setup_context=_setup_context)
+
+
 def as_three_axes(
     grid: Sequence[int], kernel_size: int | Sequence[int], dilation: int | Sequence[int],
     causal: bool | Sequence[bool], stride: int | Sequence[int] = 1,
@@ -188,13 +277,15 @@ def neighborhood_attention(
     stride: int | Sequence[int] = 1,
     scale: float | None = None,
     return_lse: bool = False,
+    tiled: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """q (B, H, L, D), k and v (B, Hkv, L, D), raster order over a 1-3 axis ``grid`` -> (B, H, L, D),
     and with ``return_lse`` the fp32 log-sum-exp of each query's scores (B, H, L) (natural log).
 
     ``kernel_size``, ``dilation``, ``causal`` and ``stride`` are one value for every axis or one per axis.
     Differentiable in q, k, v (through the output and the log-sum-exp). Triton on CUDA, reference math
-    elsewhere.
+    elsewhere. ``tiled``: permute to the default ``TileLayout``, run the tiled op, permute back (the same
+    values; which path is faster is measured by ``apps/bench/tiled_na.py``).
     """
     grid3, kernel3, dilation3, causal3, stride3 = as_three_axes(grid, kernel_size, dilation, causal, stride)
     if q.shape[2] != math.prod(grid3) or k.shape[2] != q.shape[2]:
@@ -203,5 +294,49 @@ def neighborhood_attention(
     if q.shape[1] % k.shape[1] or k.shape != v.shape:
         raise ValueError(f"heads {q.shape[1]} must be a multiple of key/value heads {k.shape[1]}, and k, v alike")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    out, lse = torch.ops.panformer.neighborhood_attention(q, k, v, grid3, kernel3, dilation3, causal3, stride3, scale)
+    if tiled:
+        layout = TileLayout(tuple(grid), default_tile(tuple(grid)), dilation3[3 - len(grid):])
+        out, lse = _tiled_op(*_to_tiles(layout, q, k, v), layout=layout, kernel_size=kernel3, causal=causal3,
+                             stride=stride3, scale=scale)
+        out, lse = _from_tiles(layout, out, lse)
+    else:
+        out, lse = torch.ops.panformer.neighborhood_attention(q, k, v, grid3, kernel3, dilation3, causal3, stride3,
+                                                              scale)
+    return (out, lse) if return_lse else out
+
+
+def _tiled_op(q: Tensor, k: Tensor, v: Tensor, *, layout: TileLayout, kernel_size: list[int], causal: list[bool],
+              stride: list[int], scale: float) -> tuple[Tensor, Tensor]:
+    return torch.ops.panformer.tiled_neighborhood_attention(
+        q, k, v, list(layout.grid3), list(layout.tile3), kernel_size, list(layout.dilation3), causal, stride, scale
+    )
+
+
+def tiled_neighborhood_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    layout: TileLayout,
+    kernel_size: int | Sequence[int],
+    causal: bool | Sequence[bool] = False,
+    stride: int | Sequence[int] = 1,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """q (B, H, Lp, D), k and v (B, Hkv, Lp, D) in ``layout``'s tile order (``layout.to_tiles``) ->
+    (B, H, Lp, D) in tile order, and with ``return_lse`` the fp32 log-sum-exp (B, H, Lp).
+
+    The dilation is the layout's; ``kernel_size``, ``causal`` and ``stride`` are one value for every axis
+    or one per axis. Padding positions of the layout are never attended; their outputs, log-sum-exps and
+    gradients are zero. Differentiable in q, k, v. Triton on CUDA, reference math elsewhere.
+    """
+    _, kernel3, _, causal3, stride3 = as_three_axes(layout.grid, kernel_size, 1, causal, stride)
+    if q.shape[2] != layout.length or k.shape[2] != q.shape[2]:
+        raise ValueError(f"tiled_neighborhood_attention wants Lp = {layout.length} tokens of {layout} "
+                         f"(layout.to_tiles); got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if q.shape[1] % k.shape[1] or k.shape != v.shape:
+        raise ValueError(f"heads {q.shape[1]} must be a multiple of key/value heads {k.shape[1]}, and k, v alike")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    out, lse = _tiled_op(q, k, v, layout=layout, kernel_size=kernel3, causal=causal3, stride=stride3, scale=scale)
     return (out, lse) if return_lse else out

@@ -6,6 +6,10 @@ arguments, the same heads-last layout, the same results. The call builds a ``mas
 kernel on CUDA, Flex, or the reference math on CPU and MPS. Differentiable, and traceable by
 torch.compile.
 
+``TileLayout`` and ``tiled_neighborhood_attention`` keep a model's tokens in tile order (NATTEN's
+token permutation): ``layout.to_tiles`` once at the input, the tiled kernel in every attention layer
+with no permutation, ``layout.from_tiles`` once at the output.
+
 Legend: B batch, H query heads, Hkv key/value heads (H % Hkv == 0), D head dim, Dv value head dim,
 N additional tokens, ``*grid`` the token layout (1-3 axes: (X,), (X, Y) or (X, Y, Z)), L = prod(grid).
 """
@@ -18,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from panformer_kernels.neighborhood_attention import tiled_neighborhood_attention as _tiled_op
+from panformer_kernels.tile_layout import TileLayout, default_tile
 from shared_attention.functional import attention
 from shared_attention.masks import Neighborhood
 
@@ -202,4 +208,45 @@ def na3d(
                additional_values, return_lse, backend)
 
 
-__all__ = ["na1d", "na2d", "na3d", "neighborhood_attention"]
+def tiled_neighborhood_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    layout: TileLayout,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    is_causal: bool | Sequence[bool] = False,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Neighbourhood attention on tokens in ``layout``'s tile order, heads first (the dilation is the layout's).
+
+    Args:
+        query: [B, H, Lp, D]; key, value: [B, Hkv, Lp, D], Lp = ``layout.length`` (from ``layout.to_tiles``).
+        kernel_size, stride, is_causal: one value for every axis or one per axis, as ``na2d``.
+        scale: score scale; default D ** -0.5.
+        return_lse: also return the fp32 log-sum-exp [B, H, Lp].
+
+    Returns:
+        output [B, H, Lp, D] in tile order (zero at the layout's padding positions), and the log-sum-exp
+        when ``return_lse``.
+    """
+    fn, axes = "tiled_neighborhood_attention", len(layout.grid)
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if t.dim() != 4 or t.shape[2] != layout.length:
+            raise ValueError(f"{fn}: {name} must be [B, H, Lp={layout.length}, D] (layout.to_tiles), "
+                             f"got shape {tuple(t.shape)}")
+    kernel = _per_axis(fn, "kernel_size", kernel_size, axes, int)
+    strides = _per_axis(fn, "stride", stride, axes, int)
+    causal = _per_axis(fn, "is_causal", is_causal, axes, bool)
+    if any(k * d > n for k, d, n in zip(kernel, layout.dilation, layout.grid, strict=True)) or min(kernel) < 1:
+        raise ValueError(f"{fn}: window kernel_size x dilation = {kernel} x {layout.dilation} must fit the grid "
+                         f"{layout.grid}")
+    if any(not 1 <= s <= k for s, k in zip(strides, kernel, strict=True)):
+        raise ValueError(f"{fn}: stride={strides} must be between 1 and kernel_size={kernel} per axis")
+    return _tiled_op(query, key, value, layout=layout, kernel_size=kernel, causal=causal, stride=strides,
+                     scale=scale or None, return_lse=return_lse)
+
+
+__all__ = ["TileLayout", "default_tile", "na1d", "na2d", "na3d", "neighborhood_attention",
+           "tiled_neighborhood_attention"]
