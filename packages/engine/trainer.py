@@ -404,14 +404,17 @@ class Trainer:
                 )
                 position = EpochPosition()
                 train_seconds = time.perf_counter() - epoch_started
-                val = evaluate_model(
-                    task, model, splits.val, splits.info,
-                    batch_size=cfg.batch_size, device=device, precision=cfg.precision,
-                )
+                if len(splits.val):
+                    val = evaluate_model(
+                        task, model, splits.val, splits.info,
+                        batch_size=cfg.batch_size, device=device, precision=cfg.precision,
+                    )
+                    improved = self._is_better(val, best)
+                else:  # no validation split (the recipe trains on all of it): the final epoch is kept
+                    val, improved = {"loss": train_loss}, True
                 entropy = attention_entropy(
                     task, model, splits.val, batch_size=cfg.batch_size, device=device, precision=cfg.precision
-                ) if cfg.log_attention_entropy else {}
-                improved = self._is_better(val, best)
+                ) if cfg.log_attention_entropy and len(splits.val) else {}
                 if improved:
                     best, best_epoch, bad_epochs = val, epoch, 0
                 else:
@@ -442,7 +445,8 @@ class Trainer:
                           "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                           **{f"val_{k}": v for k, v in val.items()}, **entropy, **task.epoch_log(splits)}
                 log.write(record, step=step)
-                val_status = f"  val {task.monitor} {val[task.monitor]:.4f} (best {best[task.monitor]:.4f})"
+                if task.monitor in val:
+                    val_status = f"  val {task.monitor} {val[task.monitor]:.4f} (best {best[task.monitor]:.4f})"
                 bar.update(bar_task, status=f"epoch {epoch}  loss {train_loss:.4f}{val_status}")
                 barrier(dist_info)
                 for callback in self.callbacks:
@@ -465,9 +469,9 @@ class Trainer:
             summary = {"best_epoch": best_epoch, "stopped_early": stopped_early, "seconds": seconds,
                        "val": best, "test": test, "device": str(device), "world_size": dist_info.world_size}
             write_text_atomic(self.run_dir / "metrics.json", json.dumps(summary, indent=2, default=float))
-            console.print(f"[green]done[/] {self.run_dir}  best epoch {best_epoch}  "
-                          f"val {task.monitor} {best[task.monitor]:.4f}  test {task.monitor} "
-                          f"{test[task.monitor]:.4f}  ({seconds:.1f}s)")
+            val_part = f"val {task.monitor} {best[task.monitor]:.4f}  " if task.monitor in best else "no validation  "
+            console.print(f"[green]done[/] {self.run_dir}  best epoch {best_epoch}  {val_part}"
+                          f"test {task.monitor} {test[task.monitor]:.4f}  ({seconds:.1f}s)")
         return FitResult(self.run_dir, best_folder, best_epoch, best, test, seconds)
 
     def _train_epoch(

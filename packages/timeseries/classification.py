@@ -46,7 +46,10 @@ class ClassificationData(StrictModel):
     source: str = Field(
         "aeon:BasicMotions", description="aeon:<Name>, a <Name>_TRAIN.ts/.tsv/.arff/.csv/.parquet file or a folder"
     )
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    val_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="held out of the training split to choose the checkpoint; 0: train on all "
+        "of it and keep the final epoch"
+    )
     augment: AugmentConfig = AugmentConfig()
 
 
@@ -173,8 +176,6 @@ class ClassificationTask(Task):
         targets = np.array([index[c] for c in train_set.labels])
         test_targets = np.array([index[c] for c in test_set.labels])
         train_idx, val_idx = stratified_split(train_set.labels, fraction=recipe.data.val_fraction, seed=recipe.train.seed)
-        if len(val_idx) == 0:
-            raise UserError("data.val_fraction is 0: model selection needs a validation split")
         train_series = [train_set.series[i] for i in train_idx]
         # Normalisation is fitted on the training part only (not validation, never test).
         stacked = np.concatenate(train_series, axis=1)

@@ -130,3 +130,25 @@ def test_ctrl_c_exits_130_with_the_resume_command():
     with pytest.raises(typer.Exit) as exit_:
         train()
     assert exit_.value.exit_code == 130
+
+
+def test_without_a_validation_split_the_final_epoch_is_kept(tmp_path, monkeypatch):
+    from torch.utils.data import TensorDataset
+
+    from .toy_domain import ToyTask
+
+    load_splits = ToyTask.load_splits
+
+    def no_validation(self, recipe, *, source=None):
+        splits = load_splits(self, recipe, source=source)
+        splits.val = TensorDataset(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+        return splits
+
+    monkeypatch.setattr(ToyTask, "load_splits", no_validation)
+    result = Trainer(ToyDomain(), recipe(epochs=4), run_dir=tmp_path / "run").fit()
+    assert result.best_epoch == 3
+    final = ckpt.read_pointer(tmp_path / "run" / "checkpoints", "LATEST")
+    assert result.best_checkpoint.name == "best-0003"
+    assert torch.equal(load_file(final / ckpt.MODEL_FILE)["3.weight"],
+                       load_file(result.best_checkpoint / ckpt.MODEL_FILE)["3.weight"])
+    assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
