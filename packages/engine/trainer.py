@@ -469,9 +469,10 @@ class Trainer:
             summary = {"best_epoch": best_epoch, "stopped_early": stopped_early, "seconds": seconds,
                        "val": best, "test": test, "device": str(device), "world_size": dist_info.world_size}
             write_text_atomic(self.run_dir / "metrics.json", json.dumps(summary, indent=2, default=float))
-            val_part = f"val {task.monitor} {best[task.monitor]:.4f}  " if task.monitor in best else "no validation  "
-            console.print(f"[green]done[/] {self.run_dir}  best epoch {best_epoch}  {val_part}"
-                          f"test {task.monitor} {test[task.monitor]:.4f}  ({seconds:.1f}s)")
+            chosen = (f"best epoch {best_epoch}  val {task.monitor} {best[task.monitor]:.4f}" if task.monitor in best
+                      else f"final epoch {best_epoch} (no validation split)")
+            console.print(f"[green]done[/] {self.run_dir}  {chosen}  test {task.monitor} {test[task.monitor]:.4f}  "
+                          f"({seconds:.1f}s)")
         return FitResult(self.run_dir, best_folder, best_epoch, best, test, seconds)
 
     def _train_epoch(
