@@ -133,6 +133,11 @@ class Runs:
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
 
+    def extend(self, other: Runs) -> None:
+        self.accuracy += other.accuracy
+        self.wall += other.wall
+        self.cpu += other.cpu
+
     def cell(self) -> str:
         return f"{fmt(self.accuracy)} ({statistics.fmean(self.wall):.0f} s, {statistics.fmean(self.cpu):.0f} CPU s)"
 
@@ -149,20 +154,22 @@ def write_ts(path: Path, series: list[np.ndarray], labels: np.ndarray) -> None:
     path.write_text("\n".join(header + rows) + "\n")
 
 
-def holdout_source(dataset: str, fraction: float, folder: Path) -> str:
+def holdout_source(dataset: str, fraction: float, folder: Path, *, split: int = 0) -> str:
     """Development data: a stratified `fraction` of the dataset's TRAINING split becomes the scored set.
+
+    `split` numbers the draw: 0 is the fixed development split, others are further independent draws.
 
     The model trains on the rest (with its recipe's validation split, if any); the test split is never read,
     so design decisions made on these scores do not see test.
     """
     train = load_split(f"aeon:{dataset}", "train")
-    kept, held = stratified_split(train.labels, fraction=fraction, seed=HOLDOUT_SEED)
+    kept, held = stratified_split(train.labels, fraction=fraction, seed=HOLDOUT_SEED + split)
     for split, idx in (("TRAIN", kept), ("TEST", held)):
         write_ts(folder / f"{dataset}_{split}.ts", [train.series[i] for i in idx], train.labels[idx])
     return str(folder)
 
 
-HOLDOUT_SEED = 1234  # one fixed development split for every dataset, apart from the seeds of the runs
+HOLDOUT_SEED = 1234  # the development splits' draws, fixed for every dataset apart from the seeds of the runs
 
 
 def run_default_recipe(dataset: str, seeds: int, overrides: list[str], source: str | None = None) -> Runs:
@@ -216,14 +223,19 @@ def run_panel(args: argparse.Namespace) -> str:
 
     inception = importlib.util.find_spec("tensorflow") is not None  # aeon's deep models need it
     rocket_seeds = args.baseline_seeds or args.seeds
-    header = ["dataset", f"ours: default recipe ({args.seeds} seeds)", f"MiniRocket, aeon ({rocket_seeds} seeds)",
-              "InceptionTime, aeon", "ours vs MiniRocket"]
+    splits = f" x {args.holdout_splits} held-out splits" if args.holdout and args.holdout_splits > 1 else ""
+    header = ["dataset", f"ours: default recipe ({args.seeds} seeds{splits})",
+              f"MiniRocket, aeon ({rocket_seeds} seeds{splits})", "InceptionTime, aeon", "ours vs MiniRocket"]
     rows = []
     for dataset in args.datasets:
-        with TemporaryDirectory() as tmp:
-            source = holdout_source(dataset, args.holdout, Path(tmp)) if args.holdout else None
-            ours = run_default_recipe(dataset, args.seeds, args.set, source)
-            rocket = run_aeon(dataset, rocket_seeds, lambda seed: MiniRocketClassifier(random_state=seed), source)
+        ours, rocket = Runs(), Runs()
+        # Development: each held-out split scores every seed of both contenders; the cells pool them all.
+        for split in range(args.holdout_splits if args.holdout else 1):
+            with TemporaryDirectory() as tmp:
+                source = holdout_source(dataset, args.holdout, Path(tmp), split=split) if args.holdout else None
+                ours.extend(run_default_recipe(dataset, args.seeds, args.set, source))
+                rocket.extend(run_aeon(dataset, rocket_seeds, lambda seed: MiniRocketClassifier(random_state=seed),
+                                       source))
         if inception and not args.holdout:
             from aeon.classification.deep_learning import InceptionTimeClassifier
 
@@ -236,7 +248,8 @@ def run_panel(args: argparse.Namespace) -> str:
     command = " ".join(["apps/bench/timeseries.py --panel", f"--datasets {' '.join(args.datasets)}",
                         f"--seeds {args.seeds}", *([f"--baseline-seeds {rocket_seeds}"] if args.baseline_seeds else []),
                         *([f"--set {' '.join(args.set)}"] if args.set else []),
-                        *([f"--holdout {args.holdout}"] if args.holdout else [])])
+                        *([f"--holdout {args.holdout}"] if args.holdout else []),
+                        *([f"--holdout-splits {args.holdout_splits}"] if args.holdout and args.holdout_splits > 1 else [])])
     load = os.getloadavg()
     lines = [
         "# Time-series classification panel: " + (f"accuracy on a held-out {args.holdout:.0%} of each TRAINING "
@@ -272,6 +285,9 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, metavar="FRACTION",
                         help="--panel, for development: score on this stratified fraction of each TRAINING split "
                         "(both contenders train on the rest); the test split is never read")
+    parser.add_argument("--holdout-splits", type=int, default=1, metavar="K",
+                        help="--holdout: repeat on K independent held-out draws (cells pool K x seeds runs); one "
+                        "small split saturates or ranks by one series")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.panel:

@@ -255,6 +255,20 @@ def test_holdout_scores_on_part_of_the_training_split_never_test(tmp_path: Path)
     assert not {s.tobytes() for s in test.series} & {s.tobytes() for s in held.series}
 
 
+def test_further_holdout_splits_are_other_draws_of_the_training_split(tmp_path: Path) -> None:
+    """`--holdout-splits K`: split k > 0 holds out other training series than the fixed development split."""
+    from panformer.timeseries.data import load_split
+
+    bench = _panel_bench()
+    (tmp_path / "0").mkdir(), (tmp_path / "1").mkdir()
+    first = load_split(bench.holdout_source("GunPoint", 0.3, tmp_path / "0"), "test")
+    second = load_split(bench.holdout_source("GunPoint", 0.3, tmp_path / "1", split=1), "test")
+    train = {s.tobytes() for s in load_split("aeon:GunPoint", "train").series}
+    held = [{s.tobytes() for s in part.series} for part in (first, second)]
+    assert len(held[0]) == len(held[1]) and held[0] != held[1]
+    assert held[0] <= train and held[1] <= train
+
+
 def test_panel_bench_keeps_minirocket_threads_from_slowing_later_training() -> None:
     """In one `--panel` process MiniRocket (numba's OpenMP pool) runs between datasets; its pool must not leave
     torch's later convolutions running on a second, spinning thread (that doubled CPU seconds and slowed the
