@@ -62,6 +62,10 @@ def collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, *, synchronise: bool = True) -> None:
+    """Tear down the process group; after a successful run, only once every rank has finished with it."""
     if info.enabled and dist.is_initialized():
+        if synchronise:
+            # A rank that tears down while another still writes its results could abort (gloo, seen in CI).
+            dist.barrier()
         dist.destroy_process_group()

@@ -288,9 +288,12 @@ class Trainer:
             device = torch.device("cuda", dist_info.local_rank)
             torch.cuda.set_device(device)
         try:
-            return self._fit(source=source, resume=resume, device=device, dist_info=dist_info, started=started)
-        finally:
-            shutdown(dist_info)
+            result = self._fit(source=source, resume=resume, device=device, dist_info=dist_info, started=started)
+        except BaseException:
+            shutdown(dist_info, synchronise=False)  # the other ranks may never reach a barrier
+            raise
+        shutdown(dist_info)
+        return result
 
     def _fit(
         self, *, source: str | None, resume: bool, device: torch.device, dist_info: DistInfo, started: float
