@@ -18,6 +18,7 @@ from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path
 from panformer.engine.metrics import ClassificationMetrics
 from panformer.engine.plots import confusion_matrix_of, confusion_matrix_png
+from panformer.engine.runlog import console
 from panformer.timeseries.data import (
     SeriesDataset,
     aeon_data_dir,
@@ -27,6 +28,7 @@ from panformer.timeseries.data import (
     read_series_file,
     stratified_split,
 )
+from panformer.timeseries.invariance import Invariances, detect_invariances
 from panformer.timeseries.models.common import Ensemble
 from panformer.timeseries.models.inception_transformer import InceptionTransformer
 from panformer.timeseries.models.mptsnet import MPTSNet, dominant_periods
@@ -40,6 +42,14 @@ class AugmentConfig(StrictModel):
 
     scale: float = Field(0.0, ge=0, description="std of the log-amplitude factor, per series and channel")
     shift: float = Field(0.0, ge=0, lt=1, description="largest shift in time, as a fraction of the length")
+    circular_shift: bool | Literal["auto"] = Field(
+        False, description="roll each series by a random number of steps (its start carries no meaning); 'auto': "
+        "with reflections, when the training split shows both (panformer.timeseries.invariance)"
+    )
+    mirror: bool | Literal["auto"] = Field(
+        False, description="reverse half of the series at random; 'auto': with circular shifts, when the training "
+        "split shows both (closed outlines)"
+    )
 
 
 class ClassificationData(StrictModel):
@@ -126,27 +136,50 @@ def class_mean_series(model: VSFormer, train: SeriesDataset) -> Tensor:
 
 
 def augmented(values: Tensor, lengths: Tensor, cfg: AugmentConfig) -> Tensor:
-    """values (B, C, T) in data units, lengths (B,) -> a randomly scaled and shifted copy (same shape).
+    """values (B, C, T) in data units, lengths (B,) -> a randomly transformed copy (same shape).
 
-    Scaling is about each series' own mean (its level stays); a shift of r steps repeats the edge
-    value into the r steps it uncovers. Steps past a series' length are left as they are (the model
-    masks them). Draws from torch's global generator, which the engine seeds and checkpoints.
+    Scaling about each series' own mean (its level stays), then reflection (half the series, when
+    `mirror`), a circular shift by any number of steps (when `circular_shift`) and a shift of r steps
+    that repeats the edge value into the steps it uncovers. Each series moves within its own length;
+    steps past it are left as they are (the model masks them). Draws from torch's global generator,
+    which the engine seeds and checkpoints. 'auto' options must be resolved first (`resolved_augment`).
     """
-    if cfg.scale == 0 and cfg.shift == 0:
+    if cfg.scale == 0 and cfg.shift == 0 and not cfg.circular_shift and not cfg.mirror:
         return values
     B, C, T = values.shape
-    valid = torch.arange(T, device=values.device)[None, None, :] < lengths[:, None, None]  # (B, 1, T)
+    device = values.device
+    steps = torch.arange(T, device=device)[None, :]  # (1, T)
+    valid = (steps < lengths[:, None])[:, None, :]  # (B, 1, T)
+    last = (lengths - 1).clamp(min=0)[:, None]  # (B, 1)
+    # Scaling first: it commutes with the moves below (which read steps within the series).
     if cfg.scale > 0:
         mean = torch.where(valid, values, torch.nan).nanmean(-1, keepdim=True).nan_to_num()
-        factor = torch.exp(cfg.scale * torch.randn(B, C, 1, device=values.device))
+        factor = torch.exp(cfg.scale * torch.randn(B, C, 1, device=device))
         values = mean + (values - mean) * factor
+    source = steps.expand(B, T)  # the step each output step reads, (B, T)
+    if cfg.mirror is True:
+        flip = torch.rand(B, 1, device=device) < 0.5
+        source = torch.where(flip, (last - source).clamp(min=0), source)
+    if cfg.circular_shift is True:
+        roll = (torch.rand(B, 1, device=device) * lengths[:, None].clamp(min=1)).long()
+        source = (source + roll) % lengths[:, None].clamp(min=1)
     if cfg.shift > 0:
         most = (cfg.shift * lengths.float()).floor()
-        steps = ((torch.rand(B, device=values.device) * 2 - 1) * most).round().long()  # (B,) in [-most, most]
-        source = torch.arange(T, device=values.device)[None, :] - steps[:, None]
-        source = torch.minimum(source.clamp(min=0), (lengths - 1).clamp(min=0)[:, None])
+        offset = ((torch.rand(B, device=device) * 2 - 1) * most).round().long()  # (B,) in [-most, most]
+        moved = torch.minimum((steps - offset[:, None]).clamp(min=0), last)
+        source = source.gather(-1, moved)
+    if cfg.shift > 0 or cfg.circular_shift is True or cfg.mirror is True:
         values = torch.where(valid, values.gather(-1, source[:, None, :].expand(B, C, T)), values)
     return values
+
+
+def resolved_augment(cfg: AugmentConfig, invariances: Invariances | None) -> AugmentConfig:
+    """`cfg` with its 'auto' symmetries replaced by what the training split showed."""
+    found = invariances or Invariances(False, False, 0.0, 0.0, 0.0, note="not tested")
+    return cfg.model_copy(update={
+        "circular_shift": found.circular_shift if cfg.circular_shift == "auto" else cfg.circular_shift,
+        "mirror": found.mirror if cfg.mirror == "auto" else cfg.mirror,
+    })
 
 
 class ClassificationTask(Task):
@@ -177,6 +210,11 @@ class ClassificationTask(Task):
         test_targets = np.array([index[c] for c in test_set.labels])
         train_idx, val_idx = stratified_split(train_set.labels, fraction=recipe.data.val_fraction, seed=recipe.train.seed)
         train_series = [train_set.series[i] for i in train_idx]
+        invariances = None
+        if "auto" in (self.augment.circular_shift, self.augment.mirror):
+            invariances = detect_invariances(train_series, targets[train_idx], seed=recipe.train.seed)
+            console.print(f"[dim]{source}: {invariances.summary()}[/dim]")
+        self.augment = resolved_augment(self.augment, invariances)
         # Normalisation is fitted on the training part only (not validation, never test).
         stacked = np.concatenate(train_series, axis=1)
         info = {
@@ -187,7 +225,10 @@ class ClassificationTask(Task):
             "mean": np.nanmean(stacked, axis=1).tolist(),
             "std": np.nanstd(stacked, axis=1).tolist(),
             "source": source,
+            "augment": self.augment.model_dump(mode="json"),
         }
+        if invariances is not None:
+            info["symmetries"] = invariances.as_dict()
         if isinstance(recipe.model, MPTSNetConfig):
             periods, amplitudes = dominant_periods(
                 train_series, k=recipe.model.num_periods, max_length=train_set.max_length

@@ -140,6 +140,64 @@ def test_augmentation_scales_about_the_mean_and_shifts_within_each_series() -> N
     assert augmented(ramp, lengths, AugmentConfig()) is ramp
 
 
+def test_circular_shift_and_mirror_permute_each_series_within_its_length() -> None:
+    torch.manual_seed(0)
+    values = torch.randn(64, 2, 20)
+    lengths = torch.full((64,), 20)
+    lengths[0] = 12
+    values[0, :, 12:] = 0.0  # batch padding
+    rolled = augmented(values, lengths, AugmentConfig(circular_shift=True))
+    mirrored = augmented(values, lengths, AugmentConfig(mirror=True))
+    both = augmented(values, lengths, AugmentConfig(circular_shift=True, mirror=True))
+    for out in (rolled, mirrored, both):  # the same steps, rearranged, the same way in every channel; padding kept
+        torch.testing.assert_close(out[1:].sort(-1).values, values[1:].sort(-1).values)
+        torch.testing.assert_close(out[0, :, :12].sort(-1).values, values[0, :, :12].sort(-1).values)
+        assert torch.equal(out[0, :, 12:], values[0, :, 12:])
+    def is_roll(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return any(torch.equal(a, b.roll(r, -1)) for r in range(b.shape[-1]))
+    assert all(is_roll(rolled[i], values[i]) for i in range(1, 64))
+    assert is_roll(rolled[0, :, :12], values[0, :, :12])
+    assert sum(not torch.equal(rolled[i], values[i]) for i in range(64)) > 55  # a random roll, rarely none
+    flipped = [torch.equal(mirrored[i], values[i].flip(-1)) for i in range(1, 64)]
+    kept = [torch.equal(mirrored[i], values[i]) for i in range(1, 64)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 10 < sum(flipped) < 53
+    assert all(is_roll(both[i], values[i]) or is_roll(both[i], values[i].flip(-1)) for i in range(1, 64))
+
+
+def test_symmetries_are_adopted_when_the_training_split_shows_them() -> None:
+    from panformer.timeseries.invariance import detect_invariances
+
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 96, endpoint=False)
+    shapes = rng.uniform(size=(10, 3, 2))  # 10 classes, each 3 bumps: (place, height)
+
+    def curve(label: int, *, start: float, reverse: bool) -> np.ndarray:
+        bumps = sum(h * np.exp(-(((t - start - at) % 1.0) ** 2) / 0.002) for at, h in shapes[label])
+        return ((bumps[::-1] if reverse else bumps) + 0.05 * rng.standard_normal(96))[None]
+
+    labels = np.repeat(np.arange(10), 2)
+    # Closed outlines traced from any point, each class once in either direction: both symmetries.
+    outlines = [curve(c, start=rng.uniform(), reverse=bool(i % 2)) for i, c in enumerate(labels)]
+    found = detect_invariances(outlines, labels)
+    assert found.circular_shift and found.mirror and found.shifted_mirrored >= 0.8 > found.shifted
+    # A cycle caught at any phase, never reversed: shifts help 1-NN, reflections add nothing; not adopted.
+    phases = detect_invariances([curve(c, start=rng.uniform(), reverse=False) for c in labels], labels)
+    assert phases.shifted >= phases.plain + 0.05 and not phases.circular_shift
+    fixed = detect_invariances([curve(c, start=0.3, reverse=False) for c in labels], labels)  # a fixed time
+    assert not fixed.circular_shift and fixed.plain > 0.9
+    unequal = detect_invariances([np.zeros((1, 5)), np.zeros((1, 6)), np.zeros((1, 5))], np.array([0, 1, 0]))
+    assert not unequal.circular_shift and "unequal" in unequal.summary()
+
+
+def test_auto_symmetries_are_resolved_on_the_training_split_and_recorded(tmp_path: Path) -> None:
+    recipe = load_recipe(ClassificationRecipe, "timeseries", "classification")
+    assert recipe.data.augment.circular_shift == "auto" and recipe.data.augment.mirror == "auto"
+    task = ClassificationTask(augment=recipe.data.augment)
+    splits = task.load_splits(recipe, source="aeon:ArrowHead")  # outlines drawn from a fixed start: none
+    assert task.augment.circular_shift is False and splits.info["symmetries"]["plain"] > 0.8
+    assert splits.info["augment"]["circular_shift"] is False
+
+
 def test_loss_augments_in_training_only() -> None:
     torch.manual_seed(0)
     task = ClassificationTask(augment=AugmentConfig(scale=0.3, shift=0.3))
