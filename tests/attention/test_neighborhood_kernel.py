@@ -18,6 +18,7 @@ from shared_attention.dispatch import explain
 from shared_attention.functional import make_case
 
 from .conftest import assert_close, qkv, run_in_interpreter, values_and_grads
+from .hopper import compile_neighborhood_kernels_for_hopper
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -87,32 +88,11 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     interpreter cannot check (types, layouts, loops with run-time bounds) compiles."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("kernels are interpreted in this process")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from panformer_kernels import triton_neighborhood_attention as kernels
 
-    ints = ("heads", "kv_group", "dim", "length", "n_t", "n_h", "n_w", "k_t", "k_h", "k_w", "d_t", "d_h", "d_w",
-            "s_t", "s_h", "s_w", "tiles_t", "tiles_r", "tiles_c")
-    strides = [f"s{t}{a}" for t in "qkv" for a in "bhl"]
-    scalars = dict.fromkeys((*ints, *strides), "i32") | {"scale_log2": "fp32"}
     meta = {"TILE_T": 1, "TILE_H": 8, "TILE_W": 8, "BLOCK_T": 1, "BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_D": 64,
             "PRECISION": "tf32", "CAUSAL_T": False, "CAUSAL_H": True, "CAUSAL_W": False, "THREE_D": False}
-    pointers = lambda *names: {n: "*fp32" if n in ("lse_ptr", "delta_ptr") else "*bf16" for n in names}  # noqa: E731
-    signatures = {
-        kernels._forward_kernel: pointers("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr") | scalars,
-        kernels._backward_dq_kernel: pointers("q_ptr", "k_ptr", "v_ptr", "do_ptr", "lse_ptr", "delta_ptr", "dq_ptr")
-        | scalars,
-        kernels._backward_dkdv_kernel: pointers(
-            "q_ptr", "k_ptr", "v_ptr", "do_ptr", "lse_ptr", "delta_ptr", "dk_ptr", "dv_ptr"
-        ) | scalars,
-    }
-    for fn, signature in signatures.items():
-        # The signature in the kernel's argument order (the dicts above only name the types).
-        ordered = {name: signature.get(name, "constexpr") for name in fn.arg_names}
-        compiled = triton.compile(ASTSource(fn, ordered, constexprs=meta), target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"], fn.__name__
+    compile_neighborhood_kernels_for_hopper(kernels, meta)
 
 
 @pytest.mark.parametrize(
