@@ -66,14 +66,17 @@ def _key_range(tile, TILE: tl.constexpr, m, kernel, stride, CAUSAL: tl.constexpr
 @triton.jit
 def _query_range(tile, TILE: tl.constexpr, m, kernel, stride, CAUSAL: tl.constexpr):
     """[first, last) cells whose windows may hold a key of tile number ``tile`` (TILE cells along the
-    axis); exact for stride 1, a superset otherwise (a leader is within stride - 1 cells of its run's
-    queries; the per-pair mask drops the rest)."""
+    axis). Window starts grow monotonically with the query and are constant over a run of ``stride``
+    queries, so the queries whose start lies in [first_key - kernel + 1, last_key] are whole runs: exact
+    for every stride (blocked windows read only their own block)."""
     first_key, last_key = tile * TILE, tl.minimum(tile * TILE + TILE, m) - 1
     if CAUSAL:  # a query sees keys at most kernel - 1 cells back, whatever the stride
         return first_key, tl.minimum(last_key + kernel - 1, m - 1) + 1
-    first = tl.where(first_key - kernel + 1 <= 0, 0, first_key - kernel + 1 + kernel // 2)
-    last = tl.where(last_key >= m - kernel, m - 1, last_key + kernel // 2)
-    return tl.maximum(first - stride + 1, 0), tl.minimum(last + stride - 1, m - 1) + 1
+    lowest_start = first_key - kernel + 1  # a run whose leader sits at r*stride + stride//2 starts kernel//2 earlier
+    first = tl.where(lowest_start <= 0, 0, (lowest_start + kernel // 2 - stride // 2 + stride - 1) // stride * stride)
+    near_end = (last_key >= m - kernel) | (last_key + kernel // 2 >= m - 1)  # windows clamped at the far edge
+    last = tl.where(near_end, m, tl.minimum(((last_key + kernel // 2 - stride // 2) // stride + 1) * stride, m))
+    return first, last
 
 
 @triton.jit

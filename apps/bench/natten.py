@@ -275,17 +275,20 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cpu":
         modes = [m for m in modes if m == "fwd"]  # NATTEN's Flex has no backward on CPU
     rows = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        print(row["mode"], row["case"], row["times"], row["choice"], flush=True)
+        if args.out:  # rewritten after every row: a cut-short run keeps what it measured
+            with open(args.out, "w") as f:
+                f.write(render(rows, args, device, command))
+
     for mode in modes:
         for case in cases(args.smoke):
             if not args.only or args.only in case.name:
-                rows.append(time_case(case, args, device, dtype, training=mode == "fwd+bwd"))
-                print(rows[-1]["mode"], rows[-1]["case"], rows[-1]["times"], rows[-1]["choice"], flush=True)
+                record(time_case(case, args, device, dtype, training=mode == "fwd+bwd"))
         if not args.only or args.only in "NAT classifier":
-            rows.append(time_classifier(args, device, dtype, training=mode == "fwd+bwd"))
-            print(rows[-1]["mode"], rows[-1]["case"], rows[-1]["times"], flush=True)
-        if args.out:  # rewritten after every mode: a cut-short run keeps its rows
-            with open(args.out, "w") as f:
-                f.write(render(rows, args, device, command))
+            record(time_classifier(args, device, dtype, training=mode == "fwd+bwd"))
     print(render(rows, args, device, command))
 
 

@@ -39,6 +39,8 @@ STRIDED_CASES = [
     ((9, 11), (3, 5), (1, 2), False, 2, 1, (2, 4)),
     ((7, 10), (4, 3), 1, (True, False), 2, 2, (3, 3)),  # causal rows; stride == kernel: blocked columns
     ((37,), 6, 2, False, 2, 1, 5),  # 1-D
+    ((50,), 8, 1, False, 2, 1, 8),  # 1-D blocked windows over several tiles: each key block's queries exactly
+    ((45,), 9, 1, False, 2, 2, 4),  # odd kernel, even stride: runs whose leader is off-centre
     ((5, 6, 7), (3, 3, 4), (1, 2, 1), (True, False, False), 2, 1, (2, 1, 4)),  # 3-D, causal in time
 ]
 
