@@ -10,7 +10,7 @@ from shared_attention.attention_maps import AttentionMaps
 from shared_attention.cache import KVCache, L2NormEvictionCache
 from shared_attention.dispatch import explain as explain_case
 from shared_attention.entropy import AttentionEntropy
-from shared_attention.functional import attention, explain
+from shared_attention.functional import attention, explain, merge_attentions
 from shared_attention.masks import (
     Causal,
     Chunked,
@@ -112,6 +112,7 @@ __all__ = [
     "explain_case",
     "find_register_neurons",
     "masks",
+    "merge_attentions",
     "na1d",
     "na2d",
     "na3d",

@@ -6,6 +6,9 @@ lengths, D head dim, Dv value head dim.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor
 
 import shared_attention.backends  # noqa: F401  (registers the "softmax" backends)
@@ -92,4 +95,21 @@ def explain(
     return explain_case(make_case(q, k, v, mask=mask, score_mod=score_mod), backend)
 
 
-__all__ = ["attention", "explain", "make_case"]
+def merge_attentions(outputs: Sequence[Tensor], lses: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """One softmax over disjoint key sets, from each set's attention: outputs (B, H, L, Dv) and fp32
+    log-sum-exps (B, H, L) -> (output, log-sum-exp) of attending all the keys at once.
+
+    Each part is weighted by its share of the total mass, exp(lse_i - lse). Differentiable in every
+    output and log-sum-exp; a row with no key in any part gives 0 (and lse -inf), as ``attention`` does.
+    """
+    if len(outputs) != len(lses) or not outputs:
+        raise ValueError(f"merge_attentions wants one log-sum-exp per output; got {len(outputs)} and {len(lses)}")
+    stacked = torch.stack([lse.float() for lse in lses])  # (P, B, H, L)
+    lse = stacked.logsumexp(0)
+    # Parts with no key (-inf) weigh 0; rows with no key anywhere stay 0 instead of NaN.
+    weights = torch.where(torch.isfinite(stacked), (stacked - lse.nan_to_num(neginf=0.0)).exp(), 0.0)
+    out = sum(w[..., None] * o.float() for w, o in zip(weights, outputs, strict=True))
+    return out.to(outputs[0].dtype), lse
+
+
+__all__ = ["attention", "explain", "make_case", "merge_attentions"]

@@ -1,10 +1,11 @@
-"""The neighborhood backend: 1-D, 2-D and 3-D ``Neighborhood`` masks (dilation, causal axes) on the
-``panformer::neighborhood_attention`` op (Triton kernels over tiles of the grid on CUDA, forward
-and backward; reference math elsewhere).
+"""The neighborhood backend: 1-D, 2-D and 3-D ``Neighborhood`` masks (dilation, causal axes, stride,
+additional keys) on the ``panformer::neighborhood_attention`` op (Triton kernels over tiles of the grid on
+CUDA, forward and backward; reference math elsewhere).
 
-It takes self-attention over a whole grid (Lq == Lk == the grid's cells) with a ``Neighborhood``
-mask (any stride) and no score mod; additional keys go to Flex (or the reference). On CUDA it ranks ahead of Flex (11 vs 12): on an H200 it ran
-a 15 x 15 window on a 128 x 128 grid 3.0x faster than Flex forward, 2.1x forward + backward
+It takes self-attention over a whole grid (Lq == the grid's cells; Lk == cells + the mask's additional
+keys) and no score mod. Additional keys (registers, text tokens: every query sees them) are attended
+densely beside the window and the two merged by their log-sum-exps (``merge_attentions``), so the
+window stays on the kernel. On CUDA it ranks ahead of Flex (11 vs 12): on an H200 it ran a 15 x 15 window on a 128 x 128 grid 3.0x faster than Flex forward, 2.1x forward + backward
 (apps/bench/results/speed-h200.md); except 1-D masks in training (13), where Flex's backward is faster. On CPU the op runs the materialised reference math, reached
 only by name.
 """
@@ -16,6 +17,7 @@ from functools import cache
 
 import torch
 
+from shared_attention.backends.reference import reference_attention
 from shared_attention.dispatch import Case
 from shared_attention.masks import Neighborhood
 
@@ -36,12 +38,12 @@ class NeighborhoodBackend:
         mask = case.mask
         if not isinstance(mask, Neighborhood):
             return "takes only a Neighborhood mask"
-        if mask.additional_keys:
-            return "no additional keys (Flex and the reference take them)"
         if case.score_mod is not None:
             return "no score mods"
-        if not case.q_len == case.kv_len == math.prod(mask.grid):
-            return f"needs self-attention over the whole grid ({math.prod(mask.grid)} tokens)"
+        cells = math.prod(mask.grid)
+        if case.q_len != cells or case.kv_len != cells + mask.additional_keys:
+            extra = f" + {mask.additional_keys} additional keys" if mask.additional_keys else ""
+            return f"needs self-attention over the whole grid ({cells} tokens{extra})"
         if case.head_dim != case.v_dim or case.head_dim > 256:
             return f"needs equal key and value head dims up to 256, got {case.head_dim}/{case.v_dim}"
         if case.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -63,21 +65,29 @@ class NeighborhoodBackend:
         return 11.0
 
     def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
-        from panformer_kernels.neighborhood_attention import neighborhood_attention
-
-        return neighborhood_attention(
-            q, k, v, grid=mask.grid, kernel_size=mask.kernel_size, dilation=mask.dilation, causal=mask.causal,
-            stride=mask.stride, scale=scale,
-        )
+        return windowed_attention(q, k, v, mask=mask, scale=scale, return_lse=False)
 
 
 class NeighborhoodLseBackend(NeighborhoodBackend):
     """Op "softmax_lse": (output, log-sum-exp), both differentiable."""
 
     def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
-        from panformer_kernels.neighborhood_attention import neighborhood_attention
+        return windowed_attention(q, k, v, mask=mask, scale=scale, return_lse=True)
 
-        return neighborhood_attention(
-            q, k, v, grid=mask.grid, kernel_size=mask.kernel_size, dilation=mask.dilation, causal=mask.causal,
-            stride=mask.stride, scale=scale, return_lse=True,
-        )
+
+def windowed_attention(q, k, v, *, mask: Neighborhood, scale: float | None, return_lse: bool):
+    """q (B, H, L, D) over the grid's L cells, k and v (B, Hkv, L + N, D): the window on the op, the N
+    additional keys (if any) densely, merged -> (B, H, L, D) [and the fp32 log-sum-exp (B, H, L)]."""
+    from panformer_kernels.neighborhood_attention import neighborhood_attention
+
+    from shared_attention.functional import merge_attentions
+
+    options = dict(grid=mask.grid, kernel_size=mask.kernel_size, dilation=mask.dilation, causal=mask.causal,
+                   stride=mask.stride, scale=scale)
+    if not mask.additional_keys:
+        return neighborhood_attention(q, k, v, **options, return_lse=return_lse)
+    cells = q.shape[2]
+    window = neighborhood_attention(q, k[:, :, :cells], v[:, :, :cells], **options, return_lse=True)
+    extra = reference_attention(q, k[:, :, cells:], v[:, :, cells:], scale=scale, return_lse=True)  # (L x N) scores
+    out, lse = merge_attentions((window[0], extra[0]), (window[1], extra[1]))
+    return (out, lse) if return_lse else out

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from shared_attention import Attention, Neighborhood, attention, na1d, na2d, na3d
+from shared_attention import Attention, Neighborhood, attention, merge_attentions, na1d, na2d, na3d
 from shared_attention.backends.reference import reference_attention
 from shared_attention.dispatch import explain
 from shared_attention.functional import make_case
@@ -69,8 +69,6 @@ def inputs(grid, heads, kv_heads, extra, seed=0):
 @pytest.mark.parametrize("backend", ["auto", "neighborhood"])
 def test_values_lse_and_gradients_match_the_hand_built_oracle(case, backend):
     grid, kernel, dilation, stride, causal, extra, heads, kv_heads = case
-    if backend == "neighborhood" and extra:
-        pytest.skip("the neighbourhood op takes no additional keys")
     q, k, v, more = inputs(grid, heads, kv_heads, extra)
     leaves = (q, k, v, *more.values())
     out, lse = NA[len(grid)](q, k, v, kernel, stride, dilation, causal, 0.3, **more, return_lse=True, backend=backend)
@@ -107,7 +105,7 @@ def test_traces_under_torch_compile_with_gradients():
         assert_close(a, b)
 
 
-def test_dispatch_sends_stride_to_the_kernel_and_additional_keys_to_flex_on_cuda():
+def test_dispatch_sends_stride_and_additional_keys_to_the_kernel_on_cuda():
     q = torch.randn(1, 2, 64, 16)
     strided = Neighborhood((8, 8), 4, stride=2)
     case = replace(make_case(q, q, q, mask=strided), device_type="cuda")
@@ -116,7 +114,7 @@ def test_dispatch_sends_stride_to_the_kernel_and_additional_keys_to_flex_on_cuda
     with_extra = Neighborhood((64, 64), 7, additional_keys=4)
     grid_q, extra_k = torch.randn(1, 2, 4096, 16), torch.randn(1, 2, 4100, 16)
     why = explain(replace(make_case(grid_q, extra_k, extra_k, mask=with_extra), device_type="cuda"))
-    assert why.chosen == "flex" and "additional keys" in why.rejected["neighborhood"]
+    assert why.chosen == "neighborhood"  # the window on the kernel, the registers beside it, merged
     # The log-sum-exp has its own op (SDPA cannot return it): on CPU in training, the op's reference path.
     lse_case = replace(make_case(q, q, q, mask=strided, op="softmax_lse"), training=True)
     assert explain(lse_case).chosen == "neighborhood" and "sdpa" not in explain(lse_case).rejected
@@ -191,3 +189,31 @@ def test_additional_tokens_of_the_wrong_shape_are_named():
         na2d(q, q, q, 3, additional_keys=torch.randn(1, 4, 1, 8), additional_values=torch.randn(1, 4, 1, 8))
     with pytest.raises(ValueError, match="together"):
         na2d(q, q, q, 3, additional_keys=torch.randn(1, 4, 2, 8))
+
+
+def test_merge_attentions_equals_one_softmax_over_all_keys():
+    """Two disjoint key sets attended apart and merged = attending their union at once (values and
+    gradients); a part with no allowed key (lse -inf) weighs nothing, a row with none anywhere gives 0."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 5, 8, generator=g).requires_grad_(True)
+    k, v = (torch.randn(2, 3, 9, 8, generator=g).requires_grad_(True) for _ in range(2))
+    allowed = torch.rand(5, 9, generator=g) > 0.4
+    allowed[0, :4] = False  # row 0: nothing in the first part
+    allowed[1] = False  # row 1: no key at all
+    parts = [reference_attention(q, k[:, :, s], v[:, :, s], mask=Dense(allowed[None, None, :, s]), return_lse=True)
+             for s in (slice(0, 4), slice(4, 9))]
+    out, lse = merge_attentions([p[0] for p in parts], [p[1] for p in parts])
+    want_out, want_lse = reference_attention(q, k, v, mask=Dense(allowed[None, None]), return_lse=True)
+    assert_close(out, want_out)
+    assert_close(lse, want_lse)
+    assert (out[:, :, 1] == 0).all() and torch.isneginf(lse[:, :, 1]).all()
+    keep = torch.ones(5, dtype=torch.bool)
+    keep[1] = False  # the empty row's lse is -inf on both sides: compare gradients through the others
+    w = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * w).sum() + lse[:, :, keep].sum(), (q, k, v))
+    wanted = torch.autograd.grad((want_out * w).sum() + want_lse[:, :, keep].sum(), (q, k, v))
+    for a, b in zip(grads, wanted, strict=True):
+        assert torch.isfinite(a).all()
+        assert_close(a, b)
+    with pytest.raises(ValueError, match="one log-sum-exp per output"):
+        merge_attentions([out], [])

@@ -108,8 +108,6 @@ def natten_pattern(case: dict) -> torch.Tensor:
 @pytest.mark.parametrize("case", CASES[::2], ids=case_id)
 @pytest.mark.parametrize("backend", ["auto", "neighborhood", "reference"])
 def test_gradients_match_a_dense_softmax_on_natten_pattern(case, backend):
-    if backend == "neighborhood" and case["extra"]:
-        pytest.skip("the neighbourhood op takes no additional keys (Flex and the reference do)")
     q, k, v, extra = tensors(case, seed=1)
     inputs = [t.requires_grad_(True) for t in (q, k, v, *extra.values())]
     length, batch, heads = math.prod(case["grid"]), q.shape[0], q.shape[-2]

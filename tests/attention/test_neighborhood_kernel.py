@@ -165,12 +165,13 @@ def test_dispatch_prefers_the_kernel_on_cuda_only():
     [
         Neighborhood((24, 20), 7, (1, 2)),  # 480 tokens, ragged against (8, 8) tiles
         Neighborhood((6, 10, 8), (3, 5, 5), (1, 1, 2), causal=(True, False, False)),  # 3-D, causal time
+        Neighborhood((16, 12), 5, stride=(1, 2), additional_keys=4),  # strided windows + 4 registers, merged
     ],
-    ids=["2d-dilated", "3d-causal"],
+    ids=["2d-dilated", "3d-causal", "2d-strided-registers"],
 )
 def test_cuda_kernel_matches_the_oracle(dtype, mask):
     length = math.prod(mask.grid)
-    q, k, v = (t.to(dtype) for t in qkv(2, 4, 2, length, length, 64, device="cuda"))
+    q, k, v = (t.to(dtype) for t in qkv(2, 4, 2, length, length + mask.additional_keys, 64, device="cuda"))
     for t in (q, k, v):
         t.requires_grad_(True)
     expected, expected_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
