@@ -6,6 +6,7 @@ lengths, D head dim, Dv value head dim.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -105,9 +106,11 @@ def merge_attentions(outputs: Sequence[Tensor], lses: Sequence[Tensor]) -> tuple
     if len(outputs) != len(lses) or not outputs:
         raise ValueError(f"merge_attentions wants one log-sum-exp per output; got {len(outputs)} and {len(lses)}")
     stacked = torch.stack([lse.float() for lse in lses])  # (P, B, H, L)
-    lse = stacked.logsumexp(0)
-    # Parts with no key (-inf) weigh 0; rows with no key anywhere stay 0 instead of NaN.
-    weights = torch.where(torch.isfinite(stacked), (stacked - lse.nan_to_num(neginf=0.0)).exp(), 0.0)
+    # Pairwise, not stacked.logsumexp(0): Inductor (torch 2.14, CPU) compiled that one's gradient wrongly.
+    lse = functools.reduce(torch.logaddexp, stacked)
+    # A part with no key (lse -inf) weighs exp(-inf) = 0; where no part has a key, subtract 0, not -inf
+    # (which would give NaN), so the row stays 0.
+    weights = (stacked - lse.masked_fill(torch.isneginf(lse), 0.0)).exp()
     out = sum(w[..., None] * o.float() for w, o in zip(weights, outputs, strict=True))
     return out.to(outputs[0].dtype), lse
 

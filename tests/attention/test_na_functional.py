@@ -6,6 +6,7 @@ dispatch routing, the ``Attention`` module's additional tokens, and the one-line
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -217,3 +218,19 @@ def test_merge_attentions_equals_one_softmax_over_all_keys():
         assert_close(a, b)
     with pytest.raises(ValueError, match="one log-sum-exp per output"):
         merge_attentions([out], [])
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))), reason="Inductor needs a C++ compiler on CPU")
+def test_additional_keys_on_the_neighbourhood_op_compile_with_inductor():
+    """The window on the op, the extra keys beside it, merged: Inductor's values and gradients equal eager
+    (a stacked logsumexp in the merge once compiled to a wrong gradient on CPU)."""
+    q, k, v, more = inputs((6, 7), 2, 1, 3)
+    options = dict(kernel_size=(3, 5), stride=(2, 3), is_causal=(True, False), backend="neighborhood", **more)
+    leaves = (q, k, v, *more.values())
+    expected = na2d(q, k, v, **options)
+    actual = torch.compile(na2d, backend="inductor")(q, k, v, **options)
+    assert_close(actual, expected)
+    grads = torch.autograd.grad(actual.square().sum(), leaves)
+    wanted = torch.autograd.grad(expected.square().sum(), leaves)
+    for a, b in zip(grads, wanted, strict=True):
+        assert_close(a, b)
