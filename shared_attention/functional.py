@@ -106,7 +106,8 @@ def merge_attentions(outputs: Sequence[Tensor], lses: Sequence[Tensor]) -> tuple
     if len(outputs) != len(lses) or not outputs:
         raise ValueError(f"merge_attentions wants one log-sum-exp per output; got {len(outputs)} and {len(lses)}")
     stacked = torch.stack([lse.float() for lse in lses])  # (P, B, H, L)
-    # Pairwise, not stacked.logsumexp(0): Inductor (torch 2.14, CPU) compiled that one's gradient wrongly.
+    # Pairwise, not stacked.logsumexp(0): in this graph Inductor (torch 2.14, CPU) compiled that one's
+    # gradient wrongly (test_na_functional's Inductor test; a bare stack + logsumexp does not show it).
     lse = functools.reduce(torch.logaddexp, stacked)
     # A part with no key (lse -inf) weighs exp(-inf) = 0; where no part has a key, subtract 0, not -inf
     # (which would give NaN), so the row stays 0.
