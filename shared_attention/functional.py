@@ -6,16 +6,13 @@ lengths, D head dim, Dv value head dim.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
-
-import torch
 from torch import Tensor
 
 import shared_attention.backends  # noqa: F401  (registers the "softmax" backends)
 from shared_attention.dispatch import Case, Explanation, needs_grad, select_measured
 from shared_attention.dispatch import explain as explain_case
 from shared_attention.masks import Mask
+from shared_attention.merge import merge_attentions
 from shared_attention.score_mods import ScoreMod
 
 
@@ -94,26 +91,6 @@ def explain(
 ) -> Explanation:
     """Which backend ``attention`` would use for this call, and why not the others."""
     return explain_case(make_case(q, k, v, mask=mask, score_mod=score_mod), backend)
-
-
-def merge_attentions(outputs: Sequence[Tensor], lses: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """One softmax over disjoint key sets, from each set's attention: outputs (B, H, L, Dv) and fp32
-    log-sum-exps (B, H, L) -> (output, log-sum-exp) of attending all the keys at once.
-
-    Each part is weighted by its share of the total mass, exp(lse_i - lse). Differentiable in every
-    output and log-sum-exp; a row with no key in any part gives 0 (and lse -inf), as ``attention`` does.
-    """
-    if len(outputs) != len(lses) or not outputs:
-        raise ValueError(f"merge_attentions wants one log-sum-exp per output; got {len(outputs)} and {len(lses)}")
-    stacked = torch.stack([lse.float() for lse in lses])  # (P, B, H, L)
-    # Pairwise, not stacked.logsumexp(0): in this graph Inductor (torch 2.14, CPU) compiled that one's
-    # gradient wrongly (test_na_functional's Inductor test; a bare stack + logsumexp does not show it).
-    lse = functools.reduce(torch.logaddexp, stacked)
-    # A part with no key (lse -inf) weighs exp(-inf) = 0; where no part has a key, subtract 0, not -inf
-    # (which would give NaN), so the row stays 0.
-    weights = (stacked - lse.masked_fill(torch.isneginf(lse), 0.0)).exp()
-    out = sum(w[..., None] * o.float() for w, o in zip(weights, outputs, strict=True))
-    return out.to(outputs[0].dtype), lse
 
 
 __all__ = ["attention", "explain", "make_case", "merge_attentions"]

@@ -20,6 +20,7 @@ import torch
 from shared_attention.backends.reference import reference_attention
 from shared_attention.dispatch import Case
 from shared_attention.masks import Neighborhood
+from shared_attention.merge import merge_attentions
 
 
 @cache
@@ -79,7 +80,6 @@ def windowed_attention(q, k, v, *, mask: Neighborhood, scale: float | None, retu
     """q (B, H, L, D) over the grid's L cells, k and v (B, Hkv, L + N, D): the window on the op, the N
     additional keys (if any) densely, merged -> (B, H, L, D) [and the fp32 log-sum-exp (B, H, L)]."""
     from panformer_kernels.neighborhood_attention import neighborhood_attention
-    from shared_attention.functional import merge_attentions
 
     options = dict(grid=mask.grid, kernel_size=mask.kernel_size, dilation=mask.dilation, causal=mask.causal,
                    stride=mask.stride, scale=scale)
