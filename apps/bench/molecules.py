@@ -7,9 +7,10 @@ sets are nested, while validation and test stay the same (`data.train_structures
 checkpoint on validation energy MAE and is scored once on test; every cell is mean ± std over `--seeds`.
 
 Budget: at each size every run gets the same training time (`--seconds`, one value per size). A run first
-measures its own speed (a short calibration, discarded), then trains for as many passes over its training set
-as fit the budget, with its recipe's warmup + cosine schedule spread over them, validating `--validations`
-times (at small sizes an epoch is several passes, else validation would cost more than training).
+measures its own speed (a short calibration, discarded; runs that share a device start it together), then
+trains for the passes over its training set that fit the budget, a fraction of a pass included (a random subset),
+with its recipe's warmup + cosine schedule spread over them, validating `--validations` times (at small sizes an
+epoch is several passes, else validation would cost more than training).
 Validation and test time are outside the budget. With `--jobs N` the runs of one size run at once as N
 processes on one device, so they share it equally; sizes follow one another, the largest first (a bench cut
 short keeps the size that matters most). `--epochs N` gives every run N passes instead of a time budget.
@@ -41,6 +42,7 @@ to `--out` (issue 23).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -48,6 +50,7 @@ import math
 import os
 import statistics
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -110,7 +113,8 @@ MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 DEFAULT_MODELS = ["direct", "conservative", "schnet"]
 TRANSFORMERS = ("direct", "conservative", "distance-bias")
 HELD_OUT = 0.1  # of the molecules, for validation and again for test (~5k structures each on the 50k set)
-CALIBRATION_SECONDS = 2.0  # of timed training steps per run before its budget starts (then discarded)
+CALIBRATION_SECONDS = 5.0  # of timed training steps per run before its budget starts (then discarded)
+BARRIER_TIMEOUT = 600.0  # s a run waits for the runs beside it to start calibrating
 DEADLINE_MARGIN = 60.0  # s beyond twice the budget after which a run stops at the end of its epoch
 
 
@@ -135,7 +139,7 @@ class Outcome:
     test: dict[str, float]
     info: dict[str, Any]
     params: int
-    passes: int  # over the training set, done
+    passes: float  # over the training set, done
     best_epoch: int
     train_seconds: float  # in training steps (what the budget buys), from the run's log
     wall_seconds: float  # the whole run: calibration, training, validation, test
@@ -153,23 +157,29 @@ class TimeUp(Exception):
 
 class PassesTask(EnergyForceTask):
     """The molecules task with `passes` passes over the training set per epoch (the training split repeated,
-    shuffled as one): at small sizes a time budget holds many passes, and validating after each would cost more
-    than the training. Statistics and `info` are those of the training set itself."""
+    shuffled as one; a fractional part trains on a fixed random subset of that size): at small sizes a time budget
+    holds many passes, and validating after each would cost more than the training; at large sizes a pass can
+    be a sixth of the budget, and whole passes would miss the budget by up to half a pass. Statistics and `info`
+    are those of the training set itself."""
 
-    def __init__(self, *, passes: int, **kwargs: Any) -> None:
+    def __init__(self, *, passes: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.passes = passes
 
     def load_splits(self, recipe: MoleculeRecipe, *, source: str | None = None) -> Splits:
         splits = super().load_splits(recipe, source=source)
         train = splits.train
-        return dataclasses.replace(splits, train=train.subset(np.tile(np.arange(len(train)), self.passes)))
+        whole = int(self.passes)
+        part = max(round((self.passes - whole) * len(train)), 0 if whole else 1)
+        extra = np.random.default_rng(recipe.train.seed).permutation(len(train))[:part]
+        indices = np.concatenate([np.tile(np.arange(len(train)), whole), extra])
+        return dataclasses.replace(splits, train=train.subset(indices))
 
 
 class PassesDomain(MoleculesDomain):
     """The molecules domain whose task is a `PassesTask` (checkpoints stay `molecules` checkpoints)."""
 
-    def __init__(self, passes: int) -> None:
+    def __init__(self, passes: float) -> None:
         self.passes = passes
 
     def task(self, recipe: Recipe) -> PassesTask:
@@ -182,9 +192,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_pass(recipe: MoleculeRecipe) -> float:
+def seconds_per_pass(recipe: MoleculeRecipe, barrier: Any = None) -> float:
     """Seconds one pass over the training set takes here, from timed training steps of a throwaway model (the
-    same batches, loss and optimizer as the trainer's; the first 3 steps warm up and are not timed)."""
+    same batches, loss and optimizer as the trainer's; the first 3 steps warm up and are not timed).
+
+    With a `barrier` (the runs that share the GPU), timing starts when every run has warmed up, so each run
+    measures its speed under the contention it will train under (without it, a run that calibrated while the
+    others were still loading overran its budget by 60%)."""
     cfg = recipe.train
     device = select_device(cfg.device)
     task = MoleculesDomain().task(recipe)
@@ -206,6 +220,9 @@ def seconds_per_pass(recipe: MoleculeRecipe) -> float:
             optimizer.zero_grad(set_to_none=True)
             steps += 1
             if steps == 3:
+                if barrier is not None:  # a run that failed before calibrating breaks it: the others go on
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        barrier.wait(timeout=BARRIER_TIMEOUT)
                 synchronize(device)
                 started = time.perf_counter()
             elif steps > 3:
@@ -216,7 +233,7 @@ def seconds_per_pass(recipe: MoleculeRecipe) -> float:
                     return per_step * math.ceil(len(splits.train) / cfg.batch_size)
 
 
-def run_job(job: Job, workdir: str) -> Outcome:
+def run_job(job: Job, workdir: str, barrier: Any = None) -> Outcome:
     """Train one model (in this process) and score its validation-selected checkpoint once on test."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     started = time.perf_counter()
@@ -226,13 +243,14 @@ def run_job(job: Job, workdir: str) -> Outcome:
     recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name, overrides=overrides)
     pass_seconds = None
     if job.seconds is not None:
-        pass_seconds = seconds_per_pass(recipe)
-        passes = max(1, round(job.seconds / pass_seconds))
+        pass_seconds = seconds_per_pass(recipe, barrier)
+        passes = job.seconds / pass_seconds  # fractional: the budget, not the nearest whole pass
     else:
         assert job.passes is not None
-        passes = job.passes
-    per_epoch = max(1, round(passes / job.validations))
-    epochs = max(1, round(passes / per_epoch))
+        passes = float(job.passes)
+    # At least one whole pass per epoch when the budget holds one (validation is outside the budget but not free).
+    epochs = max(1, min(job.validations, math.floor(passes)))
+    per_epoch = passes / epochs
     recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name, overrides=[*overrides, f"train.epochs={epochs}"])
     run_dir = Path(workdir) / f"{job.model}-{job.size or 'all'}-{job.seed}"
     # Only a safety net: a run whose speed changed a lot after calibrating stops at twice its budget.
@@ -375,8 +393,9 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *
         f"{some['test']['molecules']:,} ({some['test']['structures']:,}); the training sets are nested (the first "
         "training molecules of one fixed shuffled order until they hold the size).  ",
         f"Budget: equal training time per run at each size ({budget_text(args)}). Each run times its own training "
-        f"steps for ~{CALIBRATION_SECONDS:g} s on a throwaway model, then trains for as many passes over its training "
-        f"set as fit the budget, with its recipe's warmup + cosine schedule spread over them, validating "
+        f"steps for ~{CALIBRATION_SECONDS:g} s on a throwaway model (runs sharing the device start timing together), "
+        "then trains for the passes over its training set that fit the budget, a fraction of a pass included (a "
+        f"random subset), with its recipe's warmup + cosine schedule spread over them, validating "
         f"{args.validations} times; validation and test are outside the budget. "
         + (f"The runs of one size ({len(args.models)} models x {args.seeds} seeds) run at once, as separate processes "
            f"sharing the one {'GPU' if args.device.startswith('cuda') else 'device'} (at most {args.jobs} at a time), "
@@ -403,7 +422,7 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *
                 f"{mean_std([o.test['energy_mae_meV_per_atom'] for o in group], '{:.1f}')} | "
                 f"{mean_std([o.test['force_mae_eV_A'] for o in group], '{:.3f}')} | "
                 f"{mean_std([o.val['energy_mae_eV'] for o in group], '{:.3f}')} | "
-                f"{mean_std([float(o.passes) for o in group], '{:.0f}')} | "
+                f"{mean_std([float(o.passes) for o in group], '{:.1f}')} | "
                 f"{mean_std([o.train_seconds / o.passes for o in group], '{:.2f}')} | "
                 f"{mean_std([o.train_seconds for o in group], '{:.0f}')} | {group[0].params:,} |")
         if rows:
@@ -680,12 +699,13 @@ def run_all(args: argparse.Namespace, jobs: list[Job], tmp: Path, *, command: st
         write_results()
         print(f"[{time.perf_counter() - started:.0f}s] {job.model} size={job.size or 'all'} seed={job.seed}: "
               f"test energy MAE {outcome.test['energy_mae_eV']:.3f} eV/mol, force MAE "
-              f"{outcome.test['force_mae_eV_A']:.3f} eV/Å, {outcome.passes} passes in {outcome.train_seconds:.0f} s "
+              f"{outcome.test['force_mae_eV_A']:.3f} eV/Å, {outcome.passes:.1f} passes in {outcome.train_seconds:.0f} s "
               f"of training ({outcome.wall_seconds:.0f} s in all)", flush=True)
 
     with progress_bar(enabled=True) as bar:
         task = bar.add_task("molecules bench (runs)", total=len(jobs), status="")
         executor = ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else None
+        manager = get_context("spawn").Manager() if executor is not None else None
         try:
             for size in args.sizes[::-1]:  # largest first: the size that matters most is done first
                 group = [job for job in jobs if job.size == size]
@@ -700,13 +720,16 @@ def run_all(args: argparse.Namespace, jobs: list[Job], tmp: Path, *, command: st
                         finished(job, None, outcome)
                         bar.update(task, advance=1)
                 else:  # the size's runs at once; the next size when they are all done
-                    futures = [(job, executor.submit(run_job, job, str(tmp))) for job in group]
+                    # Runs that share the GPU calibrate together (only when they all run at once).
+                    barrier = manager.Barrier(len(group)) if len(group) <= args.jobs and len(group) > 1 else None
+                    futures = [(job, executor.submit(run_job, job, str(tmp), barrier)) for job in group]
                     for job, future in futures:
                         finished(job, future, None)
                         bar.update(task, advance=1)
         finally:
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
+                manager.shutdown()
     write_results()
     if outcomes:
         print(args.out.read_text())

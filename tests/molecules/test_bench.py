@@ -74,6 +74,19 @@ def test_an_epoch_of_several_passes_repeats_the_training_split_only(tmp_path):
     assert tripled.info == plain.info and tripled.fingerprint == plain.fingerprint
 
 
+def test_a_fractional_pass_adds_a_random_subset_of_the_training_split(tmp_path):
+    bench = _bench()
+    data = write_npz(tmp_path / "set.npz", _structures())
+    recipe = load_recipe(MoleculeRecipe, "molecules", "demo", overrides=[f"data.source={data}", "train.device=cpu"])
+    plain = EnergyForceTask().load_splits(recipe).train.indices.tolist()
+    longer = bench.PassesTask(passes=2.5).load_splits(recipe).train.indices.tolist()
+    assert len(longer) == 2 * len(plain) + round(0.5 * len(plain))
+    counts = [longer.count(i) for i in plain]
+    assert set(counts) == {2, 3} and counts.count(3) == round(0.5 * len(plain))
+    assert longer[-counts.count(3):] != sorted(longer[-counts.count(3):])  # drawn at random, not the first ones
+    assert len(bench.PassesTask(passes=1e-6).load_splits(recipe).train) == 1  # never an empty epoch
+
+
 def test_a_run_past_its_deadline_is_scored_from_its_best_checkpoint_so_far(tmp_path, monkeypatch):
     bench = _bench()
     monkeypatch.setattr(bench, "DEADLINE_MARGIN", -1e6)  # the deadline has passed when the first epoch ends
