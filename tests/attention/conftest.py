@@ -65,6 +65,28 @@ def assert_close(
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
 
 
+def low_precision_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask) -> torch.Tensor:
+    """Masked attention at the inputs' own precision, as a bf16/fp16 kernel computes it: matrix products of
+    bf16 operands (fp32 accumulation), softmax in fp32, probabilities rounded to the input dtype before they
+    weight the values. The yardstick of what that precision can achieve (see `assert_as_accurate_as`)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5
+    allowed = mask.dense(q.shape[2], k.shape[2], device=q.device)
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1).nan_to_num()
+    return probs.to(q.dtype) @ v
+
+
+def assert_as_accurate_as(actual: torch.Tensor, baseline: torch.Tensor, exact: torch.Tensor, *,
+                          name: str = "", factor: float = 2.0, floor: float = 1e-3) -> None:
+    """A low-precision result is right when its largest error against the fp32 result is at most `factor`
+    times that of the same computation done plainly at that precision (FlashAttention's test rule): a fixed
+    tolerance either passes rounding-free bugs at small sizes or fails honest rounding at large ones."""
+    error = (actual.float() - exact.float()).abs().max().item()
+    allowed = factor * (baseline.float() - exact.float()).abs().max().item() + floor
+    assert error <= allowed, f"{name}: max error {error:.4g} vs fp32, allowed {allowed:.4g} ({factor}x plain low precision)"
+
+
 def run_in_interpreter(module: str, *, expected_ok: int, timeout: int = 120) -> None:
     """Run a test module's ``__main__`` block (its Triton kernels against the oracle, printing "ok ..."
     per case) in a fresh process with TRITON_INTERPRET=1. Triton reads the variable when kernels are
@@ -93,3 +115,19 @@ def values_and_grads(fn, q, k, v, *, seed: int = 7):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+def assert_low_precision_matches(
+    actual: torch.Tensor, grads: list[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
+) -> None:
+    """A bf16/fp16 kernel's output and q/k/v gradients (from `values_and_grads`) against the fp32 reference,
+    allowed twice the error of `low_precision_attention` on the same inputs (and gradient weights)."""
+    from shared_attention.backends.reference import reference_attention
+
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    exact, exact_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), *leaves)
+    low = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    baseline, baseline_grads = values_and_grads(lambda *t: low_precision_attention(*t, mask=mask), *low)
+    assert_as_accurate_as(actual, baseline, exact, name="output")
+    for name, a, b, e in zip("qkv", grads, baseline_grads, exact_grads, strict=True):
+        assert_as_accurate_as(a, b, e, name=f"d{name}")

@@ -17,7 +17,13 @@ from shared_attention.backends.reference import reference_attention
 from shared_attention.dispatch import explain
 from shared_attention.functional import make_case
 
-from .conftest import assert_close, qkv, run_in_interpreter, values_and_grads
+from .conftest import (
+    assert_close,
+    assert_low_precision_matches,
+    qkv,
+    run_in_interpreter,
+    values_and_grads,
+)
 from .hopper import compile_neighborhood_kernels_for_hopper
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -157,6 +163,18 @@ def test_dispatch_prefers_the_kernel_on_cuda_only():
             assert_close(a, b)
 
 
+def test_the_bf16_yardstick_passes_rounding_and_fails_a_wrong_gradient():
+    # The GPU tests' bf16 rule on CPU: the fp32 reference rounded to bf16 passes; one dq entry off by 0.2 fails.
+    mask = Neighborhood((16, 16), 7)
+    q, k, v = (t.to(torch.bfloat16).requires_grad_() for t in qkv(1, 2, 1, 256, 256, 64))
+    actual, grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
+    assert_low_precision_matches(actual, grads, q, k, v, mask)
+    grads[0] = grads[0].clone()
+    grads[0][0, 1, 37, 5] += 0.2
+    with pytest.raises(AssertionError, match="dq: max error"):
+        assert_low_precision_matches(actual, grads, q, k, v, mask)
+
+
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -176,10 +194,12 @@ def test_cuda_kernel_matches_the_oracle(dtype, mask):
         t.requires_grad_(True)
     expected, expected_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), q, k, v)
     actual, grads = values_and_grads(lambda *t: attention(*t, mask=mask, backend="neighborhood"), q, k, v)
-    tol = dict(atol=5e-2, rtol=5e-2) if dtype == torch.bfloat16 else dict(atol=1e-4, rtol=1e-3)
-    assert_close(actual.float(), expected.float(), **tol)
+    if dtype == torch.bfloat16:  # against fp32, as accurate as plain bf16 attention
+        assert_low_precision_matches(actual, grads, q, k, v, mask)
+        return
+    assert_close(actual, expected, atol=1e-4, rtol=1e-3)
     for a, b in zip(grads, expected_grads, strict=True):
-        assert_close(a.float(), b.float(), **tol)
+        assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
 if __name__ == "__main__":  # run by the interpreter test above, in its own process
