@@ -1,4 +1,5 @@
-"""Shared helpers for the attention tests: random tensors and fp32 comparison against the oracle."""
+"""Shared helpers for the attention tests: random tensors, fp32 comparison against the oracle, and the bf16
+rule (error against fp32 at most twice that of plain bf16 attention)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from shared_attention.backends.reference import reference_attention
 
 # fp32 tolerances: backends differ from the oracle only by summation order.
 ATOL = 2e-5
@@ -87,6 +90,20 @@ def assert_as_accurate_as(actual: torch.Tensor, baseline: torch.Tensor, exact: t
     assert error <= allowed, f"{name}: max error {error:.4g} vs fp32, allowed {allowed:.4g} ({factor}x plain low precision)"
 
 
+def assert_low_precision_matches(
+    actual: torch.Tensor, grads: list[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
+) -> None:
+    """A bf16/fp16 kernel's output and q/k/v gradients (from `values_and_grads`) against the fp32 reference,
+    allowed twice the error of `low_precision_attention` on the same inputs (and gradient weights)."""
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    exact, exact_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), *leaves)
+    low = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    baseline, baseline_grads = values_and_grads(lambda *t: low_precision_attention(*t, mask=mask), *low)
+    assert_as_accurate_as(actual, baseline, exact, name="output")
+    for name, a, b, e in zip("qkv", grads, baseline_grads, exact_grads, strict=True):
+        assert_as_accurate_as(a, b, e, name=f"d{name}")
+
+
 def run_in_interpreter(module: str, *, expected_ok: int, timeout: int = 120) -> None:
     """Run a test module's ``__main__`` block (its Triton kernels against the oracle, printing "ok ..."
     per case) in a fresh process with TRITON_INTERPRET=1. Triton reads the variable when kernels are
@@ -116,18 +133,3 @@ def values_and_grads(fn, q, k, v, *, seed: int = 7):
 def _deterministic():
     torch.manual_seed(0)
 
-
-def assert_low_precision_matches(
-    actual: torch.Tensor, grads: list[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
-) -> None:
-    """A bf16/fp16 kernel's output and q/k/v gradients (from `values_and_grads`) against the fp32 reference,
-    allowed twice the error of `low_precision_attention` on the same inputs (and gradient weights)."""
-    from shared_attention.backends.reference import reference_attention
-
-    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
-    exact, exact_grads = values_and_grads(lambda *t: reference_attention(*t, mask=mask), *leaves)
-    low = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    baseline, baseline_grads = values_and_grads(lambda *t: low_precision_attention(*t, mask=mask), *low)
-    assert_as_accurate_as(actual, baseline, exact, name="output")
-    for name, a, b, e in zip("qkv", grads, baseline_grads, exact_grads, strict=True):
-        assert_as_accurate_as(a, b, e, name=f"d{name}")
