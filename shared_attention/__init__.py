@@ -10,7 +10,7 @@ from shared_attention.attention_maps import AttentionMaps
 from shared_attention.cache import KVCache, L2NormEvictionCache
 from shared_attention.dispatch import explain as explain_case
 from shared_attention.entropy import AttentionEntropy
-from shared_attention.functional import attention, explain, merge_attentions
+from shared_attention.functional import attention, explain
 from shared_attention.masks import (
     Causal,
     Chunked,
@@ -26,6 +26,7 @@ from shared_attention.masks import (
     SameValue,
     SlidingWindow,
 )
+from shared_attention.merge import merge_attentions
 from shared_attention.neighborhood import na1d, na2d, na3d
 from shared_attention.positions import ALiBi, CoPE, LearnedAbsolute, NoPosition, RoPE, Sinusoidal
 from shared_attention.quantized_cache import KVPrecision, QuantizedKVCache, quantized_caches

@@ -12,7 +12,6 @@ import shared_attention.backends  # noqa: F401  (registers the "softmax" backend
 from shared_attention.dispatch import Case, Explanation, needs_grad, select_measured
 from shared_attention.dispatch import explain as explain_case
 from shared_attention.masks import Mask
-from shared_attention.merge import merge_attentions
 from shared_attention.score_mods import ScoreMod
 
 
@@ -93,4 +92,4 @@ def explain(
     return explain_case(make_case(q, k, v, mask=mask, score_mod=score_mod), backend)
 
 
-__all__ = ["attention", "explain", "make_case", "merge_attentions"]
+__all__ = ["attention", "explain", "make_case"]

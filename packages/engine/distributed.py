@@ -69,8 +69,7 @@ def shutdown(info: DistInfo, *, synchronise: bool = True) -> None:
         if synchronise:
             # A rank that tears down while another still writes its results could abort (gloo, seen in CI).
             dist.barrier()
-        # Free what still holds the group while the interpreter is whole: sharded modules live in reference
-        # cycles, and gloo work they keep alive until exit aborted a rank at shutdown once in CI
-        # ('terminate called without an active exception', in a fresh-clone CI run; rare: not reproduced in 14 tries).
+        # Sharded modules live in reference cycles and keep gloo work alive; freed only at interpreter exit,
+        # that work aborted a rank once in CI ('terminate called without an active exception'). Free it now.
         gc.collect()
         dist.destroy_process_group()

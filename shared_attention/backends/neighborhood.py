@@ -5,9 +5,10 @@ CUDA, forward and backward; reference math elsewhere).
 It takes self-attention over a whole grid (Lq == the grid's cells; Lk == cells + the mask's additional
 keys) and no score mod. Additional keys (registers, text tokens: every query sees them) are attended
 densely beside the window and the two merged by their log-sum-exps (``merge_attentions``), so the
-window stays on the kernel. On CUDA it ranks ahead of Flex (11 vs 12): on an H200 it ran a 15 x 15 window on a 128 x 128 grid 3.0x faster than Flex forward, 2.1x forward + backward
-(apps/bench/results/speed-h200.md); except 1-D masks in training (13), where Flex's backward is faster. On CPU the op runs the materialised reference math, reached
-only by name.
+window stays on the kernel. On CUDA it ranks ahead of Flex (11 vs 12): on an H200 it ran a 15 x 15
+window on a 128 x 128 grid 3.0x faster than Flex forward, 2.1x forward + backward
+(apps/bench/results/speed-h200.md); except 1-D masks in training (13), where Flex's backward is
+faster. On CPU the op runs the materialised reference math, reached only by name.
 """
 
 from __future__ import annotations
