@@ -113,7 +113,11 @@ MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 DEFAULT_MODELS = ["direct", "conservative", "schnet"]
 TRANSFORMERS = ("direct", "conservative", "distance-bias")
 HELD_OUT = 0.1  # of the molecules, for validation and again for test (~5k structures each on the 50k set)
-CALIBRATION_SECONDS = 5.0  # of timed training steps per run before its budget starts (then discarded)
+# Calibration: a twentieth of the budget (at most 2 s, and 3 steps) untimed, then a tenth (at most 10 s) timed,
+# then discarded. The untimed part matters: SchNet's batches vary in edges, and with 3 untimed steps and 5 s
+# timed its calibration read 15% slow, so it trained 173 s of a 200 s budget (H100, 2026-12-07).
+CALIBRATION_SECONDS = 10.0
+CALIBRATION_WARMUP_SECONDS = 2.0
 BARRIER_TIMEOUT = 600.0  # s a run waits for the runs beside it to start calibrating
 DEADLINE_MARGIN = 60.0  # s beyond twice the budget after which a run stops at the end of its epoch
 
@@ -192,9 +196,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_pass(recipe: MoleculeRecipe, barrier: Any = None) -> float:
+def seconds_per_pass(recipe: MoleculeRecipe, budget: float, barrier: Any = None) -> float:
     """Seconds one pass over the training set takes here, from timed training steps of a throwaway model (the
-    same batches, loss and optimizer as the trainer's; the first 3 steps warm up and are not timed).
+    same batches, loss and optimizer as the trainer's; the first steps warm up and are not timed).
 
     With a `barrier` (the runs that share the GPU), timing starts when every run has warmed up, so each run
     measures its speed under the contention it will train under (without it, a run that calibrated while the
@@ -207,7 +211,8 @@ def seconds_per_pass(recipe: MoleculeRecipe, barrier: Any = None) -> float:
     task.fit_statistics(model, splits)
     optimizer = build_optimizer(model, cfg)
     model.train()
-    steps, timed, started = 0, 0, 0.0
+    warmup, timing = min(CALIBRATION_WARMUP_SECONDS, budget / 20), min(CALIBRATION_SECONDS, budget / 10)
+    steps, timed, started, began = 0, 0, 0.0, time.perf_counter()
     for epoch in itertools.count():
         for batch in make_loader(task, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
                                  epoch=epoch):
@@ -219,15 +224,15 @@ def seconds_per_pass(recipe: MoleculeRecipe, barrier: Any = None) -> float:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
-            if steps == 3:
+            if not started and steps >= 3 and time.perf_counter() - began >= warmup:
                 if barrier is not None:  # a run that failed before calibrating breaks it: the others go on
                     with contextlib.suppress(threading.BrokenBarrierError):
                         barrier.wait(timeout=BARRIER_TIMEOUT)
                 synchronize(device)
                 started = time.perf_counter()
-            elif steps > 3:
+            elif started:
                 timed += 1
-                if timed >= 5 and time.perf_counter() - started >= CALIBRATION_SECONDS:
+                if timed >= 5 and time.perf_counter() - started >= timing:
                     synchronize(device)
                     per_step = (time.perf_counter() - started) / timed
                     return per_step * math.ceil(len(splits.train) / cfg.batch_size)
@@ -243,7 +248,7 @@ def run_job(job: Job, workdir: str, barrier: Any = None) -> Outcome:
     recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name, overrides=overrides)
     pass_seconds = None
     if job.seconds is not None:
-        pass_seconds = seconds_per_pass(recipe, barrier)
+        pass_seconds = seconds_per_pass(recipe, job.seconds, barrier)
         passes = job.seconds / pass_seconds  # fractional: the budget, not the nearest whole pass
     else:
         assert job.passes is not None
@@ -393,7 +398,8 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *
         f"{some['test']['molecules']:,} ({some['test']['structures']:,}); the training sets are nested (the first "
         "training molecules of one fixed shuffled order until they hold the size).  ",
         f"Budget: equal training time per run at each size ({budget_text(args)}). Each run times its own training "
-        f"steps for ~{CALIBRATION_SECONDS:g} s on a throwaway model (runs sharing the device start timing together), "
+        f"steps on a throwaway model for a tenth of the budget (at most {CALIBRATION_SECONDS:g} s, after an untimed "
+        f"twentieth, at most {CALIBRATION_WARMUP_SECONDS:g} s; runs sharing the device start timing together), "
         "then trains for the passes over its training set that fit the budget, a fraction of a pass included (a "
         f"random subset), with its recipe's warmup + cosine schedule spread over them, validating "
         f"{args.validations} times; validation and test are outside the budget. "
@@ -407,8 +413,8 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *
         "Checkpoint selected on validation energy MAE, test scored once. Cells: mean ± std over seeds "
         f"{args.first_seed}..{args.first_seed + args.seeds - 1}.", "",
         "| training structures (molecules) | model | seeds | test energy MAE (eV/mol) | test energy MAE (meV/atom) | "
-        "test force MAE (eV/Å) | val energy MAE (eV/mol) | passes done | time per pass (s) | train time (s) | "
-        "params |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "test force MAE (eV/Å) | val energy MAE (eV/mol) | passes done | time per pass (s) | calibrated (s) | "
+        "train time (s) | params |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in args.sizes:
         rows = [o for o in outcomes if o.job.size == size]
         for key in args.models:
@@ -424,15 +430,22 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *
                 f"{mean_std([o.val['energy_mae_eV'] for o in group], '{:.3f}')} | "
                 f"{mean_std([float(o.passes) for o in group], '{:.1f}')} | "
                 f"{mean_std([o.train_seconds / o.passes for o in group], '{:.2f}')} | "
+                f"{calibrated(group)} | "
                 f"{mean_std([o.train_seconds for o in group], '{:.0f}')} | {group[0].params:,} |")
         if rows:
             lines.append(f"| {size_name(size, pool)} | trivial baseline (element reference energies; zero forces) | "
                          f"| {rows[0].test['baseline_energy_mae_eV']:.3f} | | "
-                         f"{rows[0].test['baseline_force_mae_eV_A']:.3f} | | | | | |")
+                         f"{rows[0].test['baseline_force_mae_eV_A']:.3f} | | | | | | |")
     lines += ["", *curve_table(args, outcomes), ""]
     if failed:
         lines += ["Failed runs: " + "; ".join(failed), ""]
     return "\n".join(lines)
+
+
+def calibrated(group: list[Outcome]) -> str:
+    """The calibration's seconds per pass (what the budget was split by), or a dash for fixed passes."""
+    values = [o.calibrated_pass_seconds for o in group if o.calibrated_pass_seconds is not None]
+    return mean_std(values, "{:.2f}") if values else "–"
 
 
 def curve_table(args: argparse.Namespace, outcomes: list[Outcome]) -> list[str]:

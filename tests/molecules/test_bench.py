@@ -90,7 +90,6 @@ def test_a_fractional_pass_adds_a_random_subset_of_the_training_split(tmp_path):
 def test_a_run_past_its_deadline_is_scored_from_its_best_checkpoint_so_far(tmp_path, monkeypatch):
     bench = _bench()
     monkeypatch.setattr(bench, "DEADLINE_MARGIN", -1e6)  # the deadline has passed when the first epoch ends
-    monkeypatch.setattr(bench, "CALIBRATION_SECONDS", 0.2)
     data = write_npz(tmp_path / "set.npz", _structures(12, 2))
     shared = (f"data.source={data}", "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=4",
               "train.device=cpu", "model.dim=16", "model.depth=1", "model.num_heads=2")
