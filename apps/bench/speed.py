@@ -108,7 +108,8 @@ def run_case(case: Case, args, dtype: torch.dtype, training: bool) -> dict:
         "flops": 4 * args.heads * args.head_dim * attended_pairs(case, args.batch) * (3.5 if training else 1.0),
     }
     with torch.set_grad_enabled(training):
-        row["times"] = time_interleaved(fns, torch.device("cuda"), warmup=args.warmup, iters=args.iters)
+        row["times"] = time_interleaved(fns, torch.device("cuda"), warmup=args.warmup, iters=args.iters,
+                                        calls=args.calls)
         row["choice"] = explain(q, k, v, mask=case.mask).chosen  # after the calls: the measured choice
     return row
 
@@ -161,7 +162,8 @@ def render(rows: list[dict], args, command: str) -> str:
         f"- GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
         f"triton {triton_version()}; date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- B={args.batch}, H={args.heads}, D={args.head_dim}, {args.dtype}; median of {args.iters} CUDA-event "
-        f"timings after {args.warmup} warm-up calls, contenders interleaved; cells: ms (effective TFLOP/s over attended pairs)",
+        f"timings of {args.calls} calls back to back (ms per call) after {args.warmup} warm-up calls, contenders "
+        "interleaved; cells: ms (effective TFLOP/s over attended pairs)",
         "- `auto / plain`: our dispatch's time over the plain PyTorch call's (below 1 = ours faster); `auto / best`: "
         "over the fastest contender of the row (the issue's target: at most 1.03)",
         "",
@@ -198,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=5,
+                        help="calls back to back per timed sample: GPU time, the host's hidden behind it (1: one call "
+                             "after an idle GPU, the host's time before the launch included)")
     parser.add_argument("--only", default=None, help="run only cases whose name contains this")
     parser.add_argument("--sweep", action="store_true", help="also time neighbourhood kernel configurations")
     parser.add_argument("--out", default=None, help="write the markdown report here")

@@ -15,17 +15,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _once_ms(fn: Callable[[], object], device: torch.device) -> float:
+def _once_ms(fn: Callable[[], object], device: torch.device, calls: int = 1) -> float:
+    """Milliseconds per call of ``calls`` calls back to back."""
     if device.type != "cuda":
         start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1e3
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) * 1e3 / calls
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    fn()
+    for _ in range(calls):
+        fn()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end)
+    return start.elapsed_time(end) / calls
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, iters: int = 10) -> float:
@@ -34,10 +37,14 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int = 3, iters: int = 10
+    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int = 3, iters: int = 10, calls: int = 1
 ) -> dict[str, float]:
     """Median time of each function in ms, called in turn round after round (the order rotating), so that
-    clocks and caches treat every contender alike."""
+    clocks and caches treat every contender alike.
+
+    ``calls`` > 1 times that many calls back to back per sample: the host then runs ahead of the GPU, so the
+    time is the GPU's wherever the kernels outlast the host's work (one call after an idle GPU also counts
+    the host's time before the first launch: apps/bench/dispatch_overhead.py measures both)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -46,7 +53,7 @@ def time_interleaved(
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(iters):
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            times[name].append(_once_ms(fns[name], device))
+            times[name].append(_once_ms(fns[name], device, calls))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
