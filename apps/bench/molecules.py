@@ -114,8 +114,8 @@ DEFAULT_MODELS = ["direct", "conservative", "schnet"]
 TRANSFORMERS = ("direct", "conservative", "distance-bias")
 HELD_OUT = 0.1  # of the molecules, for validation and again for test (~5k structures each on the 50k set)
 # Calibration: a twentieth of the budget (at most 2 s, and 3 steps) untimed, then a tenth (at most 10 s) timed,
-# then discarded. The untimed part matters: SchNet's batches vary in edges, and with 3 untimed steps and 5 s
-# timed its calibration read 15% slow, so it trained 173 s of a 200 s budget (H100, 2026-12-07).
+# then discarded. On the H100 SchNet's calibration read 15% slow with 3 untimed steps and 5 s timed (173 s of
+# training in a 200 s budget) and again with 2 s and 10 s (347 of 400 s); the transformers' read within 2%.
 CALIBRATION_SECONDS = 10.0
 CALIBRATION_WARMUP_SECONDS = 2.0
 BARRIER_TIMEOUT = 600.0  # s a run waits for the runs beside it to start calibrating
@@ -218,7 +218,12 @@ def seconds_per_pass(recipe: MoleculeRecipe, budget: float, barrier: Any = None)
                                  epoch=epoch):
             with autocast(device, cfg.precision):
                 loss, _ = task.loss(model, to_device(batch, device))
+            # As the trainer's loop: it reads the loss every step (a host-device sync). Without these reads
+            # SchNet's calibration read 15% slow twice (38.7 vs 33.6 s per pass): suspected, not yet shown.
+            if not torch.isfinite(loss):
+                raise RuntimeError("non-finite loss while calibrating")
             loss.backward()
+            float(loss.detach())
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
