@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from speed import Case, cases  # apps/bench/speed.py
+from speed import Case, add_case_arguments, cases  # apps/bench/speed.py
 from timing import triton_version
 
 from shared_attention import attention, explain
@@ -172,14 +172,7 @@ def render(rows: list[dict], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--length", type=int, default=16384)
-    parser.add_argument("--window", type=int, default=1024)
-    parser.add_argument("--grid", type=int, default=128)
-    parser.add_argument("--kernel", type=int, default=15)
-    parser.add_argument("--kernel-1d", type=int, default=1023)
+    add_case_arguments(parser)
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)

@@ -186,8 +186,9 @@ def render(rows: list[dict], args, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_case_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shapes of the speed table's cases (``cases(args.length, args.window, ...)``), shared by the scripts
+    that time those cases."""
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--head-dim", type=int, default=128)
@@ -196,6 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", type=int, default=128, help="side of the square grid of the 2-D case")
     parser.add_argument("--kernel", type=int, default=15, help="neighbourhood size per axis")
     parser.add_argument("--kernel-1d", type=int, default=1023, help="neighbourhood size of the 1-D case")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_case_arguments(parser)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--warmup", type=int, default=3)
