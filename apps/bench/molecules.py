@@ -6,12 +6,12 @@ is the first training molecules of one fixed shuffled order until they hold that
 sets are nested, while validation and test stay the same (`data.train_structures`). Each model selects its
 checkpoint on validation energy MAE and is scored once on test; every cell is mean ± std over `--seeds`.
 
-Budget: at each size every run gets the same training time (`--seconds`, one value per size). A run first
-measures its own speed (a short calibration, discarded; runs that share a device start it together), then
-trains for the passes over its training set that fit the budget, a fraction of a pass included (a random subset),
-with its recipe's warmup + cosine schedule spread over them, validating `--validations` times (at small sizes an
-epoch is several passes, else validation would cost more than training).
-Validation and test time are outside the budget. With `--jobs N` the runs of one size run at once as N
+Budget: at each size every run gets the same training time (`--seconds`, one value per size), kept by the
+trainer itself (`train.minutes`): passes over the training set follow one another until the run's own training
+time is spent, the recipe's warmup + cosine schedule following the time, with `--validations` validations at
+equal shares of it (runs that share a device start together). Calibrating a pass's time first and training
+that many passes missed by 15% for SchNet on a shared H100 (its pass ran faster in training than in the
+calibration); a clock cannot miss. Validation and test time are outside the budget. With `--jobs N` the runs of one size run at once as N
 processes on one device, so they share it equally; sizes follow one another, the largest first (a bench cut
 short keeps the size that matters most). `--epochs N` gives every run N passes instead of a time budget.
 
@@ -44,9 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
 import json
-import math
 import os
 import statistics
 import sys
@@ -73,12 +71,8 @@ from panformer.engine.plots import pyplot, save_png
 from panformer.engine.runlog import progress_bar
 from panformer.engine.trainer import (
     Trainer,
-    autocast,
-    build_optimizer,
     evaluate_model,
-    make_loader,
     select_device,
-    to_device,
 )
 from panformer.molecules.attention_distance import plot_attention_distance
 from panformer.molecules.domain import (
@@ -113,13 +107,7 @@ MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 DEFAULT_MODELS = ["direct", "conservative", "schnet"]
 TRANSFORMERS = ("direct", "conservative", "distance-bias")
 HELD_OUT = 0.1  # of the molecules, for validation and again for test (~5k structures each on the 50k set)
-# Calibration: a twentieth of the budget (at most 2 s, and 3 steps) untimed, then a tenth (at most 10 s) timed,
-# then discarded. On the H100 SchNet's calibration read 15% slow with 3 untimed steps and 5 s timed (173 s of
-# training in a 200 s budget) and again with 2 s and 10 s (347 of 400 s); the transformers' read within 2%.
-CALIBRATION_SECONDS = 10.0
-CALIBRATION_WARMUP_SECONDS = 2.0
-BARRIER_TIMEOUT = 600.0  # s a run waits for the runs beside it to start calibrating
-DEADLINE_MARGIN = 60.0  # s beyond twice the budget after which a run stops at the end of its epoch
+BARRIER_TIMEOUT = 600.0  # s a run waits for the runs beside it to start
 
 
 @dataclass(frozen=True)
@@ -146,25 +134,14 @@ class Outcome:
     passes: float  # over the training set, done
     best_epoch: int
     train_seconds: float  # in training steps (what the budget buys), from the run's log
-    wall_seconds: float  # the whole run: calibration, training, validation, test
-    calibrated_pass_seconds: float | None = None
-    cut_at: int | None = None  # the epoch after which the safety deadline stopped the run
-
-
-class TimeUp(Exception):
-    """Raised by the epoch callback when a run overshoots its budget far (a safety net, not the budget)."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(f"deadline reached after epoch {epoch}")
-        self.epoch = epoch
+    wall_seconds: float  # the whole run: loading, training, validation, test
 
 
 class PassesTask(EnergyForceTask):
     """The molecules task with `passes` passes over the training set per epoch (the training split repeated,
-    shuffled as one; a fractional part trains on a fixed random subset of that size): at small sizes a time budget
-    holds many passes, and validating after each would cost more than the training; at large sizes a pass can
-    be a sixth of the budget, and whole passes would miss the budget by up to half a pass. Statistics and `info`
-    are those of the training set itself."""
+    shuffled as one; a fractional part trains on a fixed random subset of that size), for `--epochs N`: N passes
+    with at most `--validations` validations (validating after every pass of a small set would cost more than
+    the training). Statistics and `info` are those of the training set itself."""
 
     def __init__(self, *, passes: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -191,109 +168,46 @@ class PassesDomain(MoleculesDomain):
         return PassesTask(loss=task.loss_config, invariance=task.invariance, passes=self.passes)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds_per_pass(recipe: MoleculeRecipe, budget: float, barrier: Any = None) -> float:
-    """Seconds one pass over the training set takes here, from timed training steps of a throwaway model (the
-    same batches, loss and optimizer as the trainer's; the first steps warm up and are not timed).
-
-    With a `barrier` (the runs that share the GPU), timing starts when every run has warmed up, so each run
-    measures its speed under the contention it will train under (without it, a run that calibrated while the
-    others were still loading overran its budget by 60%)."""
-    cfg = recipe.train
-    device = select_device(cfg.device)
-    task = MoleculesDomain().task(recipe)
-    splits = task.load_splits(recipe)
-    model = task.build_model(recipe, splits.info).to(device)
-    task.fit_statistics(model, splits)
-    optimizer = build_optimizer(model, cfg)
-    model.train()
-    warmup, timing = min(CALIBRATION_WARMUP_SECONDS, budget / 20), min(CALIBRATION_SECONDS, budget / 10)
-    steps, timed, started, began = 0, 0, 0.0, time.perf_counter()
-    for epoch in itertools.count():
-        for batch in make_loader(task, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                 epoch=epoch):
-            with autocast(device, cfg.precision):
-                loss, _ = task.loss(model, to_device(batch, device))
-            # As the trainer's loop: it reads the loss every step (a host-device sync). Without these reads
-            # SchNet's calibration read 15% slow twice (38.7 vs 33.6 s per pass): suspected, not yet shown.
-            if not torch.isfinite(loss):
-                raise RuntimeError("non-finite loss while calibrating")
-            loss.backward()
-            float(loss.detach())
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-            if not started and steps >= 3 and time.perf_counter() - began >= warmup:
-                if barrier is not None:  # a run that failed before calibrating breaks it: the others go on
-                    with contextlib.suppress(threading.BrokenBarrierError):
-                        barrier.wait(timeout=BARRIER_TIMEOUT)
-                synchronize(device)
-                started = time.perf_counter()
-            elif started:
-                timed += 1
-                if timed >= 5 and time.perf_counter() - started >= timing:
-                    synchronize(device)
-                    per_step = (time.perf_counter() - started) / timed
-                    return per_step * math.ceil(len(splits.train) / cfg.batch_size)
-
-
 def run_job(job: Job, workdir: str, barrier: Any = None) -> Outcome:
-    """Train one model (in this process) and score its validation-selected checkpoint once on test."""
+    """Train one model (in this process) and score its validation-selected checkpoint once on test.
+
+    With a time budget the trainer itself trains for it (`train.minutes`: passes until the time is spent,
+    the schedule on the time), so every run gets its budget however its speed changes while it shares the
+    device; runs that share it start together (`barrier`)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     started = time.perf_counter()
     _, recipe_name, model_overrides = MODELS[job.model]
     overrides = [*job.overrides, *model_overrides, f"train.seed={job.seed}",
                  *([f"data.train_structures={job.size}"] if job.size is not None else [])]
-    recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name, overrides=overrides)
-    pass_seconds = None
     if job.seconds is not None:
-        pass_seconds = seconds_per_pass(recipe, job.seconds, barrier)
-        passes = job.seconds / pass_seconds  # fractional: the budget, not the nearest whole pass
+        domain: MoleculesDomain = MoleculesDomain()
+        budget = [f"train.minutes={job.seconds / 60}", f"train.epochs={job.validations}"]
     else:
         assert job.passes is not None
-        passes = float(job.passes)
-    # At least one whole pass per epoch when the budget holds one (validation is outside the budget but not free).
-    epochs = max(1, min(job.validations, math.floor(passes)))
-    per_epoch = passes / epochs
-    recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name, overrides=[*overrides, f"train.epochs={epochs}"])
+        # At least one whole pass per epoch (validation is outside the budget but not free).
+        epochs = max(1, min(job.validations, job.passes))
+        domain, budget = PassesDomain(job.passes / epochs), [f"train.epochs={epochs}"]
+    recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name, overrides=[*overrides, *budget])
     run_dir = Path(workdir) / f"{job.model}-{job.size or 'all'}-{job.seed}"
-    # Only a safety net: a run whose speed changed a lot after calibrating stops at twice its budget.
-    deadline = None if job.seconds is None else time.time() + 2 * job.seconds + DEADLINE_MARGIN
-
-    def stop_at_deadline(epoch: int, val: dict[str, float]) -> None:
-        if deadline is not None and time.time() > deadline and epoch < epochs - 1:
-            raise TimeUp(epoch)
-
     device = select_device(recipe.train.device)
-    cut_at = None
-    try:
-        result = Trainer(PassesDomain(per_epoch), recipe, run_dir=run_dir, callbacks=[stop_at_deadline]).fit()
-        val, test, best_epoch = result.val_metrics, result.test_metrics, result.best_epoch
-    except TimeUp as stop:
-        cut_at = stop.epoch
+    if barrier is not None:  # a run that failed before starting breaks it: the others go on
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=BARRIER_TIMEOUT)
+    result = Trainer(domain, recipe, run_dir=run_dir).fit()
     loaded = load_model(MoleculesDomain(), run_dir, device)  # the checkpoint selected on validation
-    test_split = loaded.task.load_splits(loaded.recipe).test
-    if cut_at is not None:  # score the best checkpoint so far once on test, as the trainer would have at the end
-        test = evaluate_model(loaded.task, loaded.model, test_split, loaded.info, batch_size=recipe.train.batch_size,
-                              device=device, metrics=loaded.task.test_metrics(loaded.info))
-        val, best_epoch = loaded.config["val_metrics"], loaded.config["epoch"]
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     if job.attention_stem is not None:
+        test_split = loaded.task.load_splits(loaded.recipe).test
         try:
             attention_distance_files(loaded.model, test_split.structures, stem=Path(job.attention_stem),
                                      device=device, batch_size=recipe.train.batch_size)
         except UserError as err:  # no matplotlib here: the CSV and JSON are written, `--plots-from` draws later
             print(f"note: {err}", file=sys.stderr)
-    return Outcome(job, val, test, loaded.info, sum(p.numel() for p in loaded.model.parameters()),
-                   passes=len(log) * per_epoch, best_epoch=best_epoch,
-                   train_seconds=sum(row["train_seconds"] for row in log),
-                   wall_seconds=time.perf_counter() - started, calibrated_pass_seconds=pass_seconds, cut_at=cut_at)
+    return Outcome(job, result.val_metrics, result.test_metrics, loaded.info,
+                   sum(p.numel() for p in loaded.model.parameters()),
+                   passes=sum(row["train_samples"] for row in log) / loaded.info["structures"]["train"],
+                   best_epoch=result.best_epoch, train_seconds=sum(row["train_seconds"] for row in log),
+                   wall_seconds=time.perf_counter() - started)
 
 
 # --- data and splits ---------------------------------------------------------------------------------
@@ -402,12 +316,10 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *
         f"{some['val']['molecules']:,} molecules ({some['val']['structures']:,} structures), test "
         f"{some['test']['molecules']:,} ({some['test']['structures']:,}); the training sets are nested (the first "
         "training molecules of one fixed shuffled order until they hold the size).  ",
-        f"Budget: equal training time per run at each size ({budget_text(args)}). Each run times its own training "
-        f"steps on a throwaway model for a tenth of the budget (at most {CALIBRATION_SECONDS:g} s, after an untimed "
-        f"twentieth, at most {CALIBRATION_WARMUP_SECONDS:g} s; runs sharing the device start timing together), "
-        "then trains for the passes over its training set that fit the budget, a fraction of a pass included (a "
-        f"random subset), with its recipe's warmup + cosine schedule spread over them, validating "
-        f"{args.validations} times; validation and test are outside the budget. "
+        f"Budget: equal training time per run at each size ({budget_text(args)}). The trainer itself keeps it "
+        "(`train.minutes`): passes over the training set, each reshuffled, until the run's own training time is "
+        f"spent, its recipe's warmup + cosine schedule following the time, validating at {args.validations} equal "
+        "shares of it; validation and test are outside the budget. "
         + (f"The runs of one size ({len(args.models)} models x {args.seeds} seeds) run at once, as separate processes "
            f"sharing the one {'GPU' if args.device.startswith('cuda') else 'device'} (at most {args.jobs} at a time), "
            "so each gets an equal share of it; sizes run one after another. " if args.jobs > 1 else
@@ -418,39 +330,31 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], jobs: list[Job], *
         "Checkpoint selected on validation energy MAE, test scored once. Cells: mean ± std over seeds "
         f"{args.first_seed}..{args.first_seed + args.seeds - 1}.", "",
         "| training structures (molecules) | model | seeds | test energy MAE (eV/mol) | test energy MAE (meV/atom) | "
-        "test force MAE (eV/Å) | val energy MAE (eV/mol) | passes done | time per pass (s) | calibrated (s) | "
-        "train time (s) | params |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "test force MAE (eV/Å) | val energy MAE (eV/mol) | passes done | time per pass (s) | "
+        "train time (s) | params |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in args.sizes:
         rows = [o for o in outcomes if o.job.size == size]
         for key in args.models:
             group = [o for o in rows if o.job.model == key]
             if not group:
                 continue
-            cut = " (cut at the deadline)" if any(o.cut_at is not None for o in group) else ""
             lines.append(
-                f"| {size_name(size, pool)} | {MODELS[key][0]}{cut} | {len(group)} | "
+                f"| {size_name(size, pool)} | {MODELS[key][0]} | {len(group)} | "
                 f"{mean_std([o.test['energy_mae_eV'] for o in group], '{:.3f}')} | "
                 f"{mean_std([o.test['energy_mae_meV_per_atom'] for o in group], '{:.1f}')} | "
                 f"{mean_std([o.test['force_mae_eV_A'] for o in group], '{:.3f}')} | "
                 f"{mean_std([o.val['energy_mae_eV'] for o in group], '{:.3f}')} | "
                 f"{mean_std([float(o.passes) for o in group], '{:.1f}')} | "
                 f"{mean_std([o.train_seconds / o.passes for o in group], '{:.2f}')} | "
-                f"{calibrated(group)} | "
                 f"{mean_std([o.train_seconds for o in group], '{:.0f}')} | {group[0].params:,} |")
         if rows:
             lines.append(f"| {size_name(size, pool)} | trivial baseline (element reference energies; zero forces) | "
                          f"| {rows[0].test['baseline_energy_mae_eV']:.3f} | | "
-                         f"{rows[0].test['baseline_force_mae_eV_A']:.3f} | | | | | | |")
+                         f"{rows[0].test['baseline_force_mae_eV_A']:.3f} | | | | | |")
     lines += ["", *curve_table(args, outcomes), ""]
     if failed:
         lines += ["Failed runs: " + "; ".join(failed), ""]
     return "\n".join(lines)
-
-
-def calibrated(group: list[Outcome]) -> str:
-    """The calibration's seconds per pass (what the budget was split by), or a dash for fixed passes."""
-    values = [o.calibrated_pass_seconds for o in group if o.calibrated_pass_seconds is not None]
-    return mean_std(values, "{:.2f}") if values else "–"
 
 
 def curve_table(args: argparse.Namespace, outcomes: list[Outcome]) -> list[str]:
@@ -526,8 +430,7 @@ def outcome_record(outcome: Outcome) -> dict[str, Any]:
             "train_structures": outcome.info["structures"]["train"],
             "train_molecules": outcome.info["molecules"]["train"], "passes": outcome.passes,
             "train_seconds": round(outcome.train_seconds, 2), "wall_seconds": round(outcome.wall_seconds, 2),
-            "calibrated_pass_seconds": outcome.calibrated_pass_seconds, "best_epoch": outcome.best_epoch,
-            "cut_at": outcome.cut_at, "params": outcome.params, "val": outcome.val, "test": outcome.test}
+            "best_epoch": outcome.best_epoch, "params": outcome.params, "val": outcome.val, "test": outcome.test}
 
 
 def hardware_name(device: str) -> str:
@@ -738,7 +641,7 @@ def run_all(args: argparse.Namespace, jobs: list[Job], tmp: Path, *, command: st
                         finished(job, None, outcome)
                         bar.update(task, advance=1)
                 else:  # the size's runs at once; the next size when they are all done
-                    # Runs that share the GPU calibrate together (only when they all run at once).
+                    # Runs that share the GPU start training together (only when they all run at once).
                     barrier = manager.Barrier(len(group)) if len(group) <= args.jobs and len(group) > 1 else None
                     futures = [(job, executor.submit(run_job, job, str(tmp), barrier)) for job in group]
                     for job, future in futures:

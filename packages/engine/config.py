@@ -38,6 +38,12 @@ class TrainConfig(StrictModel):
     grad_clip: float | None = Field(1.0, gt=0)
     grad_accum: int = Field(1, ge=1)
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
+    minutes: float | None = Field(
+        None, gt=0, description="train for this much training time (validation and checkpoints not counted) "
+        "instead of whole passes: the `epochs` validations fall at equal shares of it, passes over the training "
+        "split (reshuffled each time) follow one another as long as it lasts, and the warmup + cosine schedule "
+        "follows the time spent; single process",
+    )
     compile: bool = False
     seed: int = 0
     device: str = "auto"

@@ -11,13 +11,14 @@ epochs every `train.checkpoint_minutes`; the first Ctrl-C stops at the next opti
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,14 +139,44 @@ def make_loader(
     )
 
 
+def _cosine(progress: float, min_lr_ratio: float) -> float:
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def warmup_cosine(total_steps: int, *, warmup_ratio: float, min_lr_ratio: float) -> Callable[[int], float]:
     warmup = int(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return _cosine((step - warmup) / max(1, total_steps - warmup), min_lr_ratio)
+
+    return factor
+
+
+# Under a time budget each pass of an epoch draws its own order: data key PASSES_PER_EPOCH * epoch + pass.
+PASSES_PER_EPOCH = 100_000
+
+
+@dataclass
+class TrainingClock:
+    """Training time spent against a budget (`train.minutes`): optimizer steps only, not validation."""
+
+    budget: float  # seconds
+    spent: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.spent / self.budget)
+
+
+def warmup_cosine_by_time(clock: TrainingClock, *, warmup_ratio: float, min_lr_ratio: float) -> Callable[[int], float]:
+    """The warmup + cosine schedule over the fraction of the time budget spent (the step count is ignored)."""
+
+    def factor(_step: int) -> float:
+        if clock.fraction < warmup_ratio:
+            return max(clock.fraction / warmup_ratio, 0.01)  # never 0: the first step is taken at 0 s
+        return _cosine((clock.fraction - warmup_ratio) / (1 - warmup_ratio), min_lr_ratio)
 
     return factor
 
@@ -308,6 +339,9 @@ class Trainer:
             barrier(dist_info)
         if len(splits.train) == 0:
             raise UserError("the training split is empty; check --data")
+        if cfg.minutes is not None and dist_info.enabled:
+            raise UserError("train.minutes runs in one process: leave it out under torchrun (ranks would stop at "
+                            "different steps)")
         model = task.build_model(self.recipe, splits.info).to(device)
         if cfg.log_attention_entropy:
             entropy_probe(model)  # fails before training, not after the first epoch
@@ -339,9 +373,13 @@ class Trainer:
         # The optimizer comes after wrapping: FSDP2 replaces the parameters by sharded ones.
         train_model = wrap_for_training(model, strategy=cfg.distributed, dist_info=dist_info, device=device)
         optimizer = build_optimizer(model, cfg)
-        schedule = warmup_cosine(
-            cfg.epochs * steps_per_epoch, warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio
-        )
+        clock = TrainingClock(60 * cfg.minutes) if cfg.minutes is not None else None
+        if clock is not None:
+            schedule = warmup_cosine_by_time(clock, warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio)
+        else:
+            schedule = warmup_cosine(
+                cfg.epochs * steps_per_epoch, warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio
+            )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         if latest is not None:
             tensors, state = ckpt.load_training_state(latest)
@@ -351,6 +389,8 @@ class Trainer:
             progress = state["progress"]
             start_epoch, step = progress["epoch"] + 1, progress["step"]
             best, best_epoch, bad_epochs = progress["best"], progress["best_epoch"], progress["bad_epochs"]
+            if clock is not None:
+                clock.spent = progress.get("train_seconds_spent", 0.0)
             if "position" in progress:  # saved inside an epoch: finish that epoch first
                 start_epoch -= 1
                 position = EpochPosition(**progress["position"])
@@ -367,6 +407,9 @@ class Trainer:
         mid_epoch = cfg.checkpoint_minutes is not None and not dist_info.enabled
         last_saved = time.monotonic()
 
+        def spent() -> dict[str, float]:
+            return {} if clock is None else {"train_seconds_spent": clock.spent}
+
         def save_position(epoch: int, step: int, position: EpochPosition, *, stopping: bool) -> None:
             """Inside an epoch: a resumable checkpoint when it is time (or the user asked to stop)."""
             nonlocal last_saved
@@ -378,7 +421,7 @@ class Trainer:
                 config={**config, "epoch": epoch, "step": step, "val_metrics": None},
                 optimizer_state=full_optimizer_state(model, optimizer), scheduler=scheduler,
                 progress={"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
-                          "bad_epochs": bad_epochs, "position": vars(position)},
+                          "bad_epochs": bad_epochs, "position": vars(position), **spent()},
             )
             ckpt.set_pointer(self.checkpoints, "LATEST", folder.name)
             ckpt.prune(self.checkpoints, keep_last=cfg.keep_checkpoints)
@@ -390,20 +433,23 @@ class Trainer:
                 )
 
         with progress_bar(enabled=main) as bar, StopRequest() as stop:
-            bar_task = bar.add_task(
-                f"{domain.name} train", total=cfg.epochs * batches,
-                completed=start_epoch * batches + position.batches, status="",
+            bar_task = bar.add_task(  # in batches; under a time budget, in seconds of training
+                f"{domain.name} train", total=cfg.epochs * batches if clock is None else clock.budget,
+                completed=start_epoch * batches + position.batches if clock is None else clock.spent, status="",
             )
             val_status = ""
 
             def show_batch(loss: float) -> None:
                 bar.update(bar_task, advance=1, status=f"epoch {epoch}  loss {loss:.4f}{val_status}")
+                if clock is not None:
+                    bar.update(bar_task, completed=clock.spent)
 
             for epoch in range(start_epoch, cfg.epochs):
                 epoch_started = time.perf_counter()
-                train_loss, step = self._train_epoch(
+                train_loss, step, samples = self._train_epoch(
                     train_model, optimizer, scheduler, splits, epoch, step, device, dist_info, show_batch,
                     position=position, after_step=lambda e, s, p: save_position(e, s, p, stopping=stop.requested),
+                    clock=clock,
                 )
                 position = EpochPosition()
                 train_seconds = time.perf_counter() - epoch_started
@@ -437,14 +483,16 @@ class Trainer:
                         config={**config, "epoch": epoch, "step": step, "val_metrics": val},
                         optimizer_state=optimizer_state, scheduler=scheduler,
                         progress={"epoch": epoch, "step": step, "best": best,
-                                  "best_epoch": best_epoch, "bad_epochs": bad_epochs},
+                                  "best_epoch": best_epoch, "bad_epochs": bad_epochs, **spent()},
                     )
                     ckpt.set_pointer(self.checkpoints, "LATEST", folder.name)
                     ckpt.prune(self.checkpoints, keep_last=cfg.keep_checkpoints)
-                # Throughput over all ranks: each epoch covers the whole training split once.
+                # Throughput over all ranks: each epoch covers the whole training split once (under a time
+                # budget, one process, what it reached).
+                samples = len(splits.train) if clock is None else samples
                 record = {"epoch": epoch, "step": step, "seconds": round(time.perf_counter() - started, 2),
-                          "train_seconds": round(train_seconds, 3),
-                          "train_samples_per_s": round(len(splits.train) / train_seconds, 2),
+                          "train_seconds": round(train_seconds, 3), "train_samples": samples,
+                          "train_samples_per_s": round(samples / train_seconds, 2),
                           "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                           **{f"val_{k}": v for k, v in val.items()}, **entropy, **task.epoch_log(splits)}
                 log.write(record, step=step)
@@ -492,24 +540,24 @@ class Trainer:
         *,
         position: EpochPosition,
         after_step: Callable[[int, int, EpochPosition], None],
-    ) -> tuple[float, int]:
+        clock: TrainingClock | None = None,
+    ) -> tuple[float, int, int]:
         """One epoch from `position` (the start, or where a mid-epoch checkpoint left it); `after_step` is
-        called after every optimizer step with the position reached (it may checkpoint, or stop the run)."""
+        called after every optimizer step with the position reached (it may checkpoint, or stop the run).
+        With a `clock` (a time budget) the epoch is passes over the training split until its share of the
+        budget is spent. Returns the mean training loss, the step count and the samples seen."""
         cfg = self.cfg
         model.train()
         if dist_info.enabled:
             # Ranks must draw different augmentations and dynamic mixtures, reproducibly: (seed, epoch, rank).
             seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + 7_919 * dist_info.rank)
-        loader = make_loader(
-            self.task, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-            epoch=epoch, dist_info=dist_info, num_workers=cfg.num_workers, skip_batches=position.batches,
-        )
+        ends_at = None if clock is None else clock.budget * (epoch + 1) / cfg.epochs
         total, count = position.loss_sum, position.samples
-        epoch_batches = position.batches + len(loader)
         optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(loader, start=position.batches):
+        last = time.perf_counter()
+        for i, batch, pass_end in self._epoch_batches(splits, epoch, dist_info, position, timed=clock is not None):
             batch = to_device(batch, device)
-            last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == epoch_batches
+            last_micro = (i + 1) % cfg.grad_accum == 0 or pass_end
             with gradient_sync(model, enabled=last_micro or not dist_info.enabled):
                 with autocast(device, cfg.precision):
                     loss, _ = self.task.loss(model, batch)
@@ -519,14 +567,41 @@ class Trainer:
             n = self.task.batch_size_of(batch)
             total += float(loss.detach()) * n
             count += n
-            on_batch(total / count)
             if last_micro:
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+                if clock is not None:  # before the schedule's next value: it reads the time spent
+                    # (the loss read above waited for the device, so this step's optimizer work is the only
+                    # part not yet done: it is counted in the next step's time)
+                    clock.spent += time.perf_counter() - last
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                if i + 1 < epoch_batches:
-                    after_step(epoch, step, EpochPosition(i + 1, total, count))
-        return all_reduce_mean(total / max(count, 1), dist_info), step
+            on_batch(total / count)
+            epoch_over = pass_end if clock is None else last_micro and clock.spent >= ends_at
+            if last_micro and not epoch_over:
+                after_step(epoch, step, EpochPosition(i + 1, total, count))
+            last = time.perf_counter()  # a checkpoint written above is not training time
+            if epoch_over:
+                break
+        return all_reduce_mean(total / max(count, 1), dist_info), step, count
+
+    def _epoch_batches(
+        self, splits: Splits, epoch: int, dist_info: DistInfo, position: EpochPosition, *, timed: bool
+    ) -> Iterator[tuple[int, Any, bool]]:
+        """(index in the epoch, batch, last of its pass) from `position` on: one pass over the training split,
+        or with `timed` one pass after another (each its own order) until the caller stops."""
+        cfg = self.cfg
+        per_pass = len(make_loader(self.task, splits.train, batch_size=cfg.batch_size, shuffle=True,
+                                   dist_info=dist_info))
+        first = position.batches // per_pass if timed else 0
+        for pass_ in itertools.count(first) if timed else [0]:
+            skip = position.batches - pass_ * per_pass if pass_ == first else 0
+            loader = make_loader(
+                self.task, splits.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+                epoch=PASSES_PER_EPOCH * epoch + pass_ if timed else epoch, dist_info=dist_info,
+                num_workers=cfg.num_workers, skip_batches=skip,
+            )
+            for i, batch in enumerate(loader, start=pass_ * per_pass + skip):
+                yield i, batch, i + 1 == (pass_ + 1) * per_pass
