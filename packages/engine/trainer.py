@@ -582,7 +582,7 @@ class Trainer:
             epoch_over = pass_end if clock is None else last_micro and clock.spent >= ends_at
             if last_micro and not epoch_over:
                 after_step(epoch, step, EpochPosition(i + 1, total, count))
-            last = time.perf_counter()  # a checkpoint written above is not training time
+                last = time.perf_counter()  # a checkpoint it wrote is not training time
             if epoch_over:
                 break
         return all_reduce_mean(total / max(count, 1), dist_info), step, count

@@ -82,3 +82,12 @@ def test_the_schedule_by_time_warms_up_then_decays_to_the_floor():
     assert values[1] == pytest.approx(0.5) and values[2] == pytest.approx(1.0)
     assert values[3] == pytest.approx(0.6)  # half-way through the cosine: 0.2 + 0.8 * 0.5
     assert values[4] == pytest.approx(0.2) and values[5] == pytest.approx(0.2)
+
+
+def test_gradient_accumulation_counts_every_micro_batch_as_training_time(tmp_path, slow_steps):
+    run = ToyRecipe.model_validate({"train": {"epochs": 1, "batch_size": 8, "lr": 0.01, "device": "cpu",
+                                              "minutes": BUDGET / 60, "grad_accum": 4}})
+    Trainer(ToyDomain(), run, run_dir=tmp_path / "run").fit()
+    (row,) = log(tmp_path / "run")
+    # Counting only each step's last micro-batch would run ~4x the budget in wall time.
+    assert BUDGET <= row["train_seconds"] < BUDGET + 4 * SLACK / 2
