@@ -11,9 +11,9 @@ trainer itself (`train.minutes`): passes over the training set follow one anothe
 time is spent, the recipe's warmup + cosine schedule following the time, with `--validations` validations at
 equal shares of it (runs that share a device start together). Calibrating a pass's time first and training
 that many passes missed by 15% for SchNet on a shared H100 (its pass ran faster in training than in the
-calibration); a clock cannot miss. Validation and test time are outside the budget. With `--jobs N` the runs of one size run at once as N
-processes on one device, so they share it equally; sizes follow one another, the largest first (a bench cut
-short keeps the size that matters most). `--epochs N` gives every run N passes instead of a time budget.
+calibration); a clock cannot miss. Validation and test time are outside the budget. With `--jobs N` the runs
+of one size run at once as N processes on one device, so they share it equally; sizes follow one another, the
+largest first (a bench cut short keeps the size that matters most). `--epochs N` gives every run N passes instead of a time budget.
 
 Models: `direct` and `conservative` are the `coordformer-paper` recipe (the paper's settings as far as they
 apply here) with direct or -dE/dx forces, `distance-bias` its distance-bias ablation, `schnet` the
