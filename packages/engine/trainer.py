@@ -445,6 +445,11 @@ class Trainer:
                     bar.update(bar_task, completed=clock.spent)
 
             for epoch in range(start_epoch, cfg.epochs):
+                if clock is not None and clock.spent >= clock.budget * (epoch + 1) / cfg.epochs:
+                    # A long step already spent this share: nothing new to train or validate (so the budget
+                    # is overrun by at most one step in all, not one per validation).
+                    position = EpochPosition()
+                    continue
                 epoch_started = time.perf_counter()
                 train_loss, step, samples = self._train_epoch(
                     train_model, optimizer, scheduler, splits, epoch, step, device, dist_info, show_batch,

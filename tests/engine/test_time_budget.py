@@ -91,3 +91,19 @@ def test_gradient_accumulation_counts_every_micro_batch_as_training_time(tmp_pat
     (row,) = log(tmp_path / "run")
     # Counting only each step's last micro-batch would run ~4x the budget in wall time.
     assert BUDGET <= row["train_seconds"] < BUDGET + 4 * SLACK / 2
+
+
+def test_steps_longer_than_a_share_overrun_the_budget_by_one_step_in_all(tmp_path, monkeypatch):
+    loss = ToyTask.loss
+
+    def slow(self, model, batch):
+        time.sleep(0.1)  # each step is longer than a share (0.3 s / 5)
+        return loss(self, model, batch)
+
+    monkeypatch.setattr(ToyTask, "loss", slow)
+    run = ToyRecipe.model_validate({"train": {"epochs": 5, "batch_size": 8, "lr": 0.01, "device": "cpu",
+                                              "minutes": 0.3 / 60}})
+    Trainer(ToyDomain(), run, run_dir=tmp_path / "run").fit()
+    rows = log(tmp_path / "run")
+    assert len(rows) < 5  # shares a step had already spent were skipped
+    assert 0.3 <= sum(row["train_seconds"] for row in rows) < 0.3 + 0.1 + SLACK
