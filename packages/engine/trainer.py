@@ -434,7 +434,8 @@ class Trainer:
 
         with progress_bar(enabled=main) as bar, StopRequest() as stop:
             bar_task = bar.add_task(  # in batches; under a time budget, in seconds of training
-                f"{domain.name} train", total=cfg.epochs * batches if clock is None else clock.budget,
+                f"{domain.name} train" + ("" if clock is None else " (s)"),
+                total=cfg.epochs * batches if clock is None else clock.budget,
                 completed=start_epoch * batches + position.batches if clock is None else clock.spent, status="",
             )
             val_status = ""
