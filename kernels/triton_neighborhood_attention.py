@@ -32,6 +32,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from panformer_kernels.triton_backward_delta import backward_delta
+
 LOG2E = math.log2(math.e)
 
 
@@ -372,10 +374,8 @@ def neighborhood_backward(
     q, k, v = _unit_d(q), _unit_d(k), _unit_d(v)
     config = config or default_config(grid, q.shape[3])
     grad_out, lse = grad_out.contiguous(), lse.contiguous()
-    delta = (grad_out.float() * out.float()).sum(-1)  # rowsum(dO * O), (B, H, L)
-    if grad_lse is not None:  # d lse / d scores = p: the same form as the output's term, shifted
-        delta = delta - grad_lse.float()
-    delta = delta.contiguous()
+    # rowsum(dO * O) - d lse, (B, H, L) fp32: d lse / d scores = p, the same form as the output's term, shifted
+    delta = backward_delta(grad_out, out, grad_lse)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)

@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from panformer_kernels.tile_layout import TileLayout
+from panformer_kernels.triton_backward_delta import backward_delta
 from panformer_kernels.triton_neighborhood_attention import (
     _cells,
     _end,
@@ -399,10 +400,8 @@ def tiled_neighborhood_backward(
     (B, H, Lp), the gradient reaching the log-sum-exp, if any. ``config`` serves the dq and the dk/dv kernel."""
     q, k, v = _unit_d(q), _unit_d(k), _unit_d(v)
     grad_out, lse = grad_out.contiguous(), lse.contiguous()
-    delta = (grad_out.float() * out.float()).sum(-1)  # rowsum(dO * O), (B, H, Lp)
-    if grad_lse is not None:  # d lse / d scores = p: the same form as the output's term, shifted
-        delta = delta - grad_lse.float()
-    delta = delta.contiguous()
+    # rowsum(dO * O) - d lse, (B, H, Lp) fp32: d lse / d scores = p, the same form as the output's term, shifted
+    delta = backward_delta(grad_out, out, grad_lse)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
