@@ -173,7 +173,7 @@ def run_job(job: Job, workdir: str, barrier: Any = None) -> Outcome:
 
     With a time budget the trainer itself trains for it (`train.minutes`: passes until the time is spent,
     the schedule on the time), so every run gets its budget however its speed changes while it shares the
-    device; runs that share it start together (`barrier`)."""
+    device; runs that share it start training together (`barrier`), so none trains alone at the end."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     started = time.perf_counter()
     _, recipe_name, model_overrides = MODELS[job.model]
@@ -190,10 +190,13 @@ def run_job(job: Job, workdir: str, barrier: Any = None) -> Outcome:
     recipe = load_recipe(MoleculeRecipe, "molecules", recipe_name, overrides=[*overrides, *budget])
     run_dir = Path(workdir) / f"{job.model}-{job.size or 'all'}-{job.seed}"
     device = select_device(recipe.train.device)
-    if barrier is not None:  # a run that failed before starting breaks it: the others go on
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout=BARRIER_TIMEOUT)
-    result = Trainer(domain, recipe, run_dir=run_dir).fit()
+
+    def start_together() -> None:  # after loading, which takes each model its own time
+        if barrier is not None:  # a run that failed before starting breaks it: the others go on
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=BARRIER_TIMEOUT)
+
+    result = Trainer(domain, recipe, run_dir=run_dir, on_train_start=start_together).fit()
     loaded = load_model(MoleculesDomain(), run_dir, device)  # the checkpoint selected on validation
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     if job.attention_stem is not None:

@@ -294,7 +294,11 @@ class Trainer:
         *,
         run_dir: Path,
         callbacks: Sequence[EpochCallback] = (),
+        on_train_start: Callable[[], None] | None = None,
     ) -> None:
+        """`callbacks` are called after every epoch with its validation metrics; `on_train_start` once, when
+        data, model and optimizer are ready, just before the first training step (runs that share a device
+        can start their clocks together)."""
         self.domain = domain
         self.task = domain.task(recipe)
         self.recipe = recipe
@@ -302,6 +306,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.checkpoints = self.run_dir / "checkpoints"
         self.callbacks = list(callbacks)
+        self.on_train_start = on_train_start
 
     def _is_better(self, metrics: dict[str, float], best: dict[str, float] | None) -> bool:
         if best is None:
@@ -432,6 +437,8 @@ class Trainer:
                     f"--resume {self.run_dir}"
                 )
 
+        if self.on_train_start is not None:
+            self.on_train_start()
         with progress_bar(enabled=main) as bar, StopRequest() as stop:
             bar_task = bar.add_task(  # in batches; under a time budget, in seconds of training
                 f"{domain.name} train" + ("" if clock is None else " (s)"),
