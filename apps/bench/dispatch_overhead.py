@@ -26,29 +26,10 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from speed import Case, add_case_arguments, cases  # apps/bench/speed.py
+from speed import Case, add_case_arguments, case_tensors, cases, contenders  # apps/bench/speed.py
 from timing import triton_version
 
-from shared_attention import attention, explain
-
-
-def contenders(case: Case, q, k, v, grad_out, training: bool) -> dict[str, Callable[[], object]]:
-    dense = case.mask.dense(case.length, case.length, device="cuda") if case.plain == "sdpa dense mask" else None
-    plain = {
-        "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
-        "sdpa causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-        "sdpa dense mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
-    }[case.plain]
-
-    def step(fn: Callable[[], torch.Tensor]) -> Callable[[], object]:
-        return (lambda: torch.autograd.grad(fn(), (q, k, v), grad_out)) if training else fn
-
-    fns = {case.plain: step(plain)}
-    for backend in case.ours:
-        fns[backend] = step(lambda b=backend: attention(q, k, v, mask=case.mask, backend=b))
-    fns["auto"] = step(lambda: attention(q, k, v, mask=case.mask))
-    return fns
+from shared_attention import explain
 
 
 def event_ms(fn: Callable[[], object], calls: int) -> float:
@@ -96,11 +77,7 @@ def host_profile(case: Case, args, contender: str, training: bool, calls: int = 
     import io
     import pstats
 
-    g = torch.Generator(device="cuda").manual_seed(0)
-    shape = (args.batch, args.heads, case.length, args.head_dim)
-    q, k, v, grad_out = (torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    if training:
-        q, k, v = (t.requires_grad_() for t in (q, k, v))
+    q, k, v, grad_out = case_tensors(case, args, torch.bfloat16, training)
     with torch.set_grad_enabled(training):
         fn = contenders(case, q, k, v, grad_out, training)[contender]
         for _ in range(3):
@@ -119,11 +96,7 @@ def host_profile(case: Case, args, contender: str, training: bool, calls: int = 
 
 
 def run_case(case: Case, args, dtype: torch.dtype, training: bool) -> dict:
-    g = torch.Generator(device="cuda").manual_seed(0)
-    shape = (args.batch, args.heads, case.length, args.head_dim)
-    q, k, v, grad_out = (torch.randn(shape, generator=g, device="cuda", dtype=dtype) for _ in range(4))
-    if training:
-        q, k, v = (t.requires_grad_() for t in (q, k, v))
+    q, k, v, grad_out = case_tensors(case, args, dtype, training)
     results: dict[str, dict] = {}
     with torch.set_grad_enabled(training):
         fns = contenders(case, q, k, v, grad_out, training)

@@ -75,31 +75,39 @@ def attended_pairs(case: Case, batch: int) -> int:
     return batch * case.length * (case.length + 1) // 2  # causal
 
 
-def run_case(case: Case, args, dtype: torch.dtype, training: bool) -> dict:
+def case_tensors(case: Case, args, dtype: torch.dtype, training: bool) -> tuple[torch.Tensor, ...]:
+    """q, k, v (B, H, L, D) on CUDA, leaves that need grad when ``training``, and a fixed output gradient."""
     g = torch.Generator(device="cuda").manual_seed(0)
     shape = (args.batch, args.heads, case.length, args.head_dim)
-    q, k, v = (torch.randn(shape, generator=g, device="cuda", dtype=dtype) for _ in range(3))
-    grad_out = torch.randn(shape, generator=g, device="cuda", dtype=dtype)
+    q, k, v, grad_out = (torch.randn(shape, generator=g, device="cuda", dtype=dtype) for _ in range(4))
     if training:
         q, k, v = (t.requires_grad_() for t in (q, k, v))
+    return q, k, v, grad_out
 
-    def step(fn: Callable[[], torch.Tensor]) -> Callable[[], object]:
-        if not training:
-            return lambda: fn()
-        return lambda: torch.autograd.grad(fn(), (q, k, v), grad_out)
 
-    dense = None
-    if case.plain == "sdpa dense mask":
-        dense = case.mask.dense(case.length, case.length, device="cuda")
+def contenders(case: Case, q, k, v, grad_out, training: bool) -> dict[str, Callable[[], object]]:
+    """The case's calls by name: the plain PyTorch call, our backends by name, ``auto``; with ``training``
+    each call is forward + backward (gradients of q, k, v for ``grad_out``)."""
+    dense = case.mask.dense(case.length, case.length, device="cuda") if case.plain == "sdpa dense mask" else None
     plain = {
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
         "sdpa causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
         "sdpa dense mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
     }[case.plain]
+
+    def step(fn: Callable[[], torch.Tensor]) -> Callable[[], object]:
+        return (lambda: torch.autograd.grad(fn(), (q, k, v), grad_out)) if training else fn
+
     fns = {case.plain: step(plain)}
     for backend in case.ours:
         fns[backend] = step(lambda b=backend: attention(q, k, v, mask=case.mask, backend=b))
     fns["auto"] = step(lambda: attention(q, k, v, mask=case.mask))
+    return fns
+
+
+def run_case(case: Case, args, dtype: torch.dtype, training: bool) -> dict:
+    q, k, v, grad_out = case_tensors(case, args, dtype, training)
+    fns = contenders(case, q, k, v, grad_out, training)
     row = {
         "case": case.name,
         "L": case.length,

@@ -132,4 +132,3 @@ def values_and_grads(fn, q, k, v, *, seed: int = 7):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-

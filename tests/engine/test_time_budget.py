@@ -21,15 +21,20 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.fixture
-def slow_steps(monkeypatch):
+def slow_losses(monkeypatch, seconds: float) -> None:
+    """Make every loss evaluation of the toy task take at least `seconds`."""
     loss = ToyTask.loss
 
     def slow(self, model, batch):
-        time.sleep(STEP_SECONDS)
+        time.sleep(seconds)
         return loss(self, model, batch)
 
     monkeypatch.setattr(ToyTask, "loss", slow)
+
+
+@pytest.fixture
+def slow_steps(monkeypatch):
+    slow_losses(monkeypatch, STEP_SECONDS)
 
 
 def recipe(epochs: int = 2) -> ToyRecipe:
@@ -94,13 +99,7 @@ def test_gradient_accumulation_counts_every_micro_batch_as_training_time(tmp_pat
 
 
 def test_steps_longer_than_a_share_overrun_the_budget_by_one_step_in_all(tmp_path, monkeypatch):
-    loss = ToyTask.loss
-
-    def slow(self, model, batch):
-        time.sleep(0.1)  # each step is longer than a share (0.3 s / 5)
-        return loss(self, model, batch)
-
-    monkeypatch.setattr(ToyTask, "loss", slow)
+    slow_losses(monkeypatch, 0.1)  # each step is longer than a share (0.3 s / 5)
     run = ToyRecipe.model_validate({"train": {"epochs": 5, "batch_size": 8, "lr": 0.01, "device": "cpu",
                                               "minutes": 0.3 / 60}})
     Trainer(ToyDomain(), run, run_dir=tmp_path / "run").fit()
