@@ -121,12 +121,6 @@ class Chunked(Mask):
         return same & (q_pos >= kv_idx) if self.causal else same
 
 
-def _bytes(table: Tensor) -> Tensor:
-    """A bool lookup table as uint8, for ``allowed`` to index: the relational model failed Inductor's
-    lowering on CUDA with "torch.bool is not supported by torch.iinfo", and bool buffers captured by a
-    Flex ``mask_mod`` are the suspect (not yet confirmed on a GPU). A byte view reads the same memory."""
-    return table.view(torch.uint8)
-
 
 @dataclass(frozen=True, eq=False)
 class KeyPadding(Mask):
@@ -147,7 +141,7 @@ class KeyPadding(Mask):
     def allowed(self, b, h, q_idx, kv_idx, q_len, kv_len):
         if self.lengths is not None:
             return kv_idx < self.lengths[b]
-        return _bytes(self.valid)[b, kv_idx] != 0
+        return self.valid[b, kv_idx]
 
     def batch_size(self):
         return (self.valid if self.valid is not None else self.lengths).shape[0]
@@ -321,7 +315,7 @@ class EdgeIndex(Mask):
     def allowed(self, b, h, q_idx, kv_idx, q_len, kv_len):
         # A single graph (batch of one) is shared by every batch element.
         b = b if self.adjacency.shape[0] > 1 else torch.zeros_like(b)
-        return _bytes(self.adjacency)[b, q_idx, kv_idx] != 0
+        return self.adjacency[b, q_idx, kv_idx]
 
     def batch_size(self):
         return self.adjacency.shape[0]
@@ -389,7 +383,7 @@ class ForeignKey(Mask):
 
     def allowed(self, b, h, q_idx, kv_idx, q_len, kv_len):
         q_row = self.row_ids[b, _query_positions(q_idx, q_len, kv_len)]
-        return _bytes(self.links)[b, q_row, self.row_ids[b, kv_idx]] != 0
+        return self.links[b, q_row, self.row_ids[b, kv_idx]]
 
     def batch_size(self):
         return self.row_ids.shape[0]
@@ -419,7 +413,7 @@ class Dense(Mask):
         h = h if m.shape[1] > 1 else torch.zeros_like(h)
         q_idx = q_idx if m.shape[2] > 1 else torch.zeros_like(q_idx)
         kv_idx = kv_idx if m.shape[3] > 1 else torch.zeros_like(kv_idx)
-        return _bytes(m)[b, h, q_idx, kv_idx] != 0
+        return m[b, h, q_idx, kv_idx]
 
     def batch_size(self):
         return self.mask.shape[0]

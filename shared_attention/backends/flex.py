@@ -87,7 +87,9 @@ def _block_mask_from_dense(allowed: Tensor, mask_mod, q_len: int, kv_len: int):
     padded = allowed.new_zeros(*allowed.shape[:2], -(-rows // _BLOCK) * _BLOCK, kv_blocks * _BLOCK)
     padded[..., :rows, :kv_len] = allowed[..., :rows, :]
     tiles = padded.view(*allowed.shape[:2], -1, _BLOCK, kv_blocks, _BLOCK)
-    counts = tiles.view(torch.uint8).sum(dim=(-1, -3), dtype=torch.int32)  # allowed pairs per tile
+    # bool summed straight to int32: a bool -> uint8 dtype view fails Inductor's lowering on CUDA
+    # ("torch.bool is not supported by torch.iinfo", aten.view.dtype; the relational model under torch.compile)
+    counts = tiles.sum(dim=(-1, -3), dtype=torch.int32)  # allowed pairs per tile
     if rows == 1:  # each query block repeats the row; the last one may be cut short
         counts = (counts * _BLOCK).expand(*counts.shape[:2], q_blocks, kv_blocks)
     full = counts == _BLOCK * _BLOCK
