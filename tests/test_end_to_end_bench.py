@@ -155,3 +155,29 @@ def test_a_contender_that_fails_its_warm_up_is_left_out(bench):
                                   failures={}) == {}
     with pytest.raises(NotImplementedError):  # without `failures`, errors propagate
         bench.time_round_robin({"theirs": broken}, device=torch.device("cpu"), warmup=1, iters=1)
+
+
+def test_kernels_are_sorted_into_kinds_by_name():
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from step_profile import category
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    assert category("flash_fwd_kernel<...>") == "attention"
+    assert category("_forward_kernel_neighborhood") == "attention"
+    assert category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert category("nvjet_hsh_128x256") == "matmul"
+    assert category("multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert category("vectorized_layer_norm_kernel") == "norm"
+    assert category("elementwise_kernel<add>") == "other"
+
+
+def test_profile_table_reports_each_contender_against_its_unprofiled_step(tmp_path):
+    report, _ = run_bench(tmp_path, "--domain", "sign", "--profile", "2")
+    rows = [line for line in report.splitlines() if line.startswith("| sign | ours |")]
+    assert len(rows) == 1, report
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    (main,) = [line for line in report.splitlines() if line.startswith("| sign | 2 |")]  # batch 2
+    samples_per_s = float(main.strip("|").split("|")[3])
+    assert float(cells[2]) == pytest.approx(1000 * 2 / samples_per_s, rel=0.05)
+    assert [float(c) for c in cells[3:]] == [0.0] * 8  # on the CPU: no kernels, no GPU time

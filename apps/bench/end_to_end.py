@@ -10,7 +10,9 @@ times both in one run, on the same synthetic tensors:
 - inference latency, ms: one forward pass without gradients, at batch 1 and at the training batch;
 - with ``--compile [a,b]``, both models again under ``torch.compile``, in a second pass once every domain's
   eager rows are written (compilation happens in the warm-up calls); a peer that fails to compile keeps its
-  eager timing in that row, marked, and the failure is noted.
+  eager timing in that row, marked, and the failure is noted;
+- with ``--profile STEPS``, where each eager training step's time goes (``step_profile.py``): the share of it the
+  GPU is busy, kernel launches, and kernel time by kind (attention, matrix products, optimizer, norms, the rest).
 
 Domains without a public reference implementation of our model (sign, molecules) get rows of ours alone,
 theirs "–". A contender that fails (e.g. FlexAttention's missing CPU backward) gets "–" and a note.
@@ -48,6 +50,7 @@ definitions are executed.
     python apps/bench/end_to_end.py --peers .peers --out end-to-end-h200.md    # every domain, eager
     # some domains, eager then both sides under torch.compile:
     python apps/bench/end_to_end.py --peers .peers --domain relational --domain sign --compile --out new.md
+    python apps/bench/end_to_end.py --peers .peers --domain timeseries --profile 5 --out prof.md  # where steps go
     python apps/bench/end_to_end.py --peers .peers --device cpu --tiny          # a wiring check, any machine
     python apps/bench/end_to_end.py --peers .peers --device cpu --params-only   # parameter counts at full size
 """
@@ -72,6 +75,7 @@ from typing import Any
 import numpy as np
 import torch
 from hardware import cpu_name  # apps/bench/hardware.py: run as a script, this folder is on sys.path
+from step_profile import profile_step
 from torch import Tensor, nn
 
 from panformer.engine.config import load_recipe
@@ -885,11 +889,13 @@ def measure(pair: Pair, args: argparse.Namespace, device: torch.device, *, compi
     named = contenders(pair, compiled=compiled)
     mixed = pair.mixed_precision
     failed: dict[str, str] = {}
-    train = time_round_robin(
-        {name: train_step(c.model, c.loss, c.train_batch, device, mixed_precision=mixed) for name, c in named.items()},
-        device=device, warmup=args.warmup, iters=args.iters, failures=failed,
-    )
+    steps = {name: train_step(c.model, c.loss, c.train_batch, device, mixed_precision=mixed) for name, c in named.items()}
+    train = time_round_robin(steps, device=device, warmup=args.warmup, iters=args.iters, failures=failed)
     failures = [f"{pair.domain}: {name}, training step: {error}" for name, error in failed.items()]
+    profiles = {}
+    if args.profile and not compiled:  # the steps are warm: they were just timed
+        profiles = {name: profile_step(step, device=device, steps=args.profile)
+                    for name, step in steps.items() if name not in failed}
     infer = {}
     for size in sorted(pair.ours.infer_batches):
         failed = {}
@@ -905,7 +911,8 @@ def measure(pair: Pair, args: argparse.Namespace, device: torch.device, *, compi
             extras[label] = time_round_robin({"ours": _no_grad(our_call), "theirs": _no_grad(their_call)},
                                              device=device, warmup=1, iters=min(args.iters, 3))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"train_ms": train, "infer_ms": infer, "extras_ms": extras, "peak_gib": peak, "failures": failures}
+    return {"train_ms": train, "infer_ms": infer, "extras_ms": extras, "peak_gib": peak, "failures": failures,
+            "profiles": profiles}
 
 
 def _no_grad(fn: Callable[[], object]) -> Callable[[], object]:
@@ -953,11 +960,31 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, command: str
     if extra_rows:
         lines += ["", "## Further timings (eager, fp32)", "", "| domain | what | ours | theirs | x |",
                   "|---|---|---|---|---|", *extra_rows]
+    lines += profile_lines(results)
     lines += ["", "## Configurations", "", *details]
     notes = [n for r in results for n in [*r.get("notes", []), *r.get("failures", [])]]
     if notes:
         lines += ["", "## Differences, import patches and failures", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def profile_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Where each training step's time goes (``--profile``): GPU busy share, launches, kernel time by kind."""
+    rows = [(r, name, p) for r in results for name, p in r.get("profiles", {}).items()]
+    if not rows:
+        return []
+    kinds = list(rows[0][2].by_category_ms)
+    lines = ["", "## Where a training step's time goes (torch.profiler, eager)", "",
+             "Kernel time summed per step over the profiled steps; `GPU busy`: that time over the step's unprofiled "
+             "median wall time (well below 1: the step waits on the host, i.e. Python, dispatch and launches).", "",
+             f"| domain | contender | step ms | GPU kernel ms | GPU busy | kernels per step | "
+             f"{' | '.join(f'{k} ms' for k in kinds)} |",
+             "|---|---|---|---|---|---|" + "---|" * len(kinds)]
+    for r, name, p in rows:
+        wall = r["train_ms"].get(name, p.wall_ms)
+        lines.append(f"| {r['domain']} | {name} | {wall:.2f} | {p.gpu_ms:.2f} | {p.gpu_ms / wall:.2f} | "
+                     f"{p.kernels:.0f} | {' | '.join(f'{p.by_category_ms[k]:.2f}' for k in kinds)} |")
+    return lines
 
 
 def row_cells(r: dict[str, Any]) -> list[list[str]]:
@@ -1056,6 +1083,9 @@ def main(argv: list[str] | None = None) -> None:
                              "listed (a,b), in that order, after every eager row")
     parser.add_argument("--params-only", action="store_true", help="build both models, print parameter counts, time nothing")
     parser.add_argument("--generate", type=int, default=256, help="music: events to generate in the generation timing")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile STEPS eager training steps of each contender (torch.profiler): GPU busy "
+                             "share, kernel launches and kernel time by kind, per step")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
