@@ -97,6 +97,17 @@ class TileLayout:
         """Lp: tokens in tile order, padding included."""
         return math.prod(self.padded_grid)
 
+    @property
+    def is_raster_order(self) -> bool:
+        """Tile order is raster order: no dilation, no padding, and the permutation only moves axes of size 1
+        (e.g. 1-D grids that are whole tiles), so raster tensors can go to the tiled kernels as they are."""
+        if self.dilation3 != (1, 1, 1) or self.length != self.num_tokens:
+            return False
+        (m_t, m_h, m_w), (t_t, t_h, t_w) = self.tiles3, self.tile3
+        raster = [("mt", m_t), ("tt", t_t), ("mh", m_h), ("th", t_h), ("mw", m_w), ("tw", t_w)]
+        tiles = [("mt", m_t), ("mh", m_h), ("mw", m_w), ("tt", t_t), ("th", t_h), ("tw", t_w)]
+        return [a for a, n in raster if n > 1] == [a for a, n in tiles if n > 1]
+
     # Permutations ---------------------------------------------------------------------------------
 
     def _split_axes(self) -> tuple[int, ...]:

@@ -160,6 +160,42 @@ def test_op_cpu_path_matches_the_oracle(case):
             assert_close(a, b)
 
 
+@pytest.mark.parametrize(
+    "grid, tile, dilation",
+    [((256,), (64,), 1), ((250,), (64,), 1), ((256,), (64,), 2), ((16, 8), (8, 8), 1), ((8, 16), (8, 8), 1),
+     ((16, 16), (8, 8), 1), ((3, 8, 8), (1, 8, 8), 1), ((3, 16, 8), (2, 8, 8), 1), ((4, 1, 8), (1, 1, 8), 1)],
+)
+def test_raster_order_is_recognised_exactly_when_the_permutation_is_the_identity(grid, tile, dilation):
+    layout = TileLayout(grid, tile, dilation)
+    identity = layout.length == layout.num_tokens and bool(
+        (layout.raster_index() == torch.arange(layout.num_tokens)).all())
+    assert layout.is_raster_order == identity
+
+
+def test_raster_grids_already_in_tile_order_run_the_tiled_op_unpermuted():
+    """A 1-D grid of whole tiles goes to the tiled op as it is (its faster kernel), with the same values."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    mask = Neighborhood((128,), 15)
+    q, k, v = qkv(1, 2, 1, 128, 128, 8)
+    with Ops() as ops:
+        out = neighborhood_attention(q, k, v, grid=(128,), kernel_size=15)
+    assert any("tiled_neighborhood_attention" in name for name in ops.seen), ops.seen
+    assert_close(out, reference_attention(q, k, v, mask=mask))
+    with Ops() as ops:  # padded to whole tiles: the raster kernel
+        neighborhood_attention(*qkv(1, 2, 1, 120, 120, 8), grid=(120,), kernel_size=15)
+    assert not any("tiled" in name for name in ops.seen)
+
+
 def test_tiled_entry_rejects_raster_tensors():
     layout = TileLayout((7, 9), (4, 4))
     q, k, v = qkv(1, 2, 2, 63, 63, 8)
