@@ -18,6 +18,7 @@ from torch import Tensor
 from shared_attention.backends.lowering import cached_lowering
 from shared_attention.backends.sdpa import folded_temperature
 from shared_attention.dispatch import Case
+from shared_attention.masks import KeyPadding
 
 
 @cache
@@ -193,7 +194,11 @@ def flex_attention(
         else block_mask_for(mask, q_len, kv_len, q.shape[0], q.shape[1], q.device)
     )
     flex_mod = None if score_mod is None else score_mod.flex(q_len, kv_len)
-    result = _compiled_flex()(
+    if torch.compiler.is_compiling():  # the caller's compile fuses it; tracing _compiled_flex would break the graph
+        from torch.nn.attention.flex_attention import flex_attention as flex
+    else:
+        flex = _compiled_flex()
+    result = flex(
         q,
         k,
         v,
@@ -238,11 +243,24 @@ class FlexBackend:
             return 50.0  # SDPA's fused kernels (rank 10) win; Flex still beats the reference
         if case.kv_len < rule.min_kv_len_mask:
             return 50.0  # short: Flex's fixed cost outweighs the skipped tiles
+        if torch.compiler.is_compiling():
+            return self._rank_traced(case)
         ratio = predicted_flex_over_sdpa(
             mask, case.q_len, case.kv_len, case.batch, case.heads, case.device
         )
         threshold = rule.training_threshold if case.training else 1.0
         return 12.0 if ratio < threshold else 50.0  # vs SDPA's dense mask (rank 15)
+
+    @staticmethod
+    def _rank_traced(case: Case) -> float:
+        """Inside torch.compile the tile counts cannot be read (a device read breaks the graph at every
+        attention call), so the choice goes by the mask's kind. On CUDA key padding alone stays on SDPA, whose
+        (B, 1, 1, Lk) mask is cheap (H200 training: 1.08 vs 1.18 ms on Flex), and any other mask this long goes
+        to Flex, which skips empty tiles and never materialises the (B, H, Lq, Lk) mask. On the CPU, SDPA:
+        Inductor's C++ Flex template fails on block masks built inside the traced graph (torch 2.14)."""
+        if case.device_type != "cuda":
+            return 50.0
+        return 50.0 if isinstance(case.mask, KeyPadding) else 12.0
 
     def __call__(self, q, k, v, *, mask=None, score_mod=None, scale=None):
         return flex_attention(q, k, v, mask=mask, score_mod=score_mod, scale=scale)

@@ -212,3 +212,48 @@ def test_key_padding_under_inference_mode_and_compile():
     compiled = torch.compile(layer, backend="eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, key_padding_mask=valid), expected)
+
+
+def test_masks_from_the_batch_compile_without_graph_breaks():
+    """Dispatch inside torch.compile reads nothing back from the device: a layer whose masks are built from the
+    batch (foreign keys and key padding, long enough for Flex's rule) traces as one graph, equal to eager."""
+    from shared_attention.masks import ForeignKey
+
+    torch.manual_seed(0)
+    layer = Attention(32, 2).eval()
+    batch, length, rows = 2, 512, 64
+    x = torch.randn(batch, length, 32)
+    valid = torch.ones(batch, length, dtype=torch.bool)
+    valid[1, 300:] = False
+    row_ids = torch.randint(0, rows, (batch, length))
+    parents = torch.randint(-1, rows, (batch, length, 2))
+
+    def forward(x, valid, row_ids, parents):
+        mask = ForeignKey.from_neighbours(row_ids, parents, num_rows=rows)
+        return layer(x, mask=mask, key_padding_mask=valid)
+
+    with torch.no_grad():
+        explained = torch._dynamo.explain(forward)(x, valid, row_ids, parents)
+        assert explained.graph_break_count == 0, [b.reason[:120] for b in explained.break_reasons]
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(forward, backend="eager")(x, valid, row_ids, parents),
+                                   forward(x, valid, row_ids, parents))
+
+
+def test_traced_dispatch_sends_structured_masks_to_flex_on_cuda(monkeypatch):
+    """Inside a trace Flex is ranked by the mask's kind (its tile counts would need a device read): key padding
+    alone stays on SDPA, other masks go to Flex on CUDA, nothing goes to Flex on the CPU."""
+    from dataclasses import replace
+
+    from shared_attention.backends.flex import FlexBackend
+    from shared_attention.functional import make_case
+    from shared_attention.masks import Dense
+
+    q = torch.randn(1, 2, 2048, 16)
+    padding = KeyPadding(valid=torch.ones(1, 2048, dtype=torch.bool))
+    structured = Dense(torch.rand(1, 1, 2048, 2048) > 0.5) & padding
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    rank = lambda mask, device: FlexBackend().rank(replace(make_case(q, q, q, mask=mask), device_type=device))  # noqa: E731
+    assert rank(padding, "cuda") == 50.0
+    assert rank(structured, "cuda") == 12.0
+    assert rank(structured, "cpu") == 50.0
