@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from panformer_kernels.tile_layout import TileLayout, default_tile
+from panformer_kernels.tile_layout import TileLayout, default_tile, tile_layout
 
 
 def neighborhood_mask(
@@ -181,7 +181,7 @@ def _tiled_neighborhood_attention(
     q: Tensor, k: Tensor, v: Tensor, grid: list[int], tile: list[int], kernel_size: list[int], dilation: list[int],
     causal: list[bool], stride: list[int], scale: float,
 ) -> tuple[Tensor, Tensor]:
-    layout = TileLayout(tuple(grid), tuple(tile), tuple(dilation))
+    layout = tile_layout(tuple(grid), tuple(tile), tuple(dilation))
     out, lse = _reference_forward(*_from_tiles(layout, q, k, v), grid, kernel_size, dilation, causal, stride, scale)
     return tuple(_to_tiles(layout, out, lse))
 
@@ -191,7 +191,7 @@ def _tiled_neighborhood_attention_cuda(q, k, v, grid, tile, kernel_size, dilatio
     from panformer_kernels.triton_tiled_neighborhood_attention import tiled_neighborhood_forward
 
     return tiled_neighborhood_forward(
-        q, k, v, layout=TileLayout(tuple(grid), tuple(tile), tuple(dilation)), kernel_size=tuple(kernel_size),
+        q, k, v, layout=tile_layout(tuple(grid), tuple(tile), tuple(dilation)), kernel_size=tuple(kernel_size),
         causal=tuple(causal), stride=tuple(stride), scale=scale,
     )
 
@@ -206,7 +206,7 @@ def _tiled_neighborhood_attention_backward(
     grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grid: list[int],
     tile: list[int], kernel_size: list[int], dilation: list[int], causal: list[bool], stride: list[int], scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    layout = TileLayout(tuple(grid), tuple(tile), tuple(dilation))
+    layout = tile_layout(tuple(grid), tuple(tile), tuple(dilation))
     raster = _from_tiles(layout, grad_out, grad_lse, q, k, v, out, lse)
     grads = _reference_backward(*raster, grid, kernel_size, dilation, causal, stride, scale)
     return tuple(_to_tiles(layout, *grads))
@@ -219,7 +219,7 @@ def _tiled_neighborhood_attention_backward_cuda(
     from panformer_kernels.triton_tiled_neighborhood_attention import tiled_neighborhood_backward
 
     return tiled_neighborhood_backward(
-        grad_out, q, k, v, out, lse, layout=TileLayout(tuple(grid), tuple(tile), tuple(dilation)),
+        grad_out, q, k, v, out, lse, layout=tile_layout(tuple(grid), tuple(tile), tuple(dilation)),
         kernel_size=tuple(kernel_size), causal=tuple(causal), stride=tuple(stride), scale=scale, grad_lse=grad_lse,
     )
 
@@ -297,7 +297,7 @@ def neighborhood_attention(
     if q.shape[1] % k.shape[1] or k.shape != v.shape:
         raise ValueError(f"heads {q.shape[1]} must be a multiple of key/value heads {k.shape[1]}, and k, v alike")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    layout = TileLayout(tuple(grid), default_tile(tuple(grid)), dilation3[3 - len(grid):])
+    layout = tile_layout(tuple(grid), default_tile(tuple(grid)), tuple(dilation3[3 - len(grid):]))
     if layout.is_raster_order:
         out, lse = _tiled_op(q, k, v, layout=layout, kernel_size=kernel3, causal=causal3, stride=stride3, scale=scale)
     elif tiled:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -64,40 +65,41 @@ class TileLayout:
         if any(not 1 <= d <= n for d, n in zip(dilation, self.grid, strict=True)):
             raise ValueError(f"TileLayout dilation={dilation} must be between 1 and the grid {self.grid} per axis")
 
-    # Sizes, all as 3 axes (depth, rows, columns; leading 1s for 1-D and 2-D grids) -------------------
+    # Sizes, all as 3 axes (depth, rows, columns; leading 1s for 1-D and 2-D grids), computed once per
+    # layout: every kernel launch reads them (host time per call) ----------------------------------------
 
-    @property
+    @cached_property
     def grid3(self) -> tuple[int, int, int]:
         return _three(self.grid, 1)
 
-    @property
+    @cached_property
     def tile3(self) -> tuple[int, int, int]:
         return _three(self.tile, 1)
 
-    @property
+    @cached_property
     def dilation3(self) -> tuple[int, int, int]:
         return _three(self.dilation, 1)
 
-    @property
+    @cached_property
     def tiles3(self) -> tuple[int, int, int]:
         """Tiles per axis of every dilation group's sub-grid (that of the largest group)."""
         return tuple(_ceil_div(_ceil_div(n, d), t) for n, d, t in zip(self.grid3, self.dilation3, self.tile3, strict=True))
 
-    @property
+    @cached_property
     def padded_grid(self) -> tuple[int, int, int]:
         return tuple(d * m * t for d, m, t in zip(self.dilation3, self.tiles3, self.tile3, strict=True))
 
-    @property
+    @cached_property
     def num_tokens(self) -> int:
         """L: the grid's tokens."""
         return math.prod(self.grid)
 
-    @property
+    @cached_property
     def length(self) -> int:
         """Lp: tokens in tile order, padding included."""
         return math.prod(self.padded_grid)
 
-    @property
+    @cached_property
     def is_raster_order(self) -> bool:
         """Tile order is raster order: no dilation, no padding, and the permutation only moves axes of size 1
         (e.g. 1-D grids that are whole tiles), so raster tensors can go to the tiled kernels as they are."""
@@ -149,6 +151,13 @@ class TileLayout:
         return self.to_tiles(index)[:, 0] - 1
 
 
+@lru_cache(maxsize=256)
+def tile_layout(grid: tuple[int, ...], tile: tuple[int, ...], dilation: tuple[int, ...] | int = 1) -> TileLayout:
+    """One shared ``TileLayout`` per (grid, tile, dilation), so that its sizes are computed once rather than at
+    every call (the ops rebuild the layout from their list arguments)."""
+    return TileLayout(grid, tile, dilation)
+
+
 def default_tile(grid: tuple[int, ...]) -> tuple[int, ...]:
     """A tile for a 1-3 axis grid: runs of 64 in 1-D, 8 x 8 cells (of one depth slice) in 2-D and 3-D.
 
@@ -161,4 +170,4 @@ def default_tile(grid: tuple[int, ...]) -> tuple[int, ...]:
     return (1, 8, 8) if len(grid) == 3 else (8, 8)
 
 
-__all__ = ["TileLayout", "default_tile"]
+__all__ = ["TileLayout", "default_tile", "tile_layout"]
