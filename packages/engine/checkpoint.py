@@ -55,10 +55,21 @@ class Checkpoint:
         return self.config["domain"]
 
 
+def _numbers(value: Any) -> Any:
+    """Scalar tensors as plain numbers, for JSON (a CUDA-graphed step keeps learning rates as device tensors)."""
+    if torch.is_tensor(value) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _numbers(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_numbers(v) for v in value)
+    return value
+
+
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A name-keyed optimizer state dict -> (tensors for safetensors, the rest for JSON)."""
     tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    plain: dict[str, Any] = {"param_groups": _numbers(state["param_groups"]), "state": {}}
     for param, slots in state["state"].items():
         plain["state"][param] = {}
         for slot, value in slots.items():
@@ -142,7 +153,7 @@ def save_checkpoint(
             save_file({**optim_tensors, **rng_tensors}, tmp / STATE_TENSORS)
             state = {
                 "optimizer": optim_plain,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scheduler": _numbers(scheduler.state_dict()) if scheduler is not None else None,
                 "rng": rng_plain,
                 "progress": progress or {},
             }

@@ -45,6 +45,11 @@ class TrainConfig(StrictModel):
         "follows the time spent; single process",
     )
     compile: bool = False
+    cuda_graphs: bool = Field(
+        False, description="on CUDA, replay each training step from a CUDA graph (one launch instead of hundreds: "
+        "for small models whose steps wait on the host); batches must keep their shapes (others run eagerly); "
+        "single process, no grad_accum, no compile; ignored on the CPU",
+    )
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"

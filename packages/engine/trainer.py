@@ -36,6 +36,7 @@ from torch.utils.data import (
 
 from panformer.engine import checkpoint as ckpt
 from panformer.engine.config import Recipe, TrainConfig, recipe_to_yaml
+from panformer.engine.cuda_graphs import GraphedTrainStep
 from panformer.engine.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -93,10 +94,12 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str, *, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast where the precision asks for it. ``cache=False`` inside CUDA graphs: cast weights must not
+    outlive the captured step."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
@@ -181,12 +184,13 @@ def warmup_cosine_by_time(clock: TrainingClock, *, warmup_ratio: float, min_lr_r
     return factor
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, *, capturable: bool = False) -> torch.optim.Optimizer:
+    """AdamW; ``capturable`` keeps its step counts on the device, as a CUDA graph of the step needs."""
     # No weight decay on biases, norms and embeddings' scalars (parameters of rank < 2).
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, capturable=capturable)
 
 
 @torch.no_grad()
@@ -347,6 +351,10 @@ class Trainer:
         if cfg.minutes is not None and dist_info.enabled:
             raise UserError("train.minutes runs in one process: leave it out under torchrun (ranks would stop at "
                             "different steps)")
+        graphed = cfg.cuda_graphs and device.type == "cuda"
+        if graphed and (dist_info.enabled or cfg.grad_accum > 1 or cfg.compile):
+            raise UserError("train.cuda_graphs captures one whole step in one process: leave it out with torchrun, "
+                            "train.grad_accum > 1 or train.compile")
         model = task.build_model(self.recipe, splits.info).to(device)
         if cfg.log_attention_entropy:
             entropy_probe(model)  # fails before training, not after the first epoch
@@ -377,7 +385,7 @@ class Trainer:
             task.fit_statistics(model, splits)
         # The optimizer comes after wrapping: FSDP2 replaces the parameters by sharded ones.
         train_model = wrap_for_training(model, strategy=cfg.distributed, dist_info=dist_info, device=device)
-        optimizer = build_optimizer(model, cfg)
+        optimizer = build_optimizer(model, cfg, capturable=graphed)
         clock = TrainingClock(60 * cfg.minutes) if cfg.minutes is not None else None
         if clock is not None:
             schedule = warmup_cosine_by_time(clock, warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio)
@@ -452,6 +460,10 @@ class Trainer:
                 if clock is not None:
                     bar.update(bar_task, completed=clock.spent)
 
+            graphed_step = GraphedTrainStep(
+                train_model, lambda m, b: task.loss(m, b)[0], optimizer, grad_clip=cfg.grad_clip,
+                autocast=lambda: autocast(device, cfg.precision, cache=False),
+            ) if graphed else None
             for epoch in range(start_epoch, cfg.epochs):
                 if clock is not None and clock.spent >= clock.budget * (epoch + 1) / cfg.epochs:
                     # A long step already spent this share: nothing new to train or validate (so the budget
@@ -462,7 +474,7 @@ class Trainer:
                 train_loss, step, samples = self._train_epoch(
                     train_model, optimizer, scheduler, splits, epoch, step, device, dist_info, show_batch,
                     position=position, after_step=lambda e, s, p: save_position(e, s, p, stopping=stop.requested),
-                    clock=clock,
+                    clock=clock, graphed_step=graphed_step,
                 )
                 position = EpochPosition()
                 train_seconds = time.perf_counter() - epoch_started
@@ -554,11 +566,13 @@ class Trainer:
         position: EpochPosition,
         after_step: Callable[[int, int, EpochPosition], None],
         clock: TrainingClock | None = None,
+        graphed_step: GraphedTrainStep | None = None,
     ) -> tuple[float, int, int]:
         """One epoch from `position` (the start, or where a mid-epoch checkpoint left it); `after_step` is
         called after every optimizer step with the position reached (it may checkpoint, or stop the run).
         With a `clock` (a time budget) the epoch is passes over the training split until its share of the
-        budget is spent. Returns the mean training loss, the step count and the samples seen."""
+        budget is spent. With a `graphed_step` (train.cuda_graphs) each step is one call of it, replayed from a
+        CUDA graph. Returns the mean training loss, the step count and the samples seen."""
         cfg = self.cfg
         model.train()
         if dist_info.enabled:
@@ -571,25 +585,32 @@ class Trainer:
         for i, batch, pass_end in self._epoch_batches(splits, epoch, dist_info, position, timed=clock is not None):
             batch = to_device(batch, device)
             last_micro = (i + 1) % cfg.grad_accum == 0 or pass_end
-            with gradient_sync(model, enabled=last_micro or not dist_info.enabled):
-                with autocast(device, cfg.precision):
-                    loss, _ = self.task.loss(model, batch)
+            if graphed_step is not None:  # forward, backward, clipping and the update in one replay
+                loss, last_micro = graphed_step(batch), True
                 if not torch.isfinite(loss):
                     raise RuntimeError(f"non-finite loss at epoch {epoch}, step {step}; lower train.lr")
-                (loss / cfg.grad_accum).backward()
+            else:
+                with gradient_sync(model, enabled=last_micro or not dist_info.enabled):
+                    with autocast(device, cfg.precision):
+                        loss, _ = self.task.loss(model, batch)
+                    if not torch.isfinite(loss):
+                        raise RuntimeError(f"non-finite loss at epoch {epoch}, step {step}; lower train.lr")
+                    (loss / cfg.grad_accum).backward()
             n = self.task.batch_size_of(batch)
             total += float(loss.detach()) * n
             count += n
             if last_micro:
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                if graphed_step is None:
+                    if cfg.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
                 if clock is not None:  # before the schedule's next value: it reads the time spent
                     # (the loss read above waited for the device, so this step's optimizer work is the only
                     # part not yet done: it is counted in the next step's time)
                     clock.spent += time.perf_counter() - last
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if graphed_step is None:  # a graph's gradients stay where its replays write them
+                    optimizer.zero_grad(set_to_none=True)
                 step += 1
             on_batch(total / count)
             epoch_over = pass_end if clock is None else last_micro and clock.spent >= ends_at
