@@ -11,6 +11,8 @@ times both in one run, on the same synthetic tensors:
 - with ``--compile [a,b]``, both models again under ``torch.compile``, in a second pass once every domain's
   eager rows are written (compilation happens in the warm-up calls); a peer that fails to compile keeps its
   eager timing in that row, marked, and the failure is noted;
+- with ``--cuda-graphs`` (CUDA), our training step also as ``train.cuda_graphs`` runs it, replayed from a CUDA
+  graph, in a row of its own against their eager step;
 - with ``--profile STEPS``, where each eager training step's time goes (``step_profile.py``): the share of it the
   GPU is busy, kernel launches, and kernel time by kind (attention, matrix products, optimizer, norms, the rest).
 
@@ -79,6 +81,7 @@ from step_profile import profile_step
 from torch import Tensor, nn
 
 from panformer.engine.config import load_recipe
+from panformer.engine.cuda_graphs import GraphedTrainStep
 
 DOMAINS = ("graphs", "timeseries", "sign", "molecules", "relational", "music", "speech")  # the largest last
 
@@ -865,6 +868,20 @@ def train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], batch
     return step
 
 
+def graphed_train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], batch: Any, lr: float = 1e-4, *,
+                       mixed_precision: bool = True) -> tuple[Callable[[], object], GraphedTrainStep]:
+    """The same step as ``train_step``, as ``train.cuda_graphs`` runs it: replayed from a CUDA graph."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, capturable=True)
+    cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)) if mixed_precision else None
+    graphed = GraphedTrainStep(model, loss, optimizer, autocast=cast)
+
+    def step() -> None:
+        model.train()
+        graphed(batch)
+
+    return step, graphed
+
+
 def infer_call(model: nn.Module, infer: Callable[[nn.Module, Any], Any], batch: Any,
                device: torch.device, *, mixed_precision: bool = True) -> Callable[[], object]:
     def call() -> object:
@@ -890,8 +907,15 @@ def measure(pair: Pair, args: argparse.Namespace, device: torch.device, *, compi
     mixed = pair.mixed_precision
     failed: dict[str, str] = {}
     steps = {name: train_step(c.model, c.loss, c.train_batch, device, mixed_precision=mixed) for name, c in named.items()}
+    graphed = None
+    if args.cuda_graphs and not compiled and device.type == "cuda":
+        steps["ours graphed"], graphed = graphed_train_step(pair.ours.model, pair.ours.loss, pair.ours.train_batch,
+                                                            mixed_precision=mixed)
     train = time_round_robin(steps, device=device, warmup=args.warmup, iters=args.iters, failures=failed)
     failures = [f"{pair.domain}: {name}, training step: {error}" for name, error in failed.items()]
+    if graphed is not None and not graphed.graphs:  # it ran eagerly: say so, its row is not a graph's
+        train.pop("ours graphed", None)
+        failures.append(f"{pair.domain}: ours graphed, not captured: {'; '.join(graphed.eager_only.values())}")
     profiles = {}
     if args.profile and not compiled:  # the steps are warm: they were just timed
         profiles = {name: profile_step(step, device=device, steps=args.profile)
@@ -1002,6 +1026,8 @@ def row_cells(r: dict[str, Any]) -> list[list[str]]:
         return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
 
     passes = [("", "ours", "theirs")]
+    if "ours graphed" in r["train_ms"]:
+        passes.append((" (ours: CUDA graph)", "ours graphed", "theirs"))
     if r.get("compiled"):
         passes.append((" (compiled)", "ours compiled", "theirs compiled"))
     rows = []
@@ -1083,6 +1109,9 @@ def main(argv: list[str] | None = None) -> None:
                              "listed (a,b), in that order, after every eager row")
     parser.add_argument("--params-only", action="store_true", help="build both models, print parameter counts, time nothing")
     parser.add_argument("--generate", type=int, default=256, help="music: events to generate in the generation timing")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="CUDA: also time our training step as train.cuda_graphs runs it (a row against their "
+                             "eager step)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile STEPS eager training steps of each contender (torch.profiler): GPU busy "
                              "share, kernel launches and kernel time by kind, per step")
