@@ -186,6 +186,6 @@ def test_profile_table_reports_each_contender_against_its_unprofiled_step(tmp_pa
 def test_a_cuda_graph_row_compares_our_replayed_step_with_their_eager_step(bench):
     result = fake_result()
     result["train_ms"]["ours graphed"] = 4.0
-    eager, graphed = bench.row_cells(result)
+    _, graphed = bench.row_cells(result)
     assert graphed[:6] == ["relational (ours: CUDA graph)", "4", "1.0 k / 1.1 k", "1000.0", "200.0", "5.00"]
     assert set(graphed[6:]) == {"–", "3.00", "4.00"} and graphed[6] == "–"  # no inference rows of its own
