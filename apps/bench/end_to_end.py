@@ -1123,6 +1123,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"--compile: unknown domain(s) {', '.join(sorted(unknown))}; use some of {', '.join(DOMAINS)}")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.profile < 0:
+        parser.error(f"--profile takes a number of steps (0: off), got {args.profile}")
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error("--cuda-graphs replays CUDA graphs: run it on a CUDA device")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     results = []
     domains = args.domain or list(DOMAINS)

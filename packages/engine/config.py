@@ -69,6 +69,14 @@ class TrainConfig(StrictModel):
     )
 
 
+    @model_validator(mode="after")
+    def _one_whole_step_per_graph(self) -> TrainConfig:
+        if self.cuda_graphs and (self.grad_accum > 1 or self.compile):
+            raise ValueError("cuda_graphs captures one whole optimizer step: use it without grad_accum > 1 and "
+                             "without compile")
+        return self
+
+
 class Recipe(StrictModel):
     """A whole run's configuration. Domains subclass it to type `data` and `model`.
 

@@ -352,9 +352,8 @@ class Trainer:
             raise UserError("train.minutes runs in one process: leave it out under torchrun (ranks would stop at "
                             "different steps)")
         graphed = cfg.cuda_graphs and device.type == "cuda"
-        if graphed and (dist_info.enabled or cfg.grad_accum > 1 or cfg.compile):
-            raise UserError("train.cuda_graphs captures one whole step in one process: leave it out with torchrun, "
-                            "train.grad_accum > 1 or train.compile")
+        if graphed and dist_info.enabled:
+            raise UserError("train.cuda_graphs captures the step of one process: leave it out under torchrun")
         model = task.build_model(self.recipe, splits.info).to(device)
         if cfg.log_attention_entropy:
             entropy_probe(model)  # fails before training, not after the first epoch

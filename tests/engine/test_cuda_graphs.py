@@ -137,3 +137,9 @@ def test_a_step_that_syncs_with_the_host_runs_eagerly_with_a_warning():
     assert not step.graphs and step.captured_steps == 0
     assert any("runs eagerly" in str(w.message) for w in caught)
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_a_graph_of_part_of_a_step_is_refused_in_the_recipe():
+    for extra in ({"grad_accum": 2}, {"compile": True}):
+        with pytest.raises(ValueError, match="cuda_graphs captures one whole optimizer step"):
+            ToyRecipe.model_validate({"train": {"cuda_graphs": True, **extra}})
