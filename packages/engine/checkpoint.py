@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 import panformer
 from panformer.engine.errors import UserError
 from panformer.engine.files import atomic_path, write_text_atomic
+from panformer.engine.tensors import map_tensors
 
 FORMAT = "panformer-checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -57,13 +58,7 @@ class Checkpoint:
 
 def _numbers(value: Any) -> Any:
     """Scalar tensors as plain numbers, for JSON (a CUDA-graphed step keeps learning rates as device tensors)."""
-    if torch.is_tensor(value) and value.numel() == 1:
-        return value.item()
-    if isinstance(value, dict):
-        return {key: _numbers(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_numbers(v) for v in value)
-    return value
+    return map_tensors(lambda t: t.item() if t.numel() == 1 else t, value)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from panformer.engine.tensors import map_tensors
+
 
 def batch_signature(batch: Any) -> tuple | None:
     """What a graph is specific to: every tensor's shape, dtype and device, and the other values. None when
@@ -51,16 +53,6 @@ def copy_into(static: Any, batch: Any) -> None:
     elif isinstance(static, (list, tuple)):
         for mine, theirs in zip(static, batch, strict=True):
             copy_into(mine, theirs)
-
-
-def clone_batch(batch: Any) -> Any:
-    if torch.is_tensor(batch):
-        return batch.clone()
-    if isinstance(batch, dict):
-        return {key: clone_batch(value) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(clone_batch(value) for value in batch)
-    return batch
 
 
 class GraphedTrainStep:
@@ -135,7 +127,7 @@ class GraphedTrainStep:
         for group in self.optimizer.param_groups:  # a graph reads the rate from memory, the scheduler fills it
             if not torch.is_tensor(group["lr"]):
                 group["lr"] = torch.tensor(float(group["lr"]), device=device)
-        inputs = clone_batch(batch)
+        inputs = map_tensors(torch.Tensor.clone, batch)
         self.optimizer.zero_grad(set_to_none=True)  # backward in the graph allocates the gradients it overwrites
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()

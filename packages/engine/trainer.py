@@ -56,6 +56,7 @@ from panformer.engine.parallel import (
     wrap_for_training,
 )
 from panformer.engine.runlog import RunLog, console, progress_bar
+from panformer.engine.tensors import map_tensors
 from shared_attention.entropy import AttentionEntropy
 
 SINGLE_PROCESS = DistInfo()
@@ -85,13 +86,7 @@ def seed_everything(seed: int) -> None:
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
+    return map_tensors(lambda t: t.to(device, non_blocking=True), batch)
 
 
 def autocast(device: torch.device, precision: str, *, cache: bool = True) -> contextlib.AbstractContextManager:
