@@ -82,6 +82,7 @@ from torch import Tensor, nn
 
 from panformer.engine.config import load_recipe
 from panformer.engine.cuda_graphs import GraphedTrainStep
+from panformer.engine.trainer import autocast
 
 DOMAINS = ("graphs", "timeseries", "sign", "molecules", "relational", "music", "speech")  # the largest last
 
@@ -847,10 +848,9 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {first}".replace("|", "/")[:300]
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _precision(mixed: bool) -> str:
+    """The engine's precision setting: bf16 autocast on CUDA (the engine's "auto"), or fp32."""
+    return "auto" if mixed else "fp32"
 
 
 def train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], batch: Any, device: torch.device,
@@ -860,7 +860,7 @@ def train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], batch
     def step() -> None:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, mixed_precision):
+        with autocast(device, _precision(mixed_precision)):
             value = loss(model, batch)
         value.backward()
         optimizer.step()
@@ -872,7 +872,7 @@ def graphed_train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor
                        mixed_precision: bool = True) -> tuple[Callable[[], object], GraphedTrainStep]:
     """The same step as ``train_step``, as ``train.cuda_graphs`` runs it: replayed from a CUDA graph."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, capturable=True)
-    cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)) if mixed_precision else None
+    cast = lambda: autocast(torch.device("cuda"), _precision(mixed_precision), cache=False)  # noqa: E731
     graphed = GraphedTrainStep(model, loss, optimizer, autocast=cast)
 
     def step() -> None:
@@ -886,7 +886,7 @@ def infer_call(model: nn.Module, infer: Callable[[nn.Module, Any], Any], batch: 
                device: torch.device, *, mixed_precision: bool = True) -> Callable[[], object]:
     def call() -> object:
         model.eval()
-        with torch.inference_mode(), autocast(device, mixed_precision):
+        with torch.inference_mode(), autocast(device, _precision(mixed_precision)):
             return infer(model, batch)
 
     return call

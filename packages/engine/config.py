@@ -68,7 +68,6 @@ class TrainConfig(StrictModel):
         "per epoch (materialises that batch's attention scores)"
     )
 
-
     @model_validator(mode="after")
     def _one_whole_step_per_graph(self) -> TrainConfig:
         if self.cuda_graphs and (self.grad_accum > 1 or self.compile):
