@@ -152,6 +152,9 @@ def warmup_cosine(total_steps: int, *, warmup_ratio: float, min_lr_ratio: float)
     return factor
 
 
+# The training loss is read from the device (a host sync) at most this often, outside a time budget.
+LOSS_READ_SECONDS = 0.5
+
 # Under a time budget each pass of an epoch draws its own order: data key PASSES_PER_EPOCH * epoch + pass.
 PASSES_PER_EPOCH = 100_000
 
@@ -180,12 +183,16 @@ def warmup_cosine_by_time(clock: TrainingClock, *, warmup_ratio: float, min_lr_r
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, *, capturable: bool = False) -> torch.optim.Optimizer:
-    """AdamW; ``capturable`` keeps its step counts on the device, as a CUDA graph of the step needs."""
+    """AdamW; ``capturable`` keeps its step counts on the device, as a CUDA graph of the step needs. On CUDA
+    with plain (unsharded) parameters, the fused kernel: one launch for all parameters instead of several per
+    parameter group."""
     # No weight decay on biases, norms and embeddings' scalars (parameters of rank < 2).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, capturable=capturable)
+    fused = bool(params) and all(p.is_cuda and type(p.data) is torch.Tensor for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, capturable=capturable, fused=fused or None)
 
 
 @torch.no_grad()
@@ -417,12 +424,14 @@ class Trainer:
         def spent() -> dict[str, float]:
             return {} if clock is None else {"train_seconds_spent": clock.spent}
 
-        def save_position(epoch: int, step: int, position: EpochPosition, *, stopping: bool) -> None:
-            """Inside an epoch: a resumable checkpoint when it is time (or the user asked to stop)."""
+        def save_position(epoch: int, step: int, where: Callable[[], EpochPosition], *, stopping: bool) -> None:
+            """Inside an epoch: a resumable checkpoint when it is time (or the user asked to stop). `where` gives
+            the position reached (it reads the epoch's loss from the device, so only when a checkpoint is due)."""
             nonlocal last_saved
             due = mid_epoch and time.monotonic() - last_saved >= 60 * cfg.checkpoint_minutes
             if not (due or stopping) or not main:
                 return
+            position = where()
             folder = ckpt.save_checkpoint(
                 self.checkpoints / f"epoch-{epoch:04d}-step-{step:09d}", weights=full_model_state(model),
                 config={**config, "epoch": epoch, "step": step, "val_metrics": None},
@@ -449,8 +458,12 @@ class Trainer:
             )
             val_status = ""
 
-            def show_batch(loss: float) -> None:
-                bar.update(bar_task, advance=1, status=f"epoch {epoch}  loss {loss:.4f}{val_status}")
+            def show_batch(loss: float | None) -> None:
+                """One more batch; its epoch's mean loss so far when it was read (None: not read this time)."""
+                if loss is None:
+                    bar.update(bar_task, advance=1)
+                else:
+                    bar.update(bar_task, advance=1, status=f"epoch {epoch}  loss {loss:.4f}{val_status}")
                 if clock is not None:
                     bar.update(bar_task, completed=clock.spent)
 
@@ -555,15 +568,16 @@ class Trainer:
         step: int,
         device: torch.device,
         dist_info: DistInfo,
-        on_batch: Callable[[float], None],
+        on_batch: Callable[[float | None], None],
         *,
         position: EpochPosition,
-        after_step: Callable[[int, int, EpochPosition], None],
+        after_step: Callable[[int, int, Callable[[], EpochPosition]], None],
         clock: TrainingClock | None = None,
         graphed_step: GraphedTrainStep | None = None,
     ) -> tuple[float, int, int]:
         """One epoch from `position` (the start, or where a mid-epoch checkpoint left it); `after_step` is
-        called after every optimizer step with the position reached (it may checkpoint, or stop the run).
+        called after every optimizer step with a function giving the position reached (it may checkpoint, or
+        stop the run). `on_batch` gets the epoch's mean loss so far when it was read, else None.
         With a `clock` (a time budget) the epoch is passes over the training split until its share of the
         budget is spent. With a `graphed_step` (train.cuda_graphs) each step is one call of it, replayed from a
         CUDA graph. Returns the mean training loss, the step count and the samples seen."""
@@ -574,6 +588,20 @@ class Trainer:
             seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + 7_919 * dist_info.rank)
         ends_at = None if clock is None else clock.budget * (epoch + 1) / cfg.epochs
         total, count = position.loss_sum, position.samples
+        # The losses stay on the device and are read at most every LOSS_READ_SECONDS (a read waits for the
+        # device, which then idles while the host prepares the next step); every step under a time budget,
+        # whose clock needs the device finished.
+        unread = torch.zeros((), device=device)
+        last_read = time.monotonic()
+
+        def read_loss() -> float:
+            nonlocal total, unread, last_read
+            value = float(unread)
+            if not math.isfinite(value):
+                raise RuntimeError(f"non-finite loss at epoch {epoch}, by step {step}; lower train.lr")
+            total, unread, last_read = total + value, torch.zeros((), device=device), time.monotonic()
+            return total
+
         optimizer.zero_grad(set_to_none=True)
         last = time.perf_counter()
         for i, batch, pass_end in self._epoch_batches(splits, epoch, dist_info, position, timed=clock is not None):
@@ -581,18 +609,18 @@ class Trainer:
             last_micro = (i + 1) % cfg.grad_accum == 0 or pass_end
             if graphed_step is not None:  # forward, backward, clipping and the update in one replay
                 loss, last_micro = graphed_step(batch), True
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"non-finite loss at epoch {epoch}, step {step}; lower train.lr")
             else:
                 with gradient_sync(model, enabled=last_micro or not dist_info.enabled):
                     with autocast(device, cfg.precision):
                         loss, _ = self.task.loss(model, batch)
-                    if not torch.isfinite(loss):
-                        raise RuntimeError(f"non-finite loss at epoch {epoch}, step {step}; lower train.lr")
                     (loss / cfg.grad_accum).backward()
             n = self.task.batch_size_of(batch)
-            total += float(loss.detach()) * n
+            unread += loss.detach().float() * n
             count += n
+            if clock is not None or time.monotonic() - last_read >= LOSS_READ_SECONDS:
+                on_batch(read_loss() / count)
+            else:
+                on_batch(None)
             if last_micro:
                 if graphed_step is None:
                     if cfg.grad_clip is not None:
@@ -606,13 +634,13 @@ class Trainer:
                 if graphed_step is None:  # a graph's gradients stay where its replays write them
                     optimizer.zero_grad(set_to_none=True)
                 step += 1
-            on_batch(total / count)
             epoch_over = pass_end if clock is None else last_micro and clock.spent >= ends_at
             if last_micro and not epoch_over:
-                after_step(epoch, step, EpochPosition(i + 1, total, count))
+                after_step(epoch, step, lambda i=i, count=count: EpochPosition(i + 1, read_loss(), count))
                 last = time.perf_counter()  # a checkpoint it wrote is not training time
             if epoch_over:
                 break
+        read_loss()
         return all_reduce_mean(total / max(count, 1), dist_info), step, count
 
     def _epoch_batches(

@@ -152,3 +152,47 @@ def test_without_a_validation_split_the_final_epoch_is_kept(tmp_path, monkeypatc
     assert torch.equal(load_file(final / ckpt.MODEL_FILE)["3.weight"],
                        load_file(result.best_checkpoint / ckpt.MODEL_FILE)["3.weight"])
     assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
+
+
+def test_a_non_finite_loss_stops_the_run_with_advice(tmp_path, monkeypatch):
+    from .toy_domain import ToyTask
+
+    loss = ToyTask.loss
+    calls = {"n": 0}
+
+    def nan_after_a_while(self, model, batch):
+        calls["n"] += 1
+        value, outputs = loss(self, model, batch)
+        return (value * float("nan") if calls["n"] >= 5 else value), outputs
+
+    monkeypatch.setattr(ToyTask, "loss", nan_after_a_while)
+    with pytest.raises(RuntimeError, match=r"non-finite loss at epoch 0, by step \d+; lower train.lr"):
+        Trainer(ToyDomain(), recipe(epochs=2), run_dir=tmp_path / "run").fit()
+
+
+def test_the_logged_training_loss_is_the_mean_over_the_epoch(tmp_path, monkeypatch):
+    """The losses are summed on the device and read now and then: the epoch's mean must equal the per-batch
+    one, whether or not a read happened inside the epoch."""
+    import json
+
+    from panformer.engine import trainer
+
+    from .toy_domain import ToyTask
+
+    seen: list[tuple[float, int]] = []
+    loss = ToyTask.loss
+
+    def recording(self, model, batch):
+        value, outputs = loss(self, model, batch)
+        seen.append((float(value), len(batch[1])))
+        return value, outputs
+
+    monkeypatch.setattr(ToyTask, "loss", recording)
+    for read_every in (0.0, 1e9):  # every batch; only at the epoch's end
+        seen.clear()
+        monkeypatch.setattr(trainer, "LOSS_READ_SECONDS", read_every)
+        Trainer(ToyDomain(), recipe(epochs=1), run_dir=tmp_path / f"run{read_every}").fit()
+        record = json.loads((tmp_path / f"run{read_every}" / "log.jsonl").read_text().splitlines()[0])
+        train_rows = seen[:8]  # 57 rows in batches of 8; validation's losses are not the training loss
+        expected = sum(v * n for v, n in train_rows) / sum(n for _, n in train_rows)
+        assert record["train_loss"] == pytest.approx(expected, rel=1e-6)
