@@ -6,7 +6,8 @@ unmodified repository files (a folder given by ``--peers``: nothing of theirs is
 times both in one run, on the same synthetic tensors:
 
 - training throughput, samples/s: forward + loss + backward + AdamW step (bf16 autocast on CUDA, except where
-  the recipe trains in fp32: molecules);
+  the recipe trains in fp32: molecules); ours with the engine's optimizer (fused AdamW on CUDA), theirs with
+  PyTorch's default AdamW (the multi-tensor one), as their own training scripts use;
 - inference latency, ms: one forward pass without gradients, at batch 1 and at the training batch;
 - with ``--compile [a,b]``, both models again under ``torch.compile``, in a second pass once every domain's
   eager rows are written (compilation happens in the warm-up calls); a peer that fails to compile keeps its
@@ -854,8 +855,9 @@ def _precision(mixed: bool) -> str:
 
 
 def train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], batch: Any, device: torch.device,
-               lr: float = 1e-4, *, mixed_precision: bool = True) -> Callable[[], object]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+               lr: float = 1e-4, *, mixed_precision: bool = True, fused: bool = False) -> Callable[[], object]:
+    """One training step; ``fused``: the fused AdamW kernel, as our engine uses on CUDA."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=fused or None)
 
     def step() -> None:
         model.train()
@@ -871,7 +873,7 @@ def train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], batch
 def graphed_train_step(model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], batch: Any, lr: float = 1e-4, *,
                        mixed_precision: bool = True) -> tuple[Callable[[], object], GraphedTrainStep]:
     """The same step as ``train_step``, as ``train.cuda_graphs`` runs it: replayed from a CUDA graph."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, capturable=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, capturable=True, fused=True)
     cast = lambda: autocast(torch.device("cuda"), _precision(mixed_precision), cache=False)  # noqa: E731
     graphed = GraphedTrainStep(model, loss, optimizer, autocast=cast)
 
@@ -906,7 +908,10 @@ def measure(pair: Pair, args: argparse.Namespace, device: torch.device, *, compi
     named = contenders(pair, compiled=compiled)
     mixed = pair.mixed_precision
     failed: dict[str, str] = {}
-    steps = {name: train_step(c.model, c.loss, c.train_batch, device, mixed_precision=mixed) for name, c in named.items()}
+    # Ours with the engine's optimizer (fused AdamW on CUDA), theirs with PyTorch's default, as their scripts use.
+    steps = {name: train_step(c.model, c.loss, c.train_batch, device, mixed_precision=mixed,
+                              fused=name.startswith("ours") and device.type == "cuda")
+             for name, c in named.items()}
     graphed = None
     if args.cuda_graphs and not compiled and device.type == "cuda":
         steps["ours graphed"], graphed = graphed_train_step(pair.ours.model, pair.ours.loss, pair.ours.train_batch,
