@@ -71,9 +71,10 @@ def sdr(estimate: Tensor, reference: Tensor, *, filter_length: int = 512) -> Ten
 
 
 @cache
-def permutations(num_speakers: int) -> Tensor:
-    """All orderings of S speakers: (S!, S) long."""
-    return torch.tensor(list(itertools.permutations(range(num_speakers))))
+def permutations(num_speakers: int, device: torch.device) -> Tensor:
+    """All orderings of S speakers: (S!, S) long, built once per device (a step replayed from a CUDA graph
+    cannot copy it from the host)."""
+    return torch.tensor(list(itertools.permutations(range(num_speakers))), device=device)
 
 
 def pairwise_si_sdr(estimates: Tensor, references: Tensor, *, mask: Tensor | None = None) -> Tensor:
@@ -86,7 +87,7 @@ def best_permutation(scores: Tensor) -> tuple[Tensor, Tensor]:
     """Pairwise scores (B, S_est, S_ref) -> (perm (B, S), mean score (B,)): estimate perm[b, s] goes
     with reference s, chosen to maximise the mean score over speakers."""
     num_speakers = scores.shape[-1]
-    perms = permutations(num_speakers).to(scores.device)  # (P, S)
+    perms = permutations(num_speakers, scores.device)  # (P, S)
     refs = torch.arange(num_speakers, device=scores.device)
     totals = scores[:, perms, refs].mean(-1)  # (B, P)
     best = totals.argmax(-1)
