@@ -70,6 +70,7 @@ def main() -> None:
     for name, step in (("train", train_step), ("infer", infer_step)):
         try:
             step(compiled)
+            torch.cuda.synchronize()  # a kernel's fault surfaces here, under the step that launched it
             print(name, "compiled: OK", flush=True)
         except Exception as error:  # report Inductor's message, whatever its type
             failed = True
