@@ -12,6 +12,7 @@ Legend: B graphs in a batch, N nodes (padded per batch), F features, E edges, K 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,10 +277,30 @@ class EgoGraphDataset(Dataset):
         return encode(self.graph.x[nodes], edge_index, target, self.enc, nodes=nodes)
 
 
-def collate(items: list[GraphItem]) -> dict[str, Tensor]:
-    """Pad B graphs to the largest N. Edges index the flattened (B * N) node axis, so message passing runs
-    on the padded tensor directly; padded nodes have no edges and `valid` False."""
+@dataclass(frozen=True)
+class FixedShape:
+    """What every batch is padded to, so that a training step replayed from a CUDA graph (`train.cuda_graphs`)
+    sees one shape: N nodes per graph, more than any graph has (the last slot is always padding), and E edges
+    per batch, as many as the B graphs with the most edges have together."""
+
+    nodes: int
+    edges: int
+
+    @classmethod
+    def covering(cls, items: Sequence[GraphItem], batch_size: int) -> FixedShape:
+        most = sorted((item.edge_index.shape[1] for item in items), reverse=True)[:batch_size]
+        return cls(nodes=max(item.x.shape[0] for item in items) + 1, edges=max(1, sum(most)))
+
+
+def collate(items: list[GraphItem], *, shape: FixedShape | None = None) -> dict[str, Tensor]:
+    """Pad B graphs to the largest N (or to ``shape``). Edges index the flattened (B * N) node axis, so message
+    passing runs on the padded tensor directly; padded nodes have `valid` False and no edges, except under
+    ``shape``, where the edges are filled up with self-loops of the last (padding) node, which the model masks."""
     batch, width = len(items), max(item.x.shape[0] for item in items)
+    if shape is not None:
+        if width >= shape.nodes:
+            raise ValueError(f"a graph of {width} nodes does not fit the fixed shape's {shape.nodes} (one is padding)")
+        width = shape.nodes
     feat = items[0].x.shape[1]
     x = torch.zeros(batch, width, feat)
     lap = torch.zeros(batch, width, items[0].lap.shape[1])
@@ -298,7 +319,13 @@ def collate(items: list[GraphItem]) -> dict[str, Tensor]:
         if node_level:
             target[b, :n] = item.target
         edges.append(item.edge_index + b * width)
-    out = {"x": x, "lap": lap, "walk": walk, "valid": valid, "edge_index": torch.cat(edges, dim=1), "target": target}
+    edge_index = torch.cat(edges, dim=1)
+    if shape is not None:
+        spare = shape.edges - edge_index.shape[1]
+        if spare < 0:
+            raise ValueError(f"{edge_index.shape[1]} edges do not fit the fixed shape's {shape.edges}")
+        edge_index = torch.cat((edge_index, torch.full((2, spare), batch * width - 1, dtype=edge_index.dtype)), dim=1)
+    out = {"x": x, "lap": lap, "walk": walk, "valid": valid, "edge_index": edge_index, "target": target}
     if has_spd:
         out["spd"] = spd
     return out

@@ -29,6 +29,7 @@ from panformer.graphs.baselines import MessagePassingBaseline
 from panformer.graphs.data import (
     EgoGraphDataset,
     Encodings,
+    FixedShape,
     GraphItem,
     GraphSource,
     ItemDataset,
@@ -280,6 +281,8 @@ class StaticGraphTask(Task):
     monitor = "accuracy"
     monitor_mode = "max"
     demo_output_name = "predictions.csv"
+    # Graph level under train.cuda_graphs: every batch padded to one shape (set when the splits are loaded).
+    fixed_shape: FixedShape | None = None
 
     def encodings(self, recipe: StaticGraphRecipe) -> Encodings:
         uses_bias = not (isinstance(recipe.model, GPSConfig) and recipe.model.attention == "none")
@@ -350,6 +353,8 @@ class StaticGraphTask(Task):
             train = targets[index["train"]]
             info["target_mean"], info["target_std"] = float(train.mean()), float(train.std().clamp(min=1e-6))
         items = [encode(g.x, g.edge_index, t, enc) for g, t in zip(loaded.graphs, targets, strict=True)]
+        if recipe.train.cuda_graphs:  # one batch shape for the captured step (node level: one graph already)
+            self.fixed_shape = FixedShape.covering(items, recipe.train.batch_size)
         return tuple(ItemDataset([items[i] for i in index[k]]) for k in ("train", "val", "test"))
 
     def _graph_targets(self, loaded: GraphSource, info: dict[str, Any]) -> tuple[Tensor, np.ndarray | None]:
@@ -361,7 +366,7 @@ class StaticGraphTask(Task):
         return build_static_model(recipe.model, info)
 
     def collate(self, items: list[GraphItem]) -> dict[str, Tensor]:
-        return collate(items)
+        return collate(items, shape=self.fixed_shape)
 
     def batch_size_of(self, batch: dict[str, Tensor]) -> int:
         return int((batch["target"] >= 0).sum()) if self.level == "node" else int(batch["target"].shape[0])

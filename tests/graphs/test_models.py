@@ -102,3 +102,40 @@ def test_gated_attention_starts_as_the_local_model_and_learns_to_open():
     for layer in gated.layers:
         assert layer.gate.grad is not None and layer.gate.grad.abs().item() > 0
         assert all(p.grad is None or p.grad.abs().max() == 0 for p in layer.attention.parameters())
+
+
+def test_padding_to_a_fixed_shape_changes_no_output():
+    """Under train.cuda_graphs graph batches are padded to one shape (more nodes, self-loops of a padding node):
+    the model's outputs must not see it."""
+    from panformer.graphs.data import FixedShape
+
+    graphs = cycles(graphs=5, min_nodes=5, max_nodes=12, seed=2)
+    items = [encode(g.x, g.edge_index, g.y, ENC) for g in graphs]
+    shape = FixedShape.covering(items, batch_size=8)
+    assert shape.nodes == max(i.x.shape[0] for i in items) + 1
+    assert shape.edges == sum(i.edge_index.shape[1] for i in items)  # fewer graphs than a batch: all of them
+    padded = collate(items[:3], shape=shape)
+    assert padded["x"].shape[1] == shape.nodes and padded["edge_index"].shape[1] == shape.edges
+    assert not padded["valid"][-1, -1]  # the self-loops' node is padding
+    for attention in ("full", "sparse", "none"):
+        model = small_model("graph", attention)
+        torch.testing.assert_close(model(padded), model(collate(items[:3])), atol=1e-5, rtol=1e-4)
+
+
+def test_cuda_graphs_recipes_batch_graphs_in_one_shape():
+    from panformer.engine.config import validate_recipe
+    from panformer.engine.trainer import make_loader
+    from tests.graphs.helpers import DOMAIN
+
+    raw = {"domain": "graphs", "description": "test", "task": "graph-regression",
+           "data": {"source": "synthetic:triangles", "synthetic_size": 60, "lap_pe": 0, "walk_steps": 4,
+                    "max_distance": 0},
+           "model": {"name": "gps", "dim": 16, "depth": 1, "num_heads": 2},
+           "train": {"batch_size": 8, "device": "cpu", "cuda_graphs": True}}
+    recipe = validate_recipe(DOMAIN.recipe_type_for, raw, source="test")
+    task = DOMAIN.task(recipe)
+    splits = task.load_splits(recipe)
+    shapes = {tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()))
+              for batch in make_loader(task, splits.train, batch_size=8, shuffle=True)}
+    assert len(shapes) <= 2, shapes  # full batches, and a smaller last one
+    assert {dict(s)["edge_index"][1] for s in shapes} == {task.fixed_shape.edges}
