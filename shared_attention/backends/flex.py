@@ -42,14 +42,24 @@ def _cpp_compiler() -> str | None:
     )
 
 
-@cache
-def flex_available() -> str | None:
-    """None when FlexAttention imports, else the reason."""
+def _flex_import_error() -> str | None:
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
     except ImportError as error:
         return f"FlexAttention unavailable ({error})"
     return None
+
+
+_flex_checked, _flex_error = False, None  # the answer, found on the first call
+
+
+def flex_available() -> str | None:
+    """None when FlexAttention imports, else the reason. Dispatch asks on every call, also inside torch.compile's
+    traces, which read module globals cleanly (a cached function would be traced through, with a warning)."""
+    global _flex_checked, _flex_error
+    if not _flex_checked:
+        _flex_error, _flex_checked = _flex_import_error(), True
+    return _flex_error
 
 
 _BLOCK = 128  # Flex's default tile size (queries and keys)
