@@ -595,11 +595,12 @@ class Trainer:
         last_read = time.monotonic()
 
         def read_loss() -> float:
-            nonlocal total, unread, last_read
+            nonlocal total, last_read
             value = float(unread)
             if not math.isfinite(value):
                 raise RuntimeError(f"non-finite loss at epoch {epoch}, by step {step}; lower train.lr")
-            total, unread, last_read = total + value, torch.zeros((), device=device), time.monotonic()
+            unread.zero_()
+            total, last_read = total + value, time.monotonic()
             return total
 
         optimizer.zero_grad(set_to_none=True)
